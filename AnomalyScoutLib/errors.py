@@ -13,6 +13,7 @@ __all__ = [
     "ConfigError",
     "ModelFileError",
     "NotCTError",
+    "ResultsError",
     "UnreadableVolumeError",
     "VolumeError",
 ]
@@ -42,6 +43,10 @@ class NotCTError(VolumeError):
 
 class ModelFileError(AnomalyScoutError):
     """A model file is missing, tampered with, of an unknown version or does not match its configuration."""
+
+
+class ResultsError(AnomalyScoutError):
+    """A run's output folder is missing a file or holds one that does not follow the score contract."""
 
 
 class CancelledError(AnomalyScoutError):
