@@ -11,6 +11,7 @@ __all__ = [
     "AnomalyScoutError",
     "CancelledError",
     "ConfigError",
+    "MetricError",
     "ModelFileError",
     "NotCTError",
     "ResultsError",
@@ -43,6 +44,10 @@ class NotCTError(VolumeError):
 
 class ModelFileError(AnomalyScoutError):
     """A model file is missing, tampered with, of an unknown version or does not match its configuration."""
+
+
+class MetricError(AnomalyScoutError):
+    """A metric is undefined for the data given (one class only, too few samples, mismatched inputs)."""
 
 
 class ResultsError(AnomalyScoutError):
