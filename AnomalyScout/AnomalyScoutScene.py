@@ -1,0 +1,422 @@
+"""Everything the AnomalyScout module does to the MRML scene, with no Qt.
+
+The widget only forwards clicks here, so this file holds the behaviour that matters to a user (which nodes
+exist, how the heatmap looks, where a click on a flagged slice goes) and it can be tested with the ``slicer-
+core`` wheel against a real ``vtkMRMLScene`` without the Slicer application.
+
+Result nodes are tagged with two node attributes (role and input node ID) instead of references stored on the
+input node: the input volume is never modified, the tags survive saving and reloading the scene, and re-
+running on the same input finds and reuses its nodes instead of piling up new ones.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import slicer
+import vtk
+
+from AnomalyScoutLib.errors import ResultsError
+
+__all__ = [
+    "HEAT_COLOR_TABLE",
+    "ResultNodes",
+    "SceneResults",
+    "ScoreReport",
+    "SliceScore",
+    "read_score_report",
+]
+
+#: A default Slicer colour table (``vtkSlicerColorLogic.AddDefaultColorNodes``), black-red-yellow-white; the
+#: display threshold makes low residuals transparent so the CT underneath stays readable.
+HEAT_COLOR_TABLE = "PET-Heat"
+ROLE_ATTRIBUTE = "AnomalyScout.Role"
+INPUT_ATTRIBUTE = "AnomalyScout.InputNodeID"
+FOLDER_NAME = "AnomalyScout results"
+SCORE_COLUMNS = ("slice_index", "position", "score", "percentile", "flagged", "threshold")
+CENTER_COLUMNS = ("center_r", "center_a", "center_s")
+
+
+@dataclass(frozen=True)
+class SliceScore:
+    """One row of ``scores.json``; ``slice_index`` counts canonical axial slices from the most inferior."""
+
+    slice_index: int
+    position: float
+    score: float
+    percentile: float = math.nan
+    flagged: bool = False
+    threshold: float = math.nan
+    center_ras: tuple[float, float, float] = (math.nan, math.nan, math.nan)
+
+
+@dataclass(frozen=True)
+class ScoreReport:
+    """The per-case part of ``scores.json`` and its slices, as the module shows them."""
+
+    case_score: float
+    case_percentile: float
+    case_flagged: bool
+    model_id: str
+    mode: str
+    slices: tuple[SliceScore, ...]
+
+    @property
+    def flagged_slices(self) -> tuple[SliceScore, ...]:
+        """The flagged slices, most anomalous first (the order a reviewer wants to visit them)."""
+        return tuple(sorted((s for s in self.slices if s.flagged), key=lambda s: -s.score))
+
+
+def _number(value: object) -> float:
+    """``None`` (no calibration in the model) becomes NaN so every column stays numeric."""
+    return math.nan if value is None else float(value)
+
+
+def read_score_report(out_dir: str | Path) -> ScoreReport:
+    """Read ``scores.json`` from a worker's output folder (the contract in ``docs/design.md``).
+
+    Raises:
+        ResultsError: the file is missing, is not JSON or lacks a field the module needs.
+    """
+    path = Path(out_dir) / "scores.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        slices = tuple(
+            SliceScore(
+                slice_index=int(row["slice_index"]),
+                position=float(row["position"]),
+                score=float(row["score"]),
+                percentile=_number(row.get("percentile")),
+                flagged=bool(row.get("flagged", False)),
+                threshold=_number(row.get("threshold")),
+                center_ras=tuple(float(c) for c in row["center_ras"]),
+            )
+            for row in data["slices"]
+        )
+        return ScoreReport(
+            case_score=float(data["case_score"]),
+            case_percentile=_number(data.get("case_percentile")),
+            case_flagged=bool(data.get("case_flagged", False)),
+            model_id=str(data.get("model_id", "")),
+            mode=str(data.get("mode", "")),
+            slices=slices,
+        )
+    except FileNotFoundError as error:
+        raise ResultsError(f"no scores.json in {path.parent}: the run did not finish") from error
+    except (ValueError, KeyError, TypeError) as error:
+        raise ResultsError(f"{path} is not a valid AnomalyScout score file ({error!r})") from error
+
+
+@dataclass
+class ResultNodes:
+    """The nodes that show one input's results; ``reconstruction`` is ``None`` until it is asked for."""
+
+    residual: slicer.vtkMRMLScalarVolumeNode | None
+    reconstruction: slicer.vtkMRMLScalarVolumeNode | None
+    table: slicer.vtkMRMLTableNode
+    flagged_table: slicer.vtkMRMLTableNode
+    chart: slicer.vtkMRMLPlotChartNode
+    score_series: slicer.vtkMRMLPlotSeriesNode
+    threshold_series: slicer.vtkMRMLPlotSeriesNode
+    flagged_series: slicer.vtkMRMLPlotSeriesNode
+
+
+class SceneResults:
+    """Creates, updates and shows AnomalyScout's result nodes in one scene.
+
+    Args:
+        scene: the scene to work on (``slicer.mrmlScene`` inside Slicer).
+    """
+
+    def __init__(self, scene: slicer.vtkMRMLScene) -> None:
+        self.scene = scene
+
+    # --- finding and creating tagged nodes ---
+
+    def _find(self, input_node: slicer.vtkMRMLNode, role: str) -> slicer.vtkMRMLNode | None:
+        for node in self._tagged_nodes(input_node):
+            if node.GetAttribute(ROLE_ATTRIBUTE) == role:
+                return node
+        return None
+
+    def _tagged_nodes(self, input_node: slicer.vtkMRMLNode) -> list[slicer.vtkMRMLNode]:
+        nodes = self.scene.GetNodes()
+        return [
+            nodes.GetItemAsObject(i)
+            for i in range(nodes.GetNumberOfItems())
+            if nodes.GetItemAsObject(i).GetAttribute(INPUT_ATTRIBUTE) == input_node.GetID()
+        ]
+
+    def _get_or_create(self, input_node: slicer.vtkMRMLNode, role: str, class_name: str, suffix: str):
+        node = self._find(input_node, role)
+        if node is None:
+            node = self.scene.AddNewNodeByClass(class_name, f"{input_node.GetName()} {suffix}")
+            node.SetAttribute(ROLE_ATTRIBUTE, role)
+            node.SetAttribute(INPUT_ATTRIBUTE, input_node.GetID())
+            self._file_under_input(input_node, node)
+        return node
+
+    def _file_under_input(self, input_node: slicer.vtkMRMLNode, node: slicer.vtkMRMLNode) -> None:
+        """Put ``node`` in an "AnomalyScout results" folder under the input in the subject hierarchy."""
+        hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(self.scene)
+        input_item = _hierarchy_item(hierarchy, input_node)
+        folder = hierarchy.GetItemChildWithName(input_item, FOLDER_NAME)
+        if not folder:
+            folder = hierarchy.CreateFolderItem(input_item, FOLDER_NAME)
+        hierarchy.SetItemParent(_hierarchy_item(hierarchy, node), folder)
+
+    def results_for(self, input_node: slicer.vtkMRMLNode) -> ResultNodes | None:
+        """The result nodes of ``input_node`` (also after the scene was saved and loaded), or ``None``."""
+        table = self._find(input_node, "scores")
+        if table is None:
+            return None
+        return self._nodes(input_node)
+
+    def remove_results(self, input_node: slicer.vtkMRMLNode) -> None:
+        """Delete every result node of ``input_node`` and its results folder."""
+        hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(self.scene)
+        for node in self._tagged_nodes(input_node):
+            self.scene.RemoveNode(node)
+        folder = hierarchy.GetItemChildWithName(hierarchy.GetItemByDataNode(input_node), FOLDER_NAME)
+        if folder:
+            hierarchy.RemoveItem(folder)
+
+    # --- scores: table, plot ---
+
+    def _nodes(self, input_node: slicer.vtkMRMLNode) -> ResultNodes:
+        table = self._get_or_create(input_node, "scores", "vtkMRMLTableNode", "slice scores")
+        flagged_table = self._get_or_create(input_node, "flagged", "vtkMRMLTableNode", "flagged slices")
+        for node in (table, flagged_table):
+            if node.GetNumberOfColumns() == 0:
+                for name in SCORE_COLUMNS + CENTER_COLUMNS:
+                    node.AddColumn(vtk.vtkDoubleArray()).SetName(name)
+        chart = self._get_or_create(input_node, "chart", "vtkMRMLPlotChartNode", "anomaly scores")
+        chart.SetTitle(f"{input_node.GetName()}: slice anomaly score")
+        chart.SetXAxisTitle("slice position (0 inferior, 1 superior)")
+        chart.SetYAxisTitle("anomaly score")
+        series = {}
+        for role, source, y_column, colour, line in (
+            ("score_series", table, "score", (0.2, 0.4, 0.8), False),
+            ("threshold_series", table, "threshold", (0.9, 0.5, 0.1), True),
+            ("flagged_series", flagged_table, "score", (0.85, 0.1, 0.1), False),
+        ):
+            node = self._get_or_create(input_node, role, "vtkMRMLPlotSeriesNode", role.replace("_", " "))
+            node.SetAndObserveTableNodeID(source.GetID())
+            node.SetXColumnName("position")
+            node.SetYColumnName(y_column)
+            node.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+            node.SetColor(*colour)
+            node.SetLineStyle(node.LineStyleSolid if line else node.LineStyleNone)
+            node.SetMarkerStyle(node.MarkerStyleNone if line else node.MarkerStyleCircle)
+            if not chart.HasPlotSeriesNodeID(node.GetID()):
+                chart.AddAndObservePlotSeriesNodeID(node.GetID())
+            series[role] = node
+        return ResultNodes(
+            residual=self._find(input_node, "residual"),
+            reconstruction=self._find(input_node, "reconstruction"),
+            table=table,
+            flagged_table=flagged_table,
+            chart=chart,
+            **series,
+        )
+
+    def start_live_scores(self, input_node: slicer.vtkMRMLNode) -> ResultNodes:
+        """Empty the score tables before a run; the plot then fills as the worker's progress lines arrive."""
+        nodes = self._nodes(input_node)
+        for table in (nodes.table, nodes.flagged_table):
+            table.GetTable().SetNumberOfRows(0)
+            table.Modified()
+        return nodes
+
+    @staticmethod
+    def add_live_score(nodes: ResultNodes, slice_index: int, position: float, score: float) -> None:
+        """Append one slice's score from a ``progress`` line (percentile and flag come with the results)."""
+        _append_rows(nodes.table, [SliceScore(slice_index, position, score)])
+
+    def show_scores(self, input_node: slicer.vtkMRMLNode, report: ScoreReport) -> ResultNodes:
+        """Fill the tables from a finished run: all slices by position, and the flagged ones by score."""
+        nodes = self._nodes(input_node)
+        for table, rows in (
+            (nodes.table, sorted(report.slices, key=lambda s: s.slice_index)),
+            (nodes.flagged_table, report.flagged_slices),
+        ):
+            table.GetTable().SetNumberOfRows(0)
+            _append_rows(table, rows)
+        nodes.chart.SetTitle(
+            f"{input_node.GetName()}: case score {report.case_score:.3g}"
+            + (" (flagged)" if report.case_flagged else "")
+        )
+        return nodes
+
+    # --- volumes ---
+
+    def _load_volume(self, input_node, role: str, suffix: str, path: Path) -> slicer.vtkMRMLScalarVolumeNode:
+        """Read ``path`` into the input's node for ``role`` (reused on re-runs, so views keep showing it)."""
+        if not path.is_file():
+            raise ResultsError(f"the worker's output {path} is missing")
+        node = self._get_or_create(input_node, role, "vtkMRMLScalarVolumeNode", suffix)
+        storage = node.GetStorageNode()
+        if storage is None:
+            storage = self.scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+            node.SetAndObserveStorageNodeID(storage.GetID())
+        storage.SetFileName(str(path))
+        if not storage.ReadData(node):
+            raise ResultsError(f"cannot read {path} as a volume")
+        node.CreateDefaultDisplayNodes()
+        return node
+
+    def show_results(
+        self,
+        input_node: slicer.vtkMRMLScalarVolumeNode,
+        out_dir: str | Path,
+        *,
+        with_reconstruction: bool = False,
+        opacity: float = 0.6,
+    ) -> ResultNodes:
+        """Load a finished run's outputs and show them: heatmap over the CT, score plot, flagged list.
+
+        Re-running on the same input replaces the previous results in the same nodes.
+
+        Raises:
+            ResultsError: the folder lacks an output or holds unreadable files.
+        """
+        out_dir = Path(out_dir)
+        report = read_score_report(out_dir)
+        residual = self._load_volume(input_node, "residual", "anomaly heatmap", out_dir / "residual.nrrd")
+        threshold = default_threshold(slicer.util.arrayFromVolume(residual))
+        self._style_heatmap(residual, threshold)
+        reconstruction = None
+        if with_reconstruction:
+            reconstruction = self._load_volume(
+                input_node, "reconstruction", "pseudo-normal", out_dir / "reconstruction.nrrd"
+            )
+            _copy_window(input_node, reconstruction)
+        elif (stale := self._find(input_node, "reconstruction")) is not None:
+            self.scene.RemoveNode(stale)
+        nodes = self.show_scores(input_node, report)
+        nodes.residual, nodes.reconstruction = residual, reconstruction
+        self.show_overlay(input_node, residual, opacity)
+        return nodes
+
+    def _style_heatmap(self, residual: slicer.vtkMRMLScalarVolumeNode, threshold: float) -> None:
+        display = residual.GetDisplayNode()
+        colour = self.scene.GetFirstNodeByName(HEAT_COLOR_TABLE)
+        if colour is None:
+            colour_logic = slicer.vtkSlicerColorLogic()
+            colour_logic.SetMRMLScene(self.scene)
+            colour_logic.AddDefaultColorNodes()
+            colour = self.scene.GetFirstNodeByName(HEAT_COLOR_TABLE)
+        display.SetAndObserveColorNodeID(colour.GetID())
+        high = float(np.max(slicer.util.arrayFromVolume(residual)))
+        display.SetAutoWindowLevel(False)
+        display.SetWindowLevelMinMax(threshold, max(high, threshold + 1e-6))
+        self.set_threshold(residual, threshold)
+
+    @staticmethod
+    def set_threshold(residual: slicer.vtkMRMLScalarVolumeNode, threshold: float) -> None:
+        """Hide residuals below ``threshold`` (transparent), so only the anomalous regions are tinted."""
+        display = residual.GetDisplayNode()
+        display.SetAutoThreshold(False)
+        display.SetApplyThreshold(True)
+        display.SetThreshold(threshold, float(np.finfo(np.float32).max))
+
+    def show_overlay(
+        self, background: slicer.vtkMRMLNode, foreground: slicer.vtkMRMLNode, opacity: float
+    ) -> None:
+        """CT in the background and the heatmap in the foreground of every slice view, at ``opacity``."""
+        for composite in self._nodes_by_class("vtkMRMLSliceCompositeNode"):
+            composite.SetBackgroundVolumeID(background.GetID())
+            composite.SetForegroundVolumeID(foreground.GetID())
+            composite.SetForegroundOpacity(opacity)
+
+    def set_opacity(self, opacity: float) -> None:
+        """Foreground opacity of every slice view (the opacity slider)."""
+        for composite in self._nodes_by_class("vtkMRMLSliceCompositeNode"):
+            composite.SetForegroundOpacity(opacity)
+
+    # --- navigation and layout ---
+
+    def jump_to_slice(self, center_ras: Iterable[float]) -> None:
+        """Move every slice view through a flagged slice's centre (RAS, from ``scores.json``).
+
+        Offsetting keeps each view's in-plane pan and zoom; an axial view lands exactly on the slice.
+        """
+        r, a, s = (float(c) for c in center_ras)
+        for slice_node in self._nodes_by_class("vtkMRMLSliceNode"):
+            slice_node.JumpSliceByOffsetting(r, a, s)
+
+    def center_of_row(self, table: slicer.vtkMRMLTableNode, row: int) -> tuple[float, float, float]:
+        """The RAS centre stored in a score table row: what a click on a list row or a plot point jumps to."""
+        vtk_table = table.GetTable()
+        if not 0 <= row < vtk_table.GetNumberOfRows():
+            raise IndexError(f"row {row} is outside the table {table.GetName()}")
+        return tuple(vtk_table.GetColumnByName(name).GetValue(row) for name in CENTER_COLUMNS)
+
+    def center_of_plot_point(self, series_id: str, point: int) -> tuple[float, float, float]:
+        """The RAS centre behind a selected plot point (``qMRMLPlotView``'s ``dataSelected`` gives these)."""
+        series = self.scene.GetNodeByID(series_id)
+        return self.center_of_row(series.GetTableNode(), point)
+
+    def show_chart(self, chart: slicer.vtkMRMLPlotChartNode, plots_logic: slicer.vtkSlicerPlotsLogic) -> None:
+        """Switch to a layout with a plot view and show ``chart`` there (Plots module logic)."""
+        plots_logic.ShowChartInLayout(chart)
+        for view in self._nodes_by_class("vtkMRMLPlotViewNode"):
+            view.SetPlotChartNodeID(chart.GetID())
+
+    def _nodes_by_class(self, class_name: str) -> list[slicer.vtkMRMLNode]:
+        return [
+            self.scene.GetNthNodeByClass(i, class_name)
+            for i in range(self.scene.GetNumberOfNodesByClass(class_name))
+        ]
+
+
+def default_threshold(residual: np.ndarray) -> float:
+    """Halfway between the typical body residual (median of non-zero voxels) and the strongest one.
+
+    Residuals are 0 outside the body, hence non-zero voxels only. A fixed share of voxels (a quantile) would
+    tint normal tissue on every normal scan and swallow a small anomaly in ties; halfway to the maximum shows
+    the strongest regions of any scan and leaves the rest of the CT readable. The threshold slider adjusts it.
+    """
+    values = residual[residual > 0]
+    if values.size == 0:
+        return 0.0
+    return float(0.5 * (np.median(values) + values.max()))
+
+
+def _hierarchy_item(hierarchy: slicer.vtkMRMLSubjectHierarchyNode, node: slicer.vtkMRMLNode) -> int:
+    """The node's subject-hierarchy item; the Slicer application makes one per node, slicer-core does not."""
+    return hierarchy.GetItemByDataNode(node) or hierarchy.CreateItem(hierarchy.GetSceneItemID(), node)
+
+
+def _copy_window(source: slicer.vtkMRMLScalarVolumeNode, target: slicer.vtkMRMLScalarVolumeNode) -> None:
+    """Show the pseudo-normal CT with the input's window and level, so the two compare side by side."""
+    source_display, target_display = source.GetDisplayNode(), target.GetDisplayNode()
+    if source_display is None:
+        return
+    target_display.SetAutoWindowLevel(False)
+    target_display.SetWindowLevel(source_display.GetWindow(), source_display.GetLevel())
+    target_display.SetAndObserveColorNodeID(source_display.GetColorNodeID())
+
+
+def _append_rows(table: slicer.vtkMRMLTableNode, rows: Iterable[SliceScore]) -> None:
+    vtk_table = table.GetTable()
+    columns = [vtk_table.GetColumnByName(name) for name in SCORE_COLUMNS + CENTER_COLUMNS]
+    for row in rows:
+        values = (
+            row.slice_index,
+            row.position,
+            row.score,
+            row.percentile,
+            float(row.flagged),
+            row.threshold,
+            *row.center_ras,
+        )
+        for column, value in zip(columns, values):
+            column.InsertNextValue(value)
+    vtk_table.Modified()
+    table.Modified()
