@@ -22,9 +22,13 @@ message names the file and the problem.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
+import struct
+import sys
 import tempfile
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -52,6 +56,8 @@ MIN_INPLANE_VOXELS = 16
 
 _MODALITY_TAG = "0008|0060"
 _SERIES_UID_TAG = "0020|000e"
+_NIFTI1_HEADER_BYTES = 348
+_NIFTI2_HEADER_BYTES = 540
 _WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 # Tolerances for "same grid": label maps written by other tools round spacing/origin in their headers.
 _SPACING_RTOL = 1e-4
@@ -88,23 +94,57 @@ class Volume:
 
 
 @contextlib.contextmanager
-def _quiet_itk() -> Iterator[None]:
-    """Silence ITK/GDCM warnings on stderr while reading; real failures still raise."""
+def _quiet_itk() -> Iterator[list[str]]:
+    """Silence ITK/GDCM while reading, and collect what its C++ code printed on the native stderr.
+
+    ITK's warning display covers ITK's own warnings, but readers such as MetaImage and GDCM also write
+    straight to file descriptor 2. That text is noise when a read succeeds and the real reason when it fails,
+    so it is captured into the yielded list (filled when the block ends) rather than shown.
+    """
     previous = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    captured: list[str] = []
     try:
-        yield
+        sys.stderr.flush()
+        saved_fd = os.dup(2)
+    except (OSError, ValueError):  # no usable stderr (e.g. a GUI process): nothing to silence
+        saved_fd = None
+    try:
+        with tempfile.TemporaryFile() as sink:
+            if saved_fd is not None:
+                os.dup2(sink.fileno(), 2)
+            try:
+                yield captured
+            finally:
+                if saved_fd is not None:
+                    os.dup2(saved_fd, 2)
+                    os.close(saved_fd)
+                sink.seek(0)
+                captured.extend(line.strip() for line in sink.read().decode(errors="replace").splitlines())
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(previous)
 
 
-def _itk_reason(error: RuntimeError) -> str:
-    """The one informative line of an ITK exception (they span several lines with source locations)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    for line in lines:
-        if "Description:" in line:
-            return line.split("Description:", 1)[1].strip()
-    return lines[-1] if lines else "unknown reason"
+def _itk_reason(error: RuntimeError, printed: list[str]) -> str:
+    """One readable line from an ITK exception (many lines with source locations) and its printed output."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or ["unknown reason"]
+    described = [line.split("Description:", 1)[1].strip() for line in lines if "Description:" in line]
+    flagged = [line.split("ERROR:", 1)[1].split("):", 1)[-1].strip() for line in lines if "ERROR:" in line]
+    reason = (described or flagged or lines)[-1]
+    if reason.endswith(":") and lines[-1] not in reason:  # e.g. NRRD: "Error reading F:" + the deepest cause
+        reason = f"{reason} {lines[-1]}"
+    detail = next((line for line in printed if line), None)
+    return f"{reason} ({detail})" if detail else reason
+
+
+def _read_with_itk(read: Callable[[], sitk.Image], failure: str) -> sitk.Image:
+    """Run a SimpleITK read quietly; turn its RuntimeError into an UnreadableVolumeError with ``failure``."""
+    with _quiet_itk() as printed:
+        try:
+            return read()
+        except RuntimeError as error:
+            caught = error
+    raise UnreadableVolumeError(f"{failure}: {_itk_reason(caught, printed)}") from None
 
 
 def _metadata(image: sitk.Image, key: str) -> str | None:
@@ -137,12 +177,7 @@ def _read_dicom_folder(folder: Path, series_uid: str | None) -> tuple[sitk.Image
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid))
     reader.MetaDataDictionaryArrayUpdateOn()
-    try:
-        with _quiet_itk():
-            image = reader.Execute()
-    except RuntimeError as error:
-        reason = _itk_reason(error)
-        raise UnreadableVolumeError(f"{folder}: DICOM series {series_uid} cannot be read: {reason}") from None
+    image = _read_with_itk(reader.Execute, f"{folder}: DICOM series {series_uid} cannot be read")
     modality = None
     if reader.HasMetaDataKey(0, _MODALITY_TAG):
         modality = reader.GetMetaData(0, _MODALITY_TAG).strip() or None
@@ -150,13 +185,51 @@ def _read_dicom_folder(folder: Path, series_uid: str | None) -> tuple[sitk.Image
 
 
 def _read_image_file(path: Path) -> sitk.Image:
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        _check_nifti_complete(path)
+    return _read_with_itk(
+        lambda: sitk.ReadImage(str(path)),
+        f"{path}: cannot be read as an image (unknown format, corrupt or truncated)",
+    )
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """Refuse a truncated NIfTI file, which ITK would silently read with its missing voxels set to zero.
+
+    The header gives the data size; the file (decompressed, for ``.nii.gz``) must be at least that long. A
+    header that cannot be parsed is left for ITK to report.
+    """
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
-        with _quiet_itk():
-            return sitk.ReadImage(str(path))
-    except RuntimeError as error:
-        raise UnreadableVolumeError(
-            f"{path}: cannot be read as an image (unknown format, corrupt or truncated): {_itk_reason(error)}"
-        ) from None
+        with opener(path, "rb") as stream:
+            header = stream.read(_NIFTI2_HEADER_BYTES)
+            length = len(header) + sum(len(chunk) for chunk in iter(lambda: stream.read(1 << 20), b""))
+    except (OSError, EOFError, zlib.error):
+        raise UnreadableVolumeError(f"{path}: the compressed data are truncated or corrupt") from None
+    expected = _nifti_expected_length(header)
+    if expected is not None and length < expected:
+        raise UnreadableVolumeError(f"{path}: truncated NIfTI file ({length} of {expected} bytes)")
+
+
+def _nifti_expected_length(header: bytes) -> int | None:
+    """Bytes a NIfTI-1/-2 file needs (header offset + voxel data), or None if ``header`` is not NIfTI."""
+    for endian in "<>":
+        if len(header) >= _NIFTI1_HEADER_BYTES and struct.unpack(endian + "i", header[:4])[0] == 348:
+            dims = struct.unpack(endian + "8h", header[40:56])
+            bitpix = struct.unpack(endian + "h", header[72:74])[0]
+            offset = int(struct.unpack(endian + "f", header[108:112])[0])
+            break
+        if len(header) >= _NIFTI2_HEADER_BYTES and struct.unpack(endian + "i", header[:4])[0] == 540:
+            bitpix = struct.unpack(endian + "h", header[14:16])[0]
+            dims = struct.unpack(endian + "8q", header[16:80])
+            offset = struct.unpack(endian + "q", header[168:176])[0]
+            break
+    else:
+        return None
+    if not 1 <= dims[0] <= 7 or bitpix <= 0:
+        return None
+    voxels = int(np.prod([max(int(d), 1) for d in dims[1 : dims[0] + 1]], dtype=np.int64))
+    return offset + voxels * bitpix // 8
 
 
 def _read_image(path: PathLike, series_uid: str | None) -> tuple[sitk.Image, Path, str | None, str | None]:
