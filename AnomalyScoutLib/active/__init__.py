@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from AnomalyScoutLib.active.cache import ScoreCache, content_hash
 from AnomalyScoutLib.active.distributed import CaseOutcome, score_pool
-from AnomalyScoutLib.active.ranking import CaseScorer, CaseScores, WorklistItem, build_worklist, write_worklist
+from AnomalyScoutLib.active.ranking import (
+    CaseScorer,
+    CaseScores,
+    WorklistItem,
+    build_worklist,
+    write_worklist,
+)
 from AnomalyScoutLib.active.strategies import STRATEGIES, PoolSignals, Selection, select
 
 __all__ = [
