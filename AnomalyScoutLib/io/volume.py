@@ -205,7 +205,9 @@ def _check_nifti_complete(path: Path) -> None:
             header = stream.read(_NIFTI2_HEADER_BYTES)
             length = len(header) + sum(len(chunk) for chunk in iter(lambda: stream.read(1 << 20), b""))
     except (OSError, EOFError, zlib.error):
-        raise UnreadableVolumeError(f"{path}: the compressed data are truncated or corrupt") from None
+        raise UnreadableVolumeError(
+            f"{path}: not a readable gzip-compressed NIfTI file (truncated or corrupt)"
+        ) from None
     expected = _nifti_expected_length(header)
     if expected is not None and length < expected:
         raise UnreadableVolumeError(f"{path}: truncated NIfTI file ({length} of {expected} bytes)")
