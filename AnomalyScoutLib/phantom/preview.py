@@ -1,0 +1,67 @@
+"""A PNG montage of phantom cases: what was made, and where the anomalies are.
+
+One row per case (at most ``max_cases``): slices at fixed relative positions through the anatomy, except that
+a case with anomalies shows its most anomalous slices instead, with the anomaly mask outlined in red.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+import numpy as np  # noqa: E402
+
+from AnomalyScoutLib.phantom.case import PhantomCase  # noqa: E402
+
+__all__ = ["preview_slices", "save_preview"]
+
+_POSITIONS = (0.08, 0.25, 0.45, 0.65, 0.8, 0.95)
+
+
+def preview_slices(case: PhantomCase, count: int = len(_POSITIONS)) -> list[int]:
+    """Slices worth showing: the ``count`` most anomalous ones (in order), else fixed positions p."""
+    n = case.volume.array_zyx.shape[0]
+    per_slice = case.anomaly_mask.reshape(n, -1).astype(bool).sum(axis=1)
+    if per_slice.any():
+        chosen = np.argsort(-per_slice, kind="stable")[: min(count, int((per_slice > 0).sum()))]
+        return sorted(int(k) for k in chosen)
+    return [min(n - 1, int(p * n)) for p in _POSITIONS[:count]]
+
+
+def save_preview(cases: Sequence[PhantomCase], path: Path, max_cases: int = 8) -> None:
+    """Write the montage atomically (temporary file, then rename) to ``path``."""
+    shown = list(cases)[:max_cases]
+    columns = len(_POSITIONS)
+    figure, axes = plt.subplots(len(shown), columns, figsize=(2.2 * columns, 2.4 * len(shown)), squeeze=False)
+    for row, case in zip(axes, shown):
+        n = case.volume.array_zyx.shape[0]
+        slices = preview_slices(case, columns)
+        kinds = ",".join(a.kind for a in case.anomalies) or "normal"
+        for column, axis in enumerate(row):
+            axis.axis("off")
+            if column >= len(slices):
+                continue
+            k = slices[column]
+            axis.imshow(case.volume.array_zyx[k], cmap="gray", vmin=-250, vmax=350, interpolation="nearest")
+            if case.anomaly_mask[k].any():
+                axis.contour(case.anomaly_mask[k] > 0, levels=[0.5], colors="red", linewidths=0.6)
+            axis.set_title(
+                f"seed {case.seed} k={k} p={(k + 0.5) / n:.2f}" + ("" if column else f"\n{kinds}"), fontsize=7
+            )
+    figure.tight_layout()
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(handle)
+    try:
+        figure.savefig(temporary, dpi=80)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(figure)
