@@ -140,7 +140,7 @@ def test_the_body_mask_holds_the_whole_liver_and_leaves_the_outside_air_out(real
     assert mask[liver].mean() > 0.999
     outside_air = ~ndimage.binary_dilation(mask, iterations=2) & (canonical < -900)
     assert outside_air.sum() > 0.1 * canonical[0].size, "this scan has air around the body"
-    assert mask[canonical > -500].mean() > 0.95, "nearly all tissue is the patient's (the rest: table, cables)"
+    assert mask[canonical > -500].mean() > 0.95, "nearly all tissue is the patient (the rest: table, cables)"
     for section in mask[::8]:
         np.testing.assert_array_equal(ndimage.binary_fill_holes(section), section)
 
