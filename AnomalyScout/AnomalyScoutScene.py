@@ -21,10 +21,12 @@ import numpy as np
 import slicer
 import vtk
 
-from AnomalyScoutLib.errors import ResultsError
+from AnomalyScoutLib.errors import ResultsError, VolumeError
 
 __all__ = [
     "HEAT_COLOR_TABLE",
+    "export_segment_mask",
+    "export_volume",
     "ResultNodes",
     "SceneResults",
     "ScoreReport",
@@ -267,6 +269,9 @@ class SceneResults:
         storage.SetFileName(str(path))
         if not storage.ReadData(node):
             raise ResultsError(f"cannot read {path} as a volume")
+        node.SetAndObserveTransformNodeID(
+            input_node.GetTransformNodeID()
+        )  # same place as the input, if moved
         node.CreateDefaultDisplayNodes()
         return node
 
@@ -373,6 +378,54 @@ class SceneResults:
             self.scene.GetNthNodeByClass(i, class_name)
             for i in range(self.scene.GetNumberOfNodesByClass(class_name))
         ]
+
+
+def export_volume(volume_node: slicer.vtkMRMLVolumeNode, path: str | Path) -> Path:
+    """Write a volume to ``path`` (NRRD) for the worker, leaving the node and its storage node untouched.
+
+    A storage node outside the scene does the writing, so the input's own file name and "modified" state stay
+    as the user left them; the worker then scores exactly the voxels and grid Slicer shows.
+
+    Raises:
+        VolumeError: the node holds no image or the file cannot be written.
+    """
+    path = Path(path)
+    if volume_node.GetImageData() is None:
+        raise VolumeError(f"the volume {volume_node.GetName()!r} holds no image data")
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(path))
+    storage.SetUseCompression(False)
+    if not storage.WriteData(volume_node):
+        raise VolumeError(f"cannot write {volume_node.GetName()!r} to {path}")
+    return path
+
+
+def export_segment_mask(
+    segmentation_node: slicer.vtkMRMLSegmentationNode,
+    segment_id: str,
+    reference: slicer.vtkMRMLScalarVolumeNode,
+    path: str | Path,
+) -> Path:
+    """Write one segment (e.g. the liver) as a label map on the CT's grid: the worker's ``--mask``.
+
+    Raises:
+        VolumeError: the segment does not exist or cannot be exported.
+    """
+    if segmentation_node.GetSegmentation().GetSegment(segment_id) is None:
+        raise VolumeError(f"the segmentation {segmentation_node.GetName()!r} has no segment {segment_id!r}")
+    scene = segmentation_node.GetScene()
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "AnomalyScout mask (temporary)")
+    try:
+        ids = vtk.vtkStringArray()
+        ids.InsertNextValue(segment_id)
+        logic = slicer.vtkSlicerSegmentationsModuleLogic
+        if not logic.ExportSegmentsToLabelmapNode(segmentation_node, ids, labelmap, reference):
+            raise VolumeError(
+                f"cannot export segment {segment_id!r} onto the grid of {reference.GetName()!r}"
+            )
+        return export_volume(labelmap, path)
+    finally:
+        scene.RemoveNode(labelmap)
 
 
 def default_threshold(residual: np.ndarray) -> float:

@@ -17,10 +17,12 @@ from AnomalyScoutScene import (  # noqa: E402
     HEAT_COLOR_TABLE,
     SceneResults,
     default_threshold,
+    export_segment_mask,
+    export_volume,
     read_score_report,
 )
 
-from AnomalyScoutLib.errors import ResultsError  # noqa: E402
+from AnomalyScoutLib.errors import ResultsError, VolumeError  # noqa: E402
 
 
 def _column(table, name):
@@ -266,3 +268,40 @@ def test_default_threshold_lies_between_the_typical_and_the_strongest_residual()
     threshold = default_threshold(residual)
     assert np.count_nonzero(residual >= threshold) == 1
     assert default_threshold(np.zeros((2, 2, 2))) == 0.0
+
+
+def test_exports_the_input_for_the_worker_without_touching_the_node(scene, ct_node, ct_path, tmp_path):
+    sitk = pytest.importorskip("SimpleITK")
+    storage_file = ct_node.GetStorageNode().GetFileName()
+    modified = ct_node.GetMTime()
+
+    path = export_volume(ct_node, tmp_path / "export" / "input.nrrd")
+
+    exported, original = sitk.ReadImage(str(path)), sitk.ReadImage(str(ct_path))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(exported), sitk.GetArrayFromImage(original))
+    assert exported.GetOrigin() == pytest.approx(original.GetOrigin())
+    assert exported.GetSpacing() == pytest.approx(original.GetSpacing())
+    assert exported.GetDirection() == pytest.approx(original.GetDirection())
+    assert ct_node.GetStorageNode().GetFileName() == storage_file and ct_node.GetMTime() == modified
+
+
+def test_exports_one_segment_as_a_mask_on_the_ct_grid(scene, ct_node, tmp_path):
+    sitk = pytest.importorskip("SimpleITK")
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(ct_node)
+    labels = slicer.util.arrayFromVolume(ct_node) * 0
+    labels[5:9, 10:20, 12:30] = 1
+    labels[15:18, 20:25, 20:25] = 2
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    labelmap.CopyOrientation(ct_node)
+    slicer.util.updateVolumeFromArray(labelmap, labels.astype(np.int16))
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation)
+    liver = segmentation.GetSegmentation().GetNthSegmentID(0)
+
+    path = export_segment_mask(segmentation, liver, ct_node, tmp_path / "mask.nrrd")
+
+    mask = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    assert mask.shape == labels.shape
+    np.testing.assert_array_equal(mask > 0, labels == 1)
+    with pytest.raises(VolumeError, match="no segment"):
+        export_segment_mask(segmentation, "nothing", ct_node, tmp_path / "m2.nrrd")
