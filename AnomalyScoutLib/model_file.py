@@ -1,0 +1,275 @@
+"""The one-file model: generator (EMA), encoder and discriminator weights + JSON metadata, in safetensors.
+
+Layout (docs/design.md): tensors prefixed ``generator.``, ``encoder.``, ``discriminator.``; the safetensors
+header metadata holds one key, ``"anomalyscout"``, with a JSON object::
+
+    {"format_version": 1, "model_id", "code_version", "architecture": {...}, "resolution",
+     "preprocessing": {"hu_window": [lo, hi], "position": "index"}, "training": {...},
+     "calibration": {...} | null, "tensor_sha256": "..."}
+
+The SHA-256 covers every tensor's name, dtype, shape and bytes, so an edited weight is refused instead of
+silently producing wrong scores. Nothing is pickled: loading never runs code from the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from AnomalyScoutLib import __version__
+from AnomalyScoutLib.errors import AnomalyScoutError, ConfigError, ModelFileError
+from AnomalyScoutLib.nets.architecture import ArchitectureConfig
+from AnomalyScoutLib.nets.discriminator import Discriminator
+from AnomalyScoutLib.nets.encoder import Encoder
+from AnomalyScoutLib.nets.generator import Generator
+from AnomalyScoutLib.preprocessing import POSITION_METHODS, HUWindow
+
+__all__ = ["DEFAULT_MODEL_PATH", "FORMAT_VERSION", "METADATA_KEY", "AnomalyModel", "tensor_digest"]
+
+FORMAT_VERSION = 1
+METADATA_KEY = "anomalyscout"
+#: The shipped default model (trained on the phantom's normal volumes, see models/README.md).
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "models" / "default.safetensors"
+NETWORKS = ("generator", "encoder", "discriminator")
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the tensors in name order (name, dtype, shape and raw bytes of each)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class AnomalyModel:
+    """The three networks of one trained model and what is needed to use them on a CT.
+
+    Attributes:
+        generator: the EMA generator (``mapping``, ``synthesis``, ``mean_w``).
+        encoder: image + position -> W+ code.
+        discriminator: realness logits and the ``features`` used by the feature residual.
+        architecture: the configuration the networks were built from.
+        metadata: the JSON metadata (``training``, ``calibration``, ...), kept as loaded.
+
+    Example:
+        >>> model = AnomalyModel.load(DEFAULT_MODEL_PATH, "cpu")
+        >>> ws = model.encoder(x, position); recon = model.generator.synthesis(ws, noise_mode="const")
+    """
+
+    def __init__(
+        self,
+        architecture: ArchitectureConfig,
+        generator: Generator,
+        encoder: Encoder,
+        discriminator: Discriminator,
+        metadata: dict[str, Any],
+    ) -> None:
+        self.architecture = architecture
+        self.generator, self.encoder, self.discriminator = generator, encoder, discriminator
+        self.metadata = metadata
+        self.window = HUWindow.from_dict(metadata["preprocessing"])
+        self.position_method = str(metadata["preprocessing"]["position"])
+
+    @classmethod
+    def create(
+        cls,
+        architecture: ArchitectureConfig | dict[str, Any],
+        *,
+        window: HUWindow | None = None,
+        position_method: str = "index",
+        training: dict[str, Any] | None = None,
+        seed: int | None = None,
+    ) -> AnomalyModel:
+        """A model with freshly initialised networks (to train, and for tests of code that uses models)."""
+        if isinstance(architecture, dict):
+            architecture = ArchitectureConfig.from_dict(architecture)
+        if position_method not in POSITION_METHODS:
+            raise ConfigError(
+                f"unknown position method {position_method!r}; known: {', '.join(POSITION_METHODS)}"
+            )
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            generator, encoder = Generator(architecture), Encoder(architecture)
+            discriminator = Discriminator(architecture)
+        encoder.anchor_to(generator)
+        metadata = {
+            "format_version": FORMAT_VERSION,
+            "model_id": "",
+            "code_version": __version__,
+            "architecture": architecture.to_dict(),
+            "resolution": architecture.resolution,
+            "preprocessing": {**(window or HUWindow()).to_dict(), "position": position_method},
+            "training": dict(training or {}),
+            "calibration": None,
+        }
+        return cls(architecture, generator, encoder, discriminator, metadata)
+
+    @property
+    def resolution(self) -> int:
+        return self.architecture.resolution
+
+    @property
+    def model_id(self) -> str:
+        """Identifies the weights (derived from their hash at save time; empty for an unsaved model)."""
+        return str(self.metadata.get("model_id", ""))
+
+    @property
+    def calibration(self) -> dict[str, Any] | None:
+        """The score calibration stored with the model (``None`` until one is fitted)."""
+        return self.metadata.get("calibration")
+
+    @calibration.setter
+    def calibration(self, value: dict[str, Any] | None) -> None:
+        self.metadata["calibration"] = value
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"generator": self.generator, "encoder": self.encoder, "discriminator": self.discriminator}
+
+    def to(self, device: torch.device | str) -> AnomalyModel:
+        """Moves the networks (in place) and returns the model, like ``nn.Module.to``."""
+        for net in self.networks().values():
+            net.to(device)
+        return self
+
+    def state_tensors(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+        """All persistent tensors with their file names; floating ones cast to ``dtype``."""
+        tensors = {}
+        for prefix, net in self.networks().items():
+            for name, tensor in net.state_dict().items():
+                tensor = tensor.detach().cpu()
+                tensors[f"{prefix}.{name}"] = (
+                    tensor.to(dtype) if tensor.is_floating_point() else tensor
+                ).contiguous()
+        return tensors
+
+    def save(self, path: str | os.PathLike[str], *, half: bool = False) -> Path:
+        """Writes the model atomically (temp file in the same folder, then rename).
+
+        Args:
+            path: target ``.safetensors`` file; its folder must exist.
+            half: store floating tensors as float16 (half the size; loading casts back to float32).
+        """
+        path = Path(path)
+        if not path.parent.is_dir():
+            raise ModelFileError(f"cannot save the model: folder {path.parent} does not exist")
+        tensors = self.state_tensors(torch.float16 if half else torch.float32)
+        digest = tensor_digest(tensors)
+        self.metadata["model_id"] = f"anomalyscout-{self.resolution}-{digest[:12]}"
+        header = {**self.metadata, "tensor_sha256": digest}
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(handle)
+        try:
+            save_file(tensors, temporary, metadata={METADATA_KEY: json.dumps(header)})
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike[str] | None = None, device: torch.device | str = "cpu"
+    ) -> AnomalyModel:
+        """Reads and verifies a model file; every inconsistency is a :class:`ModelFileError` naming it.
+
+        Args:
+            path: the ``.safetensors`` file (default: :data:`DEFAULT_MODEL_PATH`).
+            device: where the networks go; they are put in eval mode with gradients off.
+        """
+        path = Path(path) if path is not None else DEFAULT_MODEL_PATH
+        if not path.is_file():
+            raise ModelFileError(f"model file {path} does not exist")
+        header, tensors = _read(path)
+        metadata = _check_metadata(header, path)
+        try:
+            architecture = ArchitectureConfig.from_dict(metadata["architecture"])
+            window = HUWindow.from_dict(metadata["preprocessing"])
+        except AnomalyScoutError as error:
+            raise ModelFileError(f"{path}: invalid metadata: {error}") from None
+        if metadata.get("resolution") != architecture.resolution:
+            raise ModelFileError(
+                f"{path}: resolution {metadata.get('resolution')} does not match the architecture's "
+                f"{architecture.resolution}"
+            )
+        if tensor_digest(tensors) != metadata.pop("tensor_sha256"):
+            raise ModelFileError(f"{path}: the tensors do not match their SHA-256 (file modified or corrupt)")
+        model = cls.create(architecture, window=window, position_method=metadata["preprocessing"]["position"])
+        for prefix, net in model.networks().items():
+            _load_network(net, prefix, tensors, path)
+        extra = sorted(name for name in tensors if name.split(".", 1)[0] not in NETWORKS)
+        if extra:
+            raise ModelFileError(f"{path}: unexpected tensors {', '.join(extra[:5])}")
+        model.metadata = metadata
+        model.to(device)
+        for net in model.networks().values():
+            net.eval().requires_grad_(False)
+        return model
+
+
+def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 - not a dict
+    except Exception as error:  # noqa: BLE001 - safetensors raises its own and OS errors; all mean "unreadable"
+        raise ModelFileError(f"{path} is not a readable safetensors model file: {error}") from None
+    return header, tensors
+
+
+def _check_metadata(header: dict[str, str], path: Path) -> dict[str, Any]:
+    if METADATA_KEY not in header:
+        raise ModelFileError(f"{path} has no AnomalyScout metadata (is it an AnomalyScout model?)")
+    try:
+        metadata = json.loads(header[METADATA_KEY])
+    except json.JSONDecodeError as error:
+        raise ModelFileError(f"{path}: metadata is not valid JSON ({error})") from None
+    if not isinstance(metadata, dict):
+        raise ModelFileError(f"{path}: metadata must be a JSON object")
+    version = metadata.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path}: model format version {version!r} is not supported by this AnomalyScout "
+            f"(it reads version {FORMAT_VERSION})"
+        )
+    missing = [
+        key for key in ("architecture", "resolution", "preprocessing", "tensor_sha256") if key not in metadata
+    ]
+    if missing:
+        raise ModelFileError(f"{path}: metadata lacks {', '.join(missing)}")
+    position = (
+        metadata["preprocessing"].get("position") if isinstance(metadata["preprocessing"], dict) else None
+    )
+    if position not in POSITION_METHODS:
+        raise ModelFileError(f"{path}: unknown slice-position method {position!r}")
+    return metadata
+
+
+def _load_network(net: nn.Module, prefix: str, tensors: dict[str, torch.Tensor], path: Path) -> None:
+    expected = net.state_dict()
+    stored = {name[len(prefix) + 1 :]: t for name, t in tensors.items() if name.startswith(prefix + ".")}
+    missing = sorted(set(expected) - set(stored))
+    if missing:
+        raise ModelFileError(f"{path}: missing tensors {', '.join(f'{prefix}.{n}' for n in missing[:5])}")
+    extra = sorted(set(stored) - set(expected))
+    if extra:
+        raise ModelFileError(f"{path}: unexpected tensors {', '.join(f'{prefix}.{n}' for n in extra[:5])}")
+    for name, tensor in stored.items():
+        if tensor.shape != expected[name].shape:
+            raise ModelFileError(
+                f"{path}: tensor {prefix}.{name} has shape {tuple(tensor.shape)}, the architecture needs "
+                f"{tuple(expected[name].shape)}"
+            )
+        stored[name] = tensor.to(expected[name].dtype)
+    net.load_state_dict(stored)
