@@ -32,6 +32,7 @@ __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 COMMAND_MODULES: tuple[str, ...] = (
     "phantom",
     "rank",
+    "score",
 )
 
 EXIT_INTERNAL_ERROR = 3

@@ -58,6 +58,7 @@ class AtomicOutputDir:
             self._staging = Path(
                 tempfile.mkdtemp(prefix=f".{self.out_dir.name}.partial-", dir=self.out_dir.parent)
             )
+            self._staging.chmod(0o777 & ~_current_umask())  # mkdtemp's 0700 would stick to a new folder
         except OSError as error:
             raise ConfigError(
                 f"cannot write the output folder {self.out_dir}: {error.strerror or error}"
@@ -88,6 +89,12 @@ class AtomicOutputDir:
         if self._staging is not None:
             shutil.rmtree(self._staging, ignore_errors=True)
             self._staging = None
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _vector(values: Sequence[float]) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -68,3 +71,13 @@ def test_refuses_an_output_path_that_is_a_file(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match="not a folder"), AtomicOutputDir(tmp_path / "file"):
         pass
+
+
+def test_a_new_folder_gets_the_usual_permissions_not_the_private_temporary_ones(tmp_path):
+    out = tmp_path / "out"
+    with AtomicOutputDir(out) as staging:
+        (staging.staging / "a.txt").write_text("a")
+        staging.commit()
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~mask

@@ -1,0 +1,424 @@
+"""Scoring a CT volume: reconstruction slice batch by slice batch, scores, calibration and the output folder.
+
+:class:`VolumeScorer` is the streaming core shared by ``anomalyscout score``, the worker, calibration and the
+benchmark: it walks the canonical slices in batches, so at most one batch exists at model resolution, and
+writes each batch's residual and reconstruction straight into the output arrays it is given (memory maps of
+the output files, see :mod:`AnomalyScoutLib.outputs`). On CUDA, out-of-memory halves the batch and retries.
+
+:func:`score_file` is the whole run behind the score contract of ``docs/design.md``: read and validate the
+input, score, calibrate, and write ``residual.nrrd``, ``reconstruction.nrrd``, ``scores.csv``, ``scores.json``
+and ``flagged.png`` into a staging folder that replaces the outputs only when everything has succeeded.
+
+The body mask is computed per batch (largest 3-D component *within the batch*): the 3-D labelling of a whole
+512x512x600 volume alone would need 2.4 GB.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import torch
+
+from AnomalyScoutLib.calibration import CalibratedScores, Calibration, check_fpr, self_calibrated
+from AnomalyScoutLib.cancellation import CancelFlag
+from AnomalyScoutLib.errors import ConfigError, VolumeError
+from AnomalyScoutLib.inversion import InversionConfig, Reconstruction, Reconstructor
+from AnomalyScoutLib.io.geometry import AxialFrame, axial_frame, slice_centers_ras, to_canonical
+from AnomalyScoutLib.io.volume import read_label_map, read_volume
+from AnomalyScoutLib.montage import MontagePanel, most_anomalous, write_montage
+from AnomalyScoutLib.outputs import AtomicOutputDir, NrrdVolumeWriter
+from AnomalyScoutLib.preprocessing import body_mask, model_grid, slice_positions
+from AnomalyScoutLib.scoring import ScoreConfig, case_score, residual_maps, score_slices
+
+if TYPE_CHECKING:
+    from AnomalyScoutLib.model_file import AnomalyModel
+
+__all__ = [
+    "OUTPUT_FILES",
+    "CaseScores",
+    "RunListener",
+    "ScoreOptions",
+    "ScoreRun",
+    "VolumeScorer",
+    "canonical_view",
+    "score_file",
+]
+
+OUTPUT_FILES: tuple[str, ...] = (
+    "residual.nrrd",
+    "reconstruction.nrrd",
+    "scores.csv",
+    "scores.json",
+    "flagged.png",
+)
+MONTAGE_SLICES = 8
+
+
+class RunListener(Protocol):
+    """What a front end (tqdm on the command line, JSON lines in the worker) hears during a run."""
+
+    def started(self, slices: int, device: str, mode: str, model_id: str) -> None: ...
+
+    def progress(self, i: int, n: int, slice_index: int, score: float, eta_s: float | None) -> None: ...
+
+    def warning(self, message: str) -> None: ...
+
+
+class _SilentListener:
+    def started(self, slices: int, device: str, mode: str, model_id: str) -> None:
+        pass
+
+    def progress(self, i: int, n: int, slice_index: int, score: float, eta_s: float | None) -> None:
+        pass
+
+    def warning(self, message: str) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class CaseScores:
+    """Raw per-slice results of one volume in canonical order."""
+
+    positions: np.ndarray
+    scores: np.ndarray
+    pixel: np.ndarray
+    feature: np.ndarray
+
+
+def canonical_view(array_zyx: np.ndarray, frame: AxialFrame) -> np.ndarray:
+    """A writable canonical-order *view* of a file-order array (``to_canonical`` returns a copy).
+
+    Writing batch ``k0:k1`` of the view writes the matching voxels of the file-order array, e.g. a memory map.
+    """
+    view = np.transpose(array_zyx, frame.axes)
+    for axis, flip in enumerate(frame.flips):
+        if flip:
+            view = np.flip(view, axis=axis)
+    return view
+
+
+class VolumeScorer:
+    """Reconstructs and scores canonical CT volumes with one model, mode and score definition.
+
+    Args:
+        model: the loaded model (networks already on ``device``).
+        inversion: reconstruction mode and its settings.
+        score: slice/case score definition.
+        device: where the networks run.
+        batch_size: slices per batch (halved automatically on CUDA out-of-memory).
+    """
+
+    def __init__(
+        self,
+        model: AnomalyModel,
+        inversion: InversionConfig,
+        score: ScoreConfig,
+        device: torch.device,
+        batch_size: int = 16,
+    ) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+        self.model, self.inversion, self.score_config, self.device = model, inversion, score, device
+        self.batch_size = batch_size
+        self.reconstructor = Reconstructor(
+            model.generator, model.encoder, model.discriminator, inversion, device
+        )
+
+    def _reconstruct(
+        self,
+        x: torch.Tensor,
+        position: torch.Tensor,
+        body: torch.Tensor,
+        cancel: CancelFlag | None,
+        listener: RunListener,
+    ) -> Reconstruction:
+        """Reconstruct, splitting the batch in halves while CUDA runs out of memory."""
+        try:
+            return self.reconstructor.reconstruct(x, position, body, cancel)
+        except torch.cuda.OutOfMemoryError:
+            if len(x) == 1:
+                raise ConfigError(
+                    f"{self.device} ran out of memory on a single slice; use --device cpu or a smaller model"
+                ) from None
+            torch.cuda.empty_cache()
+            self.batch_size = max(1, len(x) // 2)
+            listener.warning(f"{self.device} ran out of memory; batch size reduced to {self.batch_size}")
+            half = len(x) // 2
+            parts = [
+                self._reconstruct(x[s], position[s], body[s], cancel, listener)
+                for s in (slice(0, half), slice(half, None))
+            ]
+            return Reconstruction(
+                torch.cat([p.images for p in parts]), torch.cat([p.feature_residual for p in parts])
+            )
+
+    def score(
+        self,
+        canonical_hu: np.ndarray,
+        spacing_kji: tuple[float, float, float],
+        *,
+        region: np.ndarray | None = None,
+        residual_out: np.ndarray | None = None,
+        reconstruction_out: np.ndarray | None = None,
+        listener: RunListener | None = None,
+        cancel: CancelFlag | None = None,
+        release_pages: Any = None,
+    ) -> CaseScores:
+        """Score every canonical slice of ``canonical_hu`` (k, rows, cols).
+
+        Args:
+            region: optional boolean canonical mask (an organ) that restricts the residual and the scores.
+            residual_out, reconstruction_out: canonical (views of) float32 arrays filled batch by batch.
+            listener: told about each scored slice, with an ETA.
+            cancel: checked between batches and between optimisation steps.
+            release_pages: called after each batch (lets memory-mapped outputs drop written pages).
+        """
+        listener = listener or _SilentListener()
+        model = self.model
+        n_slices, rows, cols = canonical_hu.shape
+        if region is not None and region.shape != canonical_hu.shape:
+            raise VolumeError(f"mask shape {region.shape} does not match the volume's {canonical_hu.shape}")
+        positions = slice_positions(canonical_hu, spacing_kji, model.position_method)
+        grid = model_grid((rows, cols), spacing_kji[1:], model.resolution)
+        scores, pixel, feature = (np.zeros(n_slices, dtype=np.float64) for _ in range(3))
+        start, k0 = time.perf_counter(), 0
+        while k0 < n_slices:
+            if cancel is not None:
+                cancel.raise_if_set()
+            k1 = min(n_slices, k0 + self.batch_size)
+            hu = np.asarray(canonical_hu[k0:k1], dtype=np.float32)
+            body = body_mask(hu)
+            area = body if region is None else body & region[k0:k1]
+            x = grid.to_model(model.window.normalize(torch.from_numpy(hu))).to(self.device)
+            body_m = grid.to_model(torch.from_numpy(body.astype(np.float32)), fill=0.0).to(self.device) > 0.5
+            area_m = grid.to_model(torch.from_numpy(area.astype(np.float32)), fill=0.0).to(self.device) > 0.5
+            position = torch.from_numpy(positions[k0:k1]).to(self.device)
+            result = self._reconstruct(x, position, body_m, cancel, listener)
+            residual = residual_maps(x, result.images, area_m, self.score_config.smoothing_px)
+            batch_scores = score_slices(
+                x, result.images, area_m, residual, result.feature_residual, self.score_config
+            )
+            scores[k0:k1] = batch_scores.score.cpu().numpy()
+            pixel[k0:k1] = batch_scores.pixel.cpu().numpy()
+            feature[k0:k1] = batch_scores.feature.cpu().numpy()
+            if residual_out is not None:
+                residual_out[k0:k1] = grid.from_model(residual.cpu()).numpy() * area
+            if reconstruction_out is not None:
+                images_hu = model.window.denormalize(grid.from_model(result.images.cpu()).numpy())
+                reconstruction_out[k0:k1] = np.where(body, images_hu, hu)
+            if release_pages is not None:
+                release_pages()
+            elapsed = time.perf_counter() - start
+            for k in range(k0, k1):
+                eta = elapsed / k1 * (n_slices - k1)
+                listener.progress(k + 1, n_slices, k, float(scores[k]), eta)
+            k0 = k1
+        return CaseScores(positions=positions.astype(np.float64), scores=scores, pixel=pixel, feature=feature)
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """Options of one scoring run that are not the model's (the command line's ``score`` options)."""
+
+    fpr: float | None = None
+    mask_path: str | None = None
+    mask_label: int | None = None
+    series_uid: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.fpr is not None:
+            check_fpr(self.fpr)
+        if self.mask_label is not None and self.mask_path is None:
+            raise ConfigError("--mask-label needs --mask")
+
+
+@dataclass(frozen=True)
+class ScoreRun:
+    """What a finished run produced: the output paths and the scores that are also in ``scores.json``."""
+
+    outputs: dict[str, Path]
+    case: CaseScores
+    calibrated: CalibratedScores
+    case_score: float
+    calibrated_by_model: bool
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def flagged_slices(self) -> list[int]:
+        return [int(k) for k in np.flatnonzero(self.calibrated.flagged)]
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if math.isfinite(value) else None
+
+
+def _calibrate(
+    scorer: VolumeScorer, case: CaseScores, score_of_case: float, fpr: float | None, listener: RunListener
+) -> tuple[CalibratedScores, bool, float]:
+    """Percentiles and flags from the model's calibration, or the per-case fallback with a warning."""
+    stored = Calibration.from_json(scorer.model.metadata.get("calibration"))
+    fpr = stored.default_fpr if fpr is None else fpr
+    mode_calibration = stored.get(scorer.inversion.mode, scorer.score_config.key())
+    if mode_calibration is not None and dict(mode_calibration.score_config) != scorer.score_config.as_dict():
+        listener.warning("the model was calibrated with other score settings; using the per-case fallback")
+        mode_calibration = None
+    if mode_calibration is None:
+        listener.warning(
+            f"the model has no calibration for mode {scorer.inversion.mode!r} and score "
+            f"{scorer.score_config.key()!r}: slices are ranked against this case's own median "
+            "(run `anomalyscout calibrate`)"
+        )
+        return self_calibrated(case.scores, score_of_case, fpr), False, fpr
+    return mode_calibration.apply(case.scores, case.positions, score_of_case, fpr), True, fpr
+
+
+def _write_tables(
+    staging: Path,
+    case: CaseScores,
+    calibrated: CalibratedScores,
+    centers_ras: np.ndarray,
+    summary: Mapping[str, Any],
+) -> None:
+    """``scores.csv`` (``flagged`` as 0/1) and ``scores.json`` (NaN written as null)."""
+    with open(staging / "scores.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["slice_index", "position", "score", "percentile", "flagged"])
+        for k in range(len(case.scores)):
+            percentile = calibrated.percentile[k]
+            writer.writerow(
+                [
+                    k,
+                    f"{case.positions[k]:.6f}",
+                    f"{case.scores[k]:.6g}",
+                    f"{percentile:.3f}" if math.isfinite(percentile) else "",
+                    int(calibrated.flagged[k]),
+                ]
+            )
+    slices = [
+        {
+            "slice_index": k,
+            "position": float(case.positions[k]),
+            "score": float(case.scores[k]),
+            "percentile": _finite(calibrated.percentile[k]),
+            "flagged": bool(calibrated.flagged[k]),
+            "threshold": _finite(calibrated.threshold[k]),
+            "pixel_score": float(case.pixel[k]),
+            "feature_score": float(case.feature[k]),
+            "center_ras": [float(c) for c in centers_ras[k]],
+        }
+        for k in range(len(case.scores))
+    ]
+    text = json.dumps({**summary, "slices": slices}, indent=1, allow_nan=False)
+    (staging / "scores.json").write_text(text + "\n", encoding="utf-8")
+
+
+def score_file(
+    input_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    scorer: VolumeScorer,
+    options: ScoreOptions | None = None,
+    *,
+    listener: RunListener | None = None,
+    cancel: CancelFlag | None = None,
+) -> ScoreRun:
+    """Score one CT file or DICOM folder and write the contract's five outputs into ``out_dir`` atomically.
+
+    Raises:
+        VolumeError: the input (or mask) cannot be read or is not CT.
+        ConfigError: bad options or an unwritable output folder.
+        CancelledError: ``cancel`` was set; ``out_dir`` is left as it was.
+    """
+    options = options or ScoreOptions()
+    listener = listener or _SilentListener()
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+    volume = read_volume(input_path, options.series_uid)
+    frame = axial_frame(volume)
+    canonical_hu = to_canonical(volume.array_zyx, frame)
+    region = None
+    if options.mask_path is not None:
+        labels = to_canonical(read_label_map(options.mask_path, reference=volume), frame)
+        region = labels == options.mask_label if options.mask_label is not None else labels > 0
+        if not region.any():
+            raise VolumeError(f"mask {options.mask_path} has no voxel of the requested label")
+    centers_ras = slice_centers_ras(volume, frame)
+    geometry = (volume.array_zyx.shape, volume.spacing_xyz, volume.origin_xyz, volume.direction)
+    source = volume.source or os.fspath(input_path)
+    del volume  # the canonical copy is all that is needed from here on
+    timings["read_s"] = time.perf_counter() - clock
+    model_id = str(scorer.model.metadata.get("model_id", ""))
+    listener.started(frame.n_slices, str(scorer.device), scorer.inversion.mode, model_id)
+    if region is not None:
+        listener.warning(
+            "calibration is for whole-body scores: percentiles inside an organ mask are approximate"
+        )
+
+    with AtomicOutputDir(out_dir) as out:
+        residual_file = NrrdVolumeWriter(out.staging / "residual.nrrd", *geometry)
+        reconstruction_file = NrrdVolumeWriter(out.staging / "reconstruction.nrrd", *geometry)
+
+        def release_pages() -> None:
+            residual_file.release_pages()
+            reconstruction_file.release_pages()
+
+        clock = time.perf_counter()
+        try:
+            case = scorer.score(
+                canonical_hu,
+                frame.spacing_kji,
+                region=region,
+                residual_out=canonical_view(residual_file.array_zyx, frame),
+                reconstruction_out=canonical_view(reconstruction_file.array_zyx, frame),
+                listener=listener,
+                cancel=cancel,
+                release_pages=release_pages,
+            )
+            timings["score_s"] = time.perf_counter() - clock
+            clock = time.perf_counter()
+            score_of_case = case_score(case.scores, scorer.score_config)
+            calibrated, by_model, fpr = _calibrate(scorer, case, score_of_case, options.fpr, listener)
+            residual_canonical = canonical_view(residual_file.array_zyx, frame)
+            panels = [
+                MontagePanel(
+                    k,
+                    np.asarray(canonical_hu[k]),
+                    np.array(residual_canonical[k]),
+                    float(case.scores[k]),
+                    float(calibrated.percentile[k]),
+                    bool(calibrated.flagged[k]),
+                )
+                for k in most_anomalous(case.scores, calibrated.percentile, MONTAGE_SLICES)
+            ]
+            del residual_canonical
+            write_montage(out.staging / "flagged.png", panels, frame.spacing_kji[1:])
+        finally:
+            residual_file.close()
+            reconstruction_file.close()
+        summary = {
+            "case_score": _finite(score_of_case),
+            "case_percentile": _finite(calibrated.case_percentile),
+            "case_flagged": calibrated.case_flagged,
+            "calibrated": by_model,
+            "model_id": model_id,
+            "mode": scorer.inversion.mode,
+            "steps": scorer.inversion.resolved_steps,
+            "score_config": scorer.score_config.as_dict(),
+            "fpr": fpr,
+            "device": str(scorer.device),
+            "input": source,
+            "mask": options.mask_path,
+            "timings": timings,
+        }
+        timings["write_s"] = time.perf_counter() - clock
+        _write_tables(out.staging, case, calibrated, centers_ras, summary)
+        outputs = out.commit()
+    return ScoreRun(outputs, case, calibrated, score_of_case, by_model, timings)
