@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import psutil
-
 from AnomalyScoutLib.worker.protocol import parse_event
 
 __all__ = [
@@ -246,6 +244,8 @@ def kill_process_tree(pid: int, grace_s: float = TERMINATE_GRACE_S) -> None:
     Killing only the launched process would leave its Python child scoring on; SIGTERM first lets the worker
     delete its temporary output folder.
     """
+    import psutil  # here, not at the top: the module must load before the dependency check installs psutil
+
     try:
         parent = psutil.Process(pid)
         processes = [*parent.children(recursive=True), parent]

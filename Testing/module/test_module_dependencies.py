@@ -1,0 +1,49 @@
+"""AnomalyScoutDependencies: one confirmation, torch only through the PyTorch extension, pyproject in sync."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from AnomalyScoutDependencies import REQUIREMENTS, InstallError, InstallPlan, install, install_plan
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class FakeTorchUtils:
+    def __init__(self, succeeds: bool = True) -> None:
+        self.calls: list[dict] = []
+        self.succeeds = succeeds
+
+    def installTorch(self, **kwargs):  # noqa: N802 - PyTorchUtils' own spelling
+        self.calls.append(kwargs)
+        return object() if self.succeeds else None
+
+
+def test_requirements_are_the_librarys_dependencies_except_torch():
+    tomllib = pytest.importorskip("tomllib")
+    dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert sorted(REQUIREMENTS) == sorted(d for d in dependencies if not d.startswith("torch"))
+
+
+def test_plan_lists_exactly_the_missing_modules():
+    missing = {"torch", "safetensors"}
+    plan = install_plan(lambda name: None if name in missing else object())
+    assert plan.torch and plan.packages == ("safetensors>=0.4",)
+    assert "PyTorch" in plan.describe() and "safetensors>=0.4" in plan.describe()
+    assert install_plan(lambda name: object()).empty
+
+
+def test_torch_comes_from_the_pytorch_extension_never_from_pip():
+    torch_utils, pip_calls = FakeTorchUtils(), []
+    install(InstallPlan(torch=True, packages=("tqdm>=4.60",)), torch_utils, pip_calls.append)
+    assert torch_utils.calls == [{"askConfirmation": False, "torchVersionRequirement": ">=2.1"}]
+    assert pip_calls == [["tqdm>=4.60"]]
+
+
+@pytest.mark.parametrize("torch_utils", [None, FakeTorchUtils(succeeds=False)])
+def test_a_missing_extension_or_a_failed_torch_install_is_an_install_error(torch_utils):
+    pip_calls = []
+    with pytest.raises(InstallError, match="PyTorch"):
+        install(InstallPlan(torch=True, packages=("tqdm>=4.60",)), torch_utils, pip_calls.append)
+    assert pip_calls == []
