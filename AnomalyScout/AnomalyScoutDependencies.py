@@ -2,7 +2,7 @@
 
 Slicer's Python ships numpy, SimpleITK and friends but not torch or safetensors. torch must come from the
 PyTorch extension's ``PyTorchUtils`` (it picks the CUDA build matching the computer's driver); a plain ``pip
-install torch`` would bring a wrong build, so this module never asks pip for torch. Everything is listed in one
+install torch`` would bring a wrong build, so this module never asks pip for torch. All is listed in one
 question so that the user confirms once. No qt: the dialog is the widget's business.
 """
 
