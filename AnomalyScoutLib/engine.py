@@ -195,7 +195,7 @@ class VolumeScorer:
             if cancel is not None:
                 cancel.raise_if_set()
             k1 = min(n_slices, k0 + self.batch_size)
-            hu = np.asarray(canonical_hu[k0:k1], dtype=np.float32)
+            hu = np.array(canonical_hu[k0:k1], dtype=np.float32)  # a writable batch copy
             body = body_mask(hu)
             area = body if region is None else body & region[k0:k1]
             x = grid.to_model(model.window.normalize(torch.from_numpy(hu))).to(self.device)

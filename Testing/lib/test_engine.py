@@ -1,0 +1,183 @@
+"""score_file end to end on a tiny phantom with a random-initialised tiny model: the output contract.
+
+The trained model is not needed to check where outputs go, their grid, their atomicity and the calibration
+plumbing; whether anomalies score high is tested with the shipped model in ``test_demo.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from AnomalyScoutLib.calibration import Calibration, calibration_key, fit_mode_calibration
+from AnomalyScoutLib.cancellation import CancelFlag
+from AnomalyScoutLib.engine import OUTPUT_FILES, ScoreOptions, VolumeScorer, canonical_view, score_file
+from AnomalyScoutLib.errors import CancelledError, UnreadableVolumeError
+from AnomalyScoutLib.inversion import InversionConfig
+from AnomalyScoutLib.io.geometry import axial_frame, slice_centers_ras, to_canonical
+from AnomalyScoutLib.io.volume import Volume, write_volume
+from AnomalyScoutLib.model_file import AnomalyModel
+from AnomalyScoutLib.nets.architecture import ArchitectureConfig
+from AnomalyScoutLib.scoring import ScoreConfig
+
+torch.set_num_threads(1)
+TINY = ArchitectureConfig(32, (16, 16, 8, 8), z_dim=16, w_dim=16, mapping_layers=2, position_frequencies=2)
+#: A rotated, axis-swapping direction: canonical slices are then not the file's z slices.
+OBLIQUE = (0.0, 0.6, 0.8, 1.0, 0.0, 0.0, 0.0, 0.8, -0.6)
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def started(self, *args) -> None:
+        self.events.append(("started", *args))
+
+    def progress(self, *args) -> None:
+        self.events.append(("progress", *args))
+
+    def warning(self, message: str) -> None:
+        self.events.append(("warning", message))
+
+
+@pytest.fixture(scope="module")
+def scorer() -> VolumeScorer:
+    model = AnomalyModel.create(TINY, seed=0)
+    return VolumeScorer(model, InversionConfig(mode="fast"), ScoreConfig(), torch.device("cpu"), batch_size=7)
+
+
+@pytest.fixture(scope="module")
+def oblique_ct(tiny_phantom, tmp_path_factory) -> tuple[Volume, str]:
+    volume = dataclasses.replace(tiny_phantom.volume, direction=OBLIQUE, origin_xyz=(12.5, -30.0, 7.25))
+    path = tmp_path_factory.mktemp("ct") / "oblique.nrrd"
+    write_volume(volume, path)
+    return volume, str(path)
+
+
+@pytest.fixture(scope="module")
+def oblique_run(scorer, oblique_ct, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "out"
+    recorder = Recorder()
+    return score_file(oblique_ct[1], out, scorer, listener=recorder), out, recorder
+
+
+def test_volumes_are_written_on_the_inputs_exact_grid(oblique_ct, oblique_run):
+    volume, _ = oblique_ct
+    _, out, _ = oblique_run
+    for name in ("residual.nrrd", "reconstruction.nrrd"):
+        image = sitk.ReadImage(str(out / name))
+        assert image.GetSize() == tuple(reversed(volume.array_zyx.shape))
+        np.testing.assert_allclose(image.GetSpacing(), volume.spacing_xyz, atol=1e-9)
+        np.testing.assert_allclose(image.GetOrigin(), volume.origin_xyz, atol=1e-9)
+        np.testing.assert_allclose(image.GetDirection(), OBLIQUE, atol=1e-9)
+        assert image.GetPixelID() == sitk.sitkFloat32
+
+
+def test_residual_is_zero_outside_the_body_and_the_reconstruction_keeps_the_input_there(
+    oblique_ct, oblique_run
+):
+    volume, _ = oblique_ct
+    _, out, _ = oblique_run
+    residual = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "residual.nrrd")))
+    reconstruction = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "reconstruction.nrrd")))
+    air = volume.array_zyx < -900
+    assert residual[air].max() == 0 and residual.max() > 0
+    np.testing.assert_array_equal(reconstruction[air], volume.array_zyx[air])
+    body = volume.array_zyx > 0
+    assert np.abs(reconstruction[body] - volume.array_zyx[body]).mean() > 0  # the body is re-generated
+
+
+def test_score_tables_have_one_row_per_canonical_slice_with_its_centre(oblique_ct, oblique_run):
+    volume, _ = oblique_ct
+    run, out, recorder = oblique_run
+    frame = axial_frame(volume)
+    data = json.loads((out / "scores.json").read_text())
+    assert set(OUTPUT_FILES) == set(run.outputs) == {p.name for p in out.iterdir()}
+    assert len(data["slices"]) == frame.n_slices
+    assert {
+        "case_score",
+        "case_percentile",
+        "case_flagged",
+        "model_id",
+        "mode",
+        "fpr",
+        "device",
+        "timings",
+    } <= set(data)
+    centres = np.array([s["center_ras"] for s in data["slices"]])
+    np.testing.assert_allclose(centres, slice_centers_ras(volume, frame), atol=1e-6)
+    rows = (out / "scores.csv").read_text().splitlines()
+    assert rows[0] == "slice_index,position,score,percentile,flagged" and len(rows) == frame.n_slices + 1
+    assert [float(r.split(",")[2]) for r in rows[1:]] == pytest.approx(
+        [s["score"] for s in data["slices"]], rel=1e-5
+    )
+    kinds = [e[0] for e in recorder.events]
+    assert kinds[0] == "started" and kinds.count("progress") == frame.n_slices
+
+
+def test_an_uncalibrated_model_warns_and_falls_back_to_the_case_itself(oblique_run):
+    run, out, recorder = oblique_run
+    assert not run.calibrated_by_model
+    assert any(e[0] == "warning" and "calibrat" in e[1] for e in recorder.events)
+    assert json.loads((out / "scores.json").read_text())["case_percentile"] is None
+
+
+def test_a_cancelled_run_leaves_the_output_folder_as_it_was(scorer, oblique_ct, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "scores.csv").write_text("previous run")
+    flag = CancelFlag()
+    flag.set()
+    with pytest.raises(CancelledError):
+        score_file(oblique_ct[1], out, scorer, cancel=flag)
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    assert [p.name for p in out.iterdir()] == ["scores.csv"] and (
+        out / "scores.csv"
+    ).read_text() == "previous run"
+
+
+def test_an_unreadable_input_writes_nothing(scorer, tmp_path):
+    (tmp_path / "notes.nrrd").write_text("not an image")
+    with pytest.raises(UnreadableVolumeError):
+        score_file(tmp_path / "notes.nrrd", tmp_path / "out", scorer)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.nrrd"]
+
+
+def test_an_organ_mask_restricts_the_residual(scorer, tiny_phantom, tmp_path):
+    write_volume(tiny_phantom.volume, tmp_path / "ct.nrrd")
+    labels = dataclasses.replace(tiny_phantom.volume, array_zyx=tiny_phantom.labels.astype(np.float32))
+    write_volume(labels, tmp_path / "labels.nrrd")
+    options = ScoreOptions(mask_path=str(tmp_path / "labels.nrrd"), mask_label=2)  # liver
+    score_file(tmp_path / "ct.nrrd", tmp_path / "out", scorer, options)
+    residual = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "residual.nrrd")))
+    assert residual[tiny_phantom.labels != 2].max() == 0 and residual[tiny_phantom.labels == 2].max() > 0
+
+
+def test_a_stored_calibration_gives_percentiles_and_flags(scorer, tiny_phantom, tmp_path):
+    write_volume(tiny_phantom.volume, tmp_path / "ct.nrrd")
+    frame = axial_frame(tiny_phantom.volume)
+    normal = scorer.score(to_canonical(tiny_phantom.volume.array_zyx, frame), frame.spacing_kji)
+    fitted = fit_mode_calibration([normal.scores * 0.5], [normal.positions], [0.1], ScoreConfig().as_dict())
+    model = AnomalyModel.create(TINY, seed=0)
+    model.calibration = Calibration({calibration_key("fast", "topk"): fitted}).to_json()
+    calibrated = VolumeScorer(model, InversionConfig(mode="fast"), ScoreConfig(), torch.device("cpu"))
+    run = score_file(tmp_path / "ct.nrrd", tmp_path / "out", calibrated, ScoreOptions(fpr=0.05))
+    data = json.loads((tmp_path / "out" / "scores.json").read_text())
+    assert run.calibrated_by_model and data["calibrated"] and data["fpr"] == 0.05
+    assert all(s["flagged"] for s in data["slices"])  # every score is twice the "normal" one
+    assert data["case_flagged"] and data["case_percentile"] == 100.0
+
+
+def test_canonical_view_is_a_writable_view_matching_to_canonical(oblique_ct):
+    volume, _ = oblique_ct
+    frame = axial_frame(volume)
+    target = np.zeros(volume.array_zyx.shape, dtype=np.float32)
+    view = canonical_view(target, frame)
+    np.testing.assert_array_equal(view, to_canonical(target, frame))
+    view[:] = to_canonical(volume.array_zyx, frame)
+    np.testing.assert_array_equal(target, volume.array_zyx)
