@@ -31,6 +31,7 @@ __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 #: Sub-command modules, in the order ``--help`` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     "phantom",
+    "info",
     "rank",
     "score",
 )
