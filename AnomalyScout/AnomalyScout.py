@@ -1,0 +1,450 @@
+"""AnomalyScout: the 3D Slicer module shell (metadata, widget, logic glue, self-test).
+
+Thin on purpose: the scene logic lives in ``AnomalyScoutScene`` (no qt), the worker process in
+``AnomalyScoutWorkerRun``, the worklist in ``AnomalyScoutWorklist`` and the dependency check in
+``AnomalyScoutDependencies``; all four are tested with pytest outside Slicer. This file needs Slicer.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import qt
+import slicer
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+try:
+    import AnomalyScoutLib  # noqa: F401 - installed next to this module by the extension
+except ImportError:  # a source checkout: the library sits next to the module folder
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from AnomalyScoutDependencies import install, install_plan
+from AnomalyScoutScene import SceneResults, export_segment_mask, export_volume
+from AnomalyScoutWorkerRun import (
+    RunCallbacks,
+    RunOutcome,
+    RunRequest,
+    WorkerRun,
+    blocking_launcher,
+    format_eta,
+    library_root,
+    slicer_launcher,
+)
+from AnomalyScoutWorklist import BatchProgress, BatchScoring, Worklist, case_name, find_cases, read_worklist
+
+__all__ = [
+    "AnomalyScout",
+    "AnomalyScoutLogic",
+    "AnomalyScoutParameterNode",
+    "AnomalyScoutTest",
+    "AnomalyScoutWidget",
+]
+
+MODEL_SETTINGS_KEY = "AnomalyScout/ModelFiles"
+RESULTS_SUBFOLDER = "anomalyscout"
+
+
+class AnomalyScout(ScriptedLoadableModule):
+    def __init__(self, parent) -> None:
+        super().__init__(parent)
+        parent.title = "AnomalyScout"
+        parent.categories = ["Quantification"]
+        parent.dependencies = []
+        parent.contributors = ["AnomalyScout contributors"]
+        parent.helpText = (
+            "Finds CT slices unlike the normal anatomy a position-conditioned StyleGAN2 has learned: a "
+            "residual heatmap over the CT, per-slice scores with calibrated flags and an annotation worklist."
+        )
+        parent.acknowledgementText = "Built on 3D Slicer, PyTorch and the PyTorch extension."
+
+
+@parameterNodeWrapper
+class AnomalyScoutParameterNode:
+    inputVolume: slicer.vtkMRMLScalarVolumeNode
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    mode: Annotated[str, Choice(["fast", "accurate"])] = "fast"
+    opacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.6
+    showReconstruction: bool = False
+
+
+class AnomalyScoutLogic(ScriptedLoadableModuleLogic):
+    """Turns the widget's choices into a worker run and its outputs into scene nodes."""
+
+    def getParameterNode(self) -> AnomalyScoutParameterNode:
+        return AnomalyScoutParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def modelFiles() -> list[Path]:
+        """Shipped models (``models/`` next to the library), then the user's added files that still exist."""
+        shipped = sorted((library_root() / "models").glob("*.safetensors"))
+        added = [Path(p) for p in _as_list(qt.QSettings().value(MODEL_SETTINGS_KEY))]
+        return [p for p in dict.fromkeys(shipped + added) if p.is_file()]
+
+    @staticmethod
+    def rememberModelFile(path: str) -> None:
+        added = _as_list(qt.QSettings().value(MODEL_SETTINGS_KEY))
+        qt.QSettings().setValue(MODEL_SETTINGS_KEY, list(dict.fromkeys([*added, path])))
+
+    @staticmethod
+    def ensureDependencies() -> bool:
+        """Offer to install what is missing, once, listing everything; ``False`` if the user declined."""
+        plan = install_plan()
+        if plan.empty:
+            return True
+        if not slicer.util.confirmOkCancelDisplay(plan.describe(), "AnomalyScout needs Python packages"):
+            return False
+        try:
+            import PyTorchUtils
+
+            torch_utils = PyTorchUtils.PyTorchUtilsLogic()
+        except ImportError:
+            torch_utils = None
+        with slicer.util.WaitCursor():
+            install(plan, torch_utils, slicer.util.pip_install)
+        return True
+
+    def prepareRun(
+        self, params, model: Path | None, segmentation, segmentId: str, runDir: Path
+    ) -> RunRequest:
+        """Export the CT (and the organ mask) for the worker; the input node is not touched."""
+        inputPath = export_volume(params.inputVolume, runDir / "input.nrrd")
+        maskPath = None
+        if segmentation is not None and segmentId:
+            maskPath = export_segment_mask(segmentation, segmentId, params.inputVolume, runDir / "mask.nrrd")
+        return RunRequest(inputPath, runDir / "results", model, params.device, params.mode, maskPath)
+
+
+class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self._parameterNode = None
+        self._run: WorkerRun | None = None
+        self._batch: BatchScoring | None = None
+        self._worklist: Worklist | None = None
+        self._worklistRoot: Path | None = None
+        self._liveNodes = None
+        self._resultNodes = None
+        self._plotConnected = False
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/AnomalyScout.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = AnomalyScoutLogic()
+        self.scene = SceneResults(slicer.mrmlScene)
+        self.ui.progressBar.hide()
+        self._fillModels()
+        self.ui.deviceNoteLabel.text = "auto picks the GPU when one is found, else the CPU."
+        self.ui.applyButton.connect("clicked(bool)", self.onApply)
+        self.ui.addModelButton.connect("clicked(bool)", self.onAddModel)
+        self.ui.opacitySlider.connect("valueChanged(double)", self.scene.set_opacity)
+        self.ui.thresholdSlider.connect("valueChanged(double)", self.onThreshold)
+        self.ui.flaggedSlicesTable.connect("cellClicked(int,int)", self.onFlaggedRowClicked)
+        self.ui.scoreFolderButton.connect("clicked(bool)", self.onScoreFolder)
+        self.ui.openWorklistButton.connect("clicked(bool)", self.onOpenWorklist)
+        self.ui.loadNextCaseButton.connect("clicked(bool)", self.onLoadNextCase)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, lambda *_: self.cleanup())
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def cleanup(self) -> None:
+        """Never leave a worker running behind a closed scene or a reloaded module."""
+        for job in (self._run, self._batch):
+            if job is not None:
+                job.cancel()
+        self.removeObservers()
+
+    def setParameterNode(self, parameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._guiConnections)
+            self.removeObserver(self._parameterNode, slicer.vtkCommand.ModifiedEvent, self._updateApply)
+        self._parameterNode = parameterNode
+        self._guiConnections = parameterNode.connectGui(self.ui)
+        self.addObserver(parameterNode, slicer.vtkCommand.ModifiedEvent, self._updateApply)
+        self._updateApply()
+
+    def _updateApply(self, *_) -> None:
+        running = self._run is not None and self._run.running
+        self.ui.applyButton.text = "Cancel" if running else "Run"
+        self.ui.applyButton.enabled = running or bool(self._parameterNode.inputVolume and self._modelPath())
+
+    def _fillModels(self, select: str | None = None) -> None:
+        self.ui.modelSelector.clear()
+        for path in self.logic.modelFiles():
+            self.ui.modelSelector.addItem(path.stem, str(path))
+        if select:
+            self.ui.modelSelector.setCurrentIndex(self.ui.modelSelector.findData(select))
+
+    def _modelPath(self) -> Path | None:
+        data = self.ui.modelSelector.currentData
+        return Path(data) if data else None
+
+    def onAddModel(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(None, "AnomalyScout model", "", "Model files (*.safetensors)")
+        if path:
+            self.logic.rememberModelFile(path)
+            self._fillModels(select=path)
+            self._updateApply()
+
+    # --- one run ---
+
+    def onApply(self) -> None:
+        if self._run is not None and self._run.running:
+            self.ui.statusLabel.text = "Cancelling…"
+            self._run.cancel()
+            return
+        with slicer.util.tryWithErrorDisplay("AnomalyScout could not start.", waitCursor=True):
+            if not self.logic.ensureDependencies():
+                return
+            params = self._parameterNode
+            runDir = Path(tempfile.mkdtemp(prefix="AnomalyScout-", dir=slicer.app.temporaryPath))
+            segmentation = self.ui.segmentSelector.currentNode()
+            request = self.logic.prepareRun(
+                params, self._modelPath(), segmentation, self.ui.segmentSelector.currentSegmentID(), runDir
+            )
+            self._liveNodes = self.scene.start_live_scores(params.inputVolume)
+            self.scene.show_chart(self._liveNodes.chart, slicer.modules.plots.logic())
+            self._connectPlotView()
+            callbacks = RunCallbacks(
+                started=self._onStarted,
+                progress=self._onProgress,
+                warning=lambda message: self._setStatus(f"Warning: {message}"),
+                log=logging.info,
+                finished=self._onFinished,
+            )
+            self._run = WorkerRun(request, slicer_launcher, callbacks)
+            self._run.start()
+            self._setStatus("Starting the worker (loading the model)…")
+            self.ui.progressBar.show()
+            self._updateApply()
+
+    def _onStarted(self, slices: int, device: str, mode: str) -> None:
+        self.ui.progressBar.maximum = slices
+        if self._parameterNode.device != "cpu" and device == "cpu":
+            self.ui.deviceNoteLabel.text = "No GPU was found: running on the CPU (slower)."
+        self._setStatus(f"Scoring {slices} slices on {device} ({mode})…")
+
+    def _onProgress(self, i, n, sliceIndex, position, score, eta) -> None:
+        self.ui.progressBar.value = i
+        self.ui.progressBar.format = f"slice {i}/{n}" + (
+            f", {format_eta(eta)} left" if eta is not None else ""
+        )
+        if score is not None:
+            self.scene.add_live_score(self._liveNodes, sliceIndex, position, score)
+
+    def _onFinished(self, outcome: RunOutcome) -> None:
+        self.ui.progressBar.hide()
+        inputVolume = self._parameterNode.inputVolume
+        Path(self._run.request.input_path).unlink(
+            missing_ok=True
+        )  # a full copy of the CT: not needed any more
+        self._setStatus(outcome.message)
+        if outcome.status == "done" and inputVolume is not None:
+            with slicer.util.tryWithErrorDisplay("The results could not be shown."):
+                self._showResults(inputVolume, self._run.request.out_dir)
+        self._updateApply()
+
+    def _showResults(self, inputVolume, outDir: Path) -> None:
+        params = self._parameterNode
+        nodes = self.scene.show_results(
+            inputVolume, outDir, with_reconstruction=params.showReconstruction, opacity=params.opacity
+        )
+        display = nodes.residual.GetDisplayNode()
+        self.ui.thresholdSlider.maximum = max(display.GetWindowLevelMax(), display.GetLowerThreshold())
+        self.ui.thresholdSlider.value = display.GetLowerThreshold()
+        self.scene.show_chart(nodes.chart, slicer.modules.plots.logic())
+        self._showFlagged(nodes.flagged_table)
+        title = nodes.chart.GetTitle()
+        self.ui.caseScoreLabel.text = title[title.find(":") + 2 :] if ":" in title else title
+        self._resultNodes = nodes
+
+    def _showFlagged(self, table) -> None:
+        vtkTable, widget = table.GetTable(), self.ui.flaggedSlicesTable
+        widget.setRowCount(vtkTable.GetNumberOfRows())
+        for row in range(vtkTable.GetNumberOfRows()):
+            for column, (name, fmt) in enumerate(
+                (("slice_index", "{:.0f}"), ("score", "{:.3g}"), ("percentile", "{:.1f}"))
+            ):
+                value = vtkTable.GetColumnByName(name).GetValue(row)
+                widget.setItem(
+                    row, column, qt.QTableWidgetItem("" if math.isnan(value) else fmt.format(value))
+                )
+
+    def onFlaggedRowClicked(self, row: int, _column: int) -> None:
+        self.scene.jump_to_slice(self.scene.center_of_row(self._resultNodes.flagged_table, row))
+
+    def _connectPlotView(self) -> None:
+        plotWidget = slicer.app.layoutManager().plotWidget(0)
+        if plotWidget is not None and not self._plotConnected:
+            plotWidget.plotView().connect(
+                "dataSelected(vtkStringArray*, vtkCollection*)", self.onPlotSelection
+            )
+            self._plotConnected = True
+
+    def onPlotSelection(self, seriesIds, selections) -> None:
+        """A click on a plot point: jump to the first selected slice."""
+        for i in range(seriesIds.GetNumberOfValues()):
+            points = selections.GetItemAsObject(i)
+            if points is not None and points.GetNumberOfTuples() > 0:
+                self.scene.jump_to_slice(
+                    self.scene.center_of_plot_point(seriesIds.GetValue(i), int(points.GetValue(0)))
+                )
+                return
+
+    def onThreshold(self, value: float) -> None:
+        if self._resultNodes is not None and self._resultNodes.residual is not None:
+            self.scene.set_threshold(self._resultNodes.residual, value)
+
+    def _setStatus(self, text: str) -> None:
+        self.ui.statusLabel.text = text
+        slicer.util.showStatusMessage(text, 5000)
+
+    # --- worklist ---
+
+    def onScoreFolder(self) -> None:
+        if self._batch is not None:
+            self._batch.cancel()
+            self._batch = None
+            self.ui.scoreFolderButton.text = "Score folder"
+            self.ui.worklistStatusLabel.text = "Batch cancelled."
+            return
+        with slicer.util.tryWithErrorDisplay("The folder could not be scored.", waitCursor=True):
+            if not self.logic.ensureDependencies():
+                return
+            folder = Path(self.ui.casesFolderButton.directory)
+            self._worklistRoot = folder / RESULTS_SUBFOLDER
+            progress = BatchProgress(
+                case_started=lambda i, n, case: setattr(
+                    self.ui.worklistStatusLabel, "text", f"Scoring case {i}/{n}: {case.name}…"
+                ),
+                case_finished=self._onBatchCase,
+                finished=self._onBatchFinished,
+            )
+            params = self._parameterNode
+            self._batch = BatchScoring(
+                find_cases(folder),
+                self._worklistRoot,
+                slicer_launcher,
+                progress,
+                model_path=self._modelPath(),
+                device=params.device,
+                mode=params.mode,
+            )
+            self._batch.start()
+            self.ui.scoreFolderButton.text = "Cancel scoring"
+
+    @staticmethod
+    def _onBatchCase(case: Path, outcome: RunOutcome) -> None:
+        if outcome.status == "failed":
+            logging.warning(f"AnomalyScout: {case.name} skipped: {outcome.message}")
+
+    def _onBatchFinished(self, entries) -> None:
+        self._batch = None
+        self.ui.scoreFolderButton.text = "Score folder"
+        self._showWorklist(Worklist(entries))
+
+    def onOpenWorklist(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(None, "Worklist", "", "Worklist (*.csv)")
+        if path:
+            with slicer.util.tryWithErrorDisplay("The worklist could not be read."):
+                self._worklistRoot = Path(path).parent
+                self._showWorklist(Worklist(read_worklist(path)))
+
+    def _showWorklist(self, worklist: Worklist) -> None:
+        self._worklist, widget = worklist, self.ui.worklistTable
+        widget.setRowCount(len(worklist.entries))
+        for row, entry in enumerate(worklist.entries):
+            values = (
+                Path(entry.case).name,
+                f"{entry.score:.3g}",
+                "" if math.isnan(entry.percentile) else f"{entry.percentile:.1f}",
+                entry.reason,
+            )
+            for column, text in enumerate(values):
+                widget.setItem(row, column, qt.QTableWidgetItem(text))
+        self.ui.worklistStatusLabel.text = f"{len(worklist.entries)} cases, most urgent first."
+        self.ui.loadNextCaseButton.enabled = bool(worklist.entries)
+
+    def onLoadNextCase(self) -> None:
+        entry = self._worklist.next_entry()
+        if entry is None:
+            self.ui.worklistStatusLabel.text = "All cases of the worklist were opened."
+            return
+        with slicer.util.tryWithErrorDisplay(f"{entry.case} could not be opened.", waitCursor=True):
+            volume = slicer.util.loadVolume(entry.case)
+            self._parameterNode.inputVolume = volume
+            self.ui.worklistTable.selectRow(self._worklist.entries.index(entry))
+            results = Path(entry.extra.get("results") or self._worklistRoot / case_name(entry.case))
+            if (results / "scores.json").is_file():
+                self._showResults(volume, results)
+                self.ui.worklistStatusLabel.text = f"{Path(entry.case).name}: {entry.reason}"
+            else:
+                self.ui.worklistStatusLabel.text = f"{Path(entry.case).name} has no results yet: press Run."
+
+
+def _as_list(value) -> list[str]:
+    """QSettings returns a str for a one-item list and None for nothing."""
+    if not value:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+class AnomalyScoutTest(ScriptedLoadableModuleTest):
+    """The whole flow in Slicer on a small phantom: export, worker, results in the scene, jump to a slice."""
+
+    def setUp(self) -> None:
+        slicer.mrmlScene.Clear()
+
+    def runTest(self) -> None:
+        self.setUp()
+        self.test_scores_a_phantom_and_shows_the_results()
+
+    def test_scores_a_phantom_and_shows_the_results(self) -> None:
+        from AnomalyScoutLib.io.volume import write_volume
+        from AnomalyScoutLib.model_file import DEFAULT_MODEL_PATH
+        from AnomalyScoutLib.phantom import make_phantom
+
+        self.delayDisplay("Making a phantom with a liver tumour")
+        folder = Path(tempfile.mkdtemp(dir=slicer.app.temporaryPath))
+        case = make_phantom(3, shape_xyz=(64, 64, 32), anomalies=("tumour",))
+        write_volume(case.volume, folder / "phantom.nrrd")
+        volume = slicer.util.loadVolume(str(folder / "phantom.nrrd"))
+        before = slicer.util.arrayFromVolume(volume).copy()
+
+        logic = AnomalyScoutLogic()
+        params = logic.getParameterNode()
+        params.inputVolume, params.device = volume, "cpu"
+        request = logic.prepareRun(params, Path(DEFAULT_MODEL_PATH), None, "", folder)
+        outcomes: list[RunOutcome] = []
+        WorkerRun(request, blocking_launcher, RunCallbacks(finished=outcomes.append)).start()
+        self.assertEqual(outcomes[0].status, "done", outcomes[0].message)
+
+        scene = SceneResults(slicer.mrmlScene)
+        nodes = scene.show_results(volume, request.out_dir)
+        self.assertEqual(nodes.table.GetNumberOfRows(), before.shape[0])
+        self.assertTrue((slicer.util.arrayFromVolume(volume) == before).all(), "the input was modified")
+        composite = slicer.app.layoutManager().sliceWidget("Red").sliceLogic().GetSliceCompositeNode()
+        self.assertEqual(composite.GetForegroundVolumeID(), nodes.residual.GetID())
+        if nodes.flagged_table.GetNumberOfRows():
+            center = scene.center_of_row(nodes.flagged_table, 0)
+            scene.jump_to_slice(center)
+            red = slicer.app.layoutManager().sliceWidget("Red").sliceLogic()
+            self.assertAlmostEqual(red.GetSliceOffset(), center[2], places=3)
+        count = slicer.mrmlScene.GetNumberOfNodes()
+        scene.show_results(volume, request.out_dir)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), count, "showing results again added nodes")
+        self.delayDisplay("AnomalyScout self-test passed")
