@@ -56,6 +56,8 @@ MIN_INPLANE_VOXELS = 16
 
 _MODALITY_TAG = "0008|0060"
 _SERIES_UID_TAG = "0020|000e"
+_POSITION_TAG = "0020|0032"
+_SLICE_GAP_TOLERANCE_MM = 0.01
 _NIFTI1_HEADER_BYTES = 348
 _NIFTI2_HEADER_BYTES = 540
 _WRITABLE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
@@ -166,7 +168,8 @@ def _read_dicom_folder(folder: Path, series_uid: str | None) -> tuple[sitk.Image
     series = list_dicom_series(folder)
     if not series:
         raise UnreadableVolumeError(
-            f"{folder}: no DICOM series in this folder (for NIfTI/NRRD/MHA give the file itself)"
+            f"{folder}: no DICOM series in this folder (sub-folders are not searched; for NIfTI/NRRD/MHA "
+            "give the file itself)"
         )
     available = dict(series)
     if series_uid is None:
@@ -178,10 +181,39 @@ def _read_dicom_folder(folder: Path, series_uid: str | None) -> tuple[sitk.Image
     reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_uid))
     reader.MetaDataDictionaryArrayUpdateOn()
     image = _read_with_itk(reader.Execute, f"{folder}: DICOM series {series_uid} cannot be read")
+    _check_slice_spacing(reader, image, f"{folder}: DICOM series {series_uid}")
     modality = None
     if reader.HasMetaDataKey(0, _MODALITY_TAG):
         modality = reader.GetMetaData(0, _MODALITY_TAG).strip() or None
     return image, modality, series_uid
+
+
+def _check_slice_spacing(reader: sitk.ImageSeriesReader, image: sitk.Image, name: str) -> None:
+    """Refuse a series whose slices are not evenly spaced (missing or duplicated slices).
+
+    ITK stacks such a series anyway with one spacing (it only warns), which puts every slice after a gap at
+    the wrong place: a score map would then point at the wrong anatomy.
+    """
+    n_files = len(reader.GetFileNames())
+    if n_files < 3 or n_files != image.GetSize()[2]:
+        return
+    if not all(reader.HasMetaDataKey(i, _POSITION_TAG) for i in range(n_files)):
+        return
+    normal = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)[:, 2]
+    try:
+        positions = [
+            [float(v) for v in reader.GetMetaData(i, _POSITION_TAG).split("\\")] for i in range(n_files)
+        ]
+    except ValueError:
+        return
+    steps = np.abs(np.diff(np.asarray(positions) @ normal))
+    if steps.min() < 1e-3:
+        raise VolumeError(f"{name}: two slices share the same position (duplicated slices)")
+    if steps.max() - steps.min() > max(_SLICE_GAP_TOLERANCE_MM, 0.1 * float(np.median(steps))):
+        raise VolumeError(
+            f"{name}: slices are unevenly spaced ({steps.min():.2f} to {steps.max():.2f} mm apart); "
+            "a slice is missing or the series mixes acquisitions"
+        )
 
 
 def _read_image_file(path: Path) -> sitk.Image:

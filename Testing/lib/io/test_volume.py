@@ -40,9 +40,16 @@ def _ct_like(shape_zyx: tuple[int, int, int] = (4, 32, 32), seed: int = 0) -> np
     return rng.integers(-1000, 400, size=shape_zyx).astype(np.int16)
 
 
-def _write_dicom_series(folder: Path, array_zyx: np.ndarray, series_uid: str, modality: str = "CT") -> None:
-    """Write one DICOM file per slice with the tags a series reader needs."""
+def _write_dicom_series(
+    folder: Path,
+    array_zyx: np.ndarray,
+    series_uid: str,
+    modality: str = "CT",
+    z_positions: list[float] | None = None,
+) -> None:
+    """Write one DICOM file per slice with the tags a series reader needs (slices 2.5 mm apart by default)."""
     folder.mkdir(parents=True, exist_ok=True)
+    z_positions = z_positions or [2.5 * k for k in range(len(array_zyx))]
     for k, section in enumerate(array_zyx):
         image = sitk.GetImageFromArray(section)
         image.SetSpacing((0.7, 0.7))
@@ -52,7 +59,7 @@ def _write_dicom_series(folder: Path, array_zyx: np.ndarray, series_uid: str, mo
             "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
             "0020|000e": series_uid,
             "0020|0013": str(k + 1),
-            "0020|0032": f"0\\0\\{2.5 * k}",
+            "0020|0032": f"0\\0\\{z_positions[k]}",
             "0020|0037": "1\\0\\0\\0\\1\\0",
         }
         for tag, value in tags.items():
@@ -181,6 +188,26 @@ def _mr_single_file(tmp_path: Path) -> Path:
     return next((tmp_path / "mr1").iterdir())
 
 
+def _series_with_a_gap(tmp_path: Path) -> Path:
+    _write_dicom_series(
+        tmp_path / "gap",
+        _ct_like((4, 32, 32)),
+        "1.2.826.0.1.3680043.2.1125.303",
+        z_positions=[0, 2.5, 7.5, 10],
+    )
+    return tmp_path / "gap"
+
+
+def _series_with_a_duplicate(tmp_path: Path) -> Path:
+    _write_dicom_series(
+        tmp_path / "dup",
+        _ct_like((4, 32, 32)),
+        "1.2.826.0.1.3680043.2.1125.304",
+        z_positions=[0, 2.5, 2.5, 5],
+    )
+    return tmp_path / "dup"
+
+
 def _truncated_nifti(tmp_path: Path) -> Path:
     return _truncate_copy(NIFTI_SMALL, tmp_path / "cut.nii.gz")
 
@@ -260,6 +287,8 @@ REFUSALS: list[tuple[str, Callable[[Path], Path], type[Exception], str]] = [
         VolumeError,
         "same value",
     ),
+    ("series with a missing slice", _series_with_a_gap, VolumeError, "unevenly spaced"),
+    ("series with a duplicated slice", _series_with_a_duplicate, VolumeError, "same position"),
     ("truncated NIfTI.gz", _truncated_nifti, UnreadableVolumeError, "truncated"),
     ("truncated NIfTI", _truncated_uncompressed_nifti, UnreadableVolumeError, "truncated"),
     ("truncated MetaImage", _truncated_mha, UnreadableVolumeError, "not read completely"),
