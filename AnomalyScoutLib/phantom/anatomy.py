@@ -273,6 +273,7 @@ def build_anatomy(grid: PhantomGrid, rng: np.random.Generator) -> Anatomy:
     y_spine_tip = h["table_y_mm"] - 2.0 - 0.6 * fat - 8.0
     vb_ry, vb_rx = 16.0 * s, 21.0 * s
     y_vb = y_spine_tip - 58.0 * s
+    h["spine_front_y_mm"] = float(y_vb - vb_ry)
     pelvis_narrowing = 0.6 + 0.4 * _smoothstep(p, 0.05, 0.4)
     a_c = (a - fat - muscle) * pelvis_narrowing
     b_c = b - 1.3 * fat - muscle

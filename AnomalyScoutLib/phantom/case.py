@@ -174,7 +174,7 @@ def make_phantom(
     records = []
     for index, kind in enumerate(anomalies):
         rng = np.random.default_rng([int(seed), _STREAM_ANOMALY, index])
-        hu, changed, parameters = insert_anomaly(kind, hu, anatomy, rng)
+        hu, changed, parameters = insert_anomaly(kind, hu, anatomy, rng, noise_used)
         mask[changed] = ANOMALY_CODES[kind]
         slices = tuple(int(k) for k in np.flatnonzero(changed.any(axis=(1, 2))))
         records.append(InsertedAnomaly(kind, ANOMALY_CODES[kind], slices, int(changed.sum()), parameters))

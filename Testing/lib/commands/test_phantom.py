@@ -43,3 +43,14 @@ def test_an_unknown_anomaly_kind_is_a_usage_error(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["phantom", "--out", str(tmp_path), "--anomalies", "gremlin"])
     assert exit_info.value.code == 2
+
+
+def test_the_manifest_lists_each_anomaly_and_the_slices_its_mask_covers(tmp_path):
+    out = tmp_path / "cases"
+    assert main(["phantom", "--out", str(out), "--shape", "64,64,24", "--anomalies", "tumour,metal"]) == 0
+    (case,) = json.loads((out / "manifest.json").read_text())["cases"]
+    mask = read_label_map(out / case["files"]["anomaly_mask"])
+    assert [a["kind"] for a in case["anomalies"]] == ["tumour", "metal"]
+    assert case["anomalous_slices"] == [int(k) for k in np.flatnonzero(mask.any(axis=(1, 2)))]
+    metal = next(a for a in case["anomalies"] if a["kind"] == "metal")
+    assert set(metal["slices"]) <= set(case["anomalous_slices"]) and metal["parameters"]["device"]
