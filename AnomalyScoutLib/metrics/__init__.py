@@ -4,6 +4,9 @@
   Spearman correlation and bootstrap confidence intervals (pure numpy).
 - :mod:`.gan_quality`: Fréchet distance, Wasserstein-1, KL divergence and mutual information of real vs
   generated slices (numpy).
+- :mod:`.inception`: InceptionV3 features for FID from the optional ``fid`` extra (import it explicitly).
+- :mod:`.gan_evaluation`: all GAN figures for a model against real slices, overall and per position bin
+  (import it explicitly; it needs torch, the package itself only numpy).
 """
 
 from __future__ import annotations

@@ -1,0 +1,121 @@
+"""evaluate_gan on tiny random networks: alignment by position, reproducibility, bins and the MI design."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from AnomalyScoutLib.errors import MetricError
+from AnomalyScoutLib.metrics.gan_evaluation import evaluate_gan, generate_at_positions
+from AnomalyScoutLib.model_file import AnomalyModel
+from AnomalyScoutLib.nets.architecture import ArchitectureConfig
+from AnomalyScoutLib.preprocessing import HUWindow
+
+torch.set_num_threads(1)
+TINY = ArchitectureConfig(16, (8, 8, 8), z_dim=8, w_dim=8, mapping_layers=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> AnomalyModel:
+    model = AnomalyModel.create(TINY, seed=1)
+    for net in model.networks().values():
+        net.eval().requires_grad_(False)
+    return model
+
+
+class DiscGenerator(nn.Module):
+    """A stand-in generator drawing a bright disc whose radius follows the position (or a random radius).
+
+    ``conditional=False`` ignores the position, as an unconditioned generator would: its samples are as
+    varied, but the anatomy (here the radius) is no longer that of the real slice at the same level.
+    """
+
+    z_dim = 4
+
+    def __init__(self, conditional: bool) -> None:
+        super().__init__()
+        self.conditional = conditional
+
+    def mapping(self, z: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+        level = position if self.conditional else torch.rand(len(z))
+        return level[:, None, None].expand(-1, 1, 1)
+
+    def synthesis(self, ws: torch.Tensor, noise_mode: str = "random") -> torch.Tensor:
+        grid = torch.linspace(-1, 1, 16)
+        radius = torch.hypot(grid[:, None], grid[None, :])
+        inside = radius[None] < (0.2 + 0.8 * ws[:, 0, 0])[:, None, None]
+        return torch.where(inside, 0.5, -1.0)[:, None] + 0.05 * torch.randn(len(ws), 1, 16, 16)
+
+
+def test_a_generator_compared_with_its_own_samples_scores_zero_distances(tiny_model):
+    positions = torch.linspace(0.02, 0.98, 12)
+    real = generate_at_positions(tiny_model.generator, positions, seed=5)
+    result = evaluate_gan(tiny_model, real, positions, position_bins=3, seed=5)
+    overall = result.overall
+    assert overall.wasserstein_hu == pytest.approx(0.0, abs=1e-4)
+    assert overall.kl_divergence == pytest.approx(0.0, abs=1e-9)
+    assert overall.fd_encoder == pytest.approx(0.0, abs=1e-6)
+    assert overall.fd_discriminator == pytest.approx(0.0, abs=1e-4)
+    assert overall.mutual_information > overall.mutual_information_unpaired
+    assert overall.fid is None
+
+
+def test_another_seed_gives_other_samples_and_the_same_seed_the_same_report(tiny_model):
+    positions = torch.linspace(0.05, 0.95, 10)
+    real = generate_at_positions(tiny_model.generator, positions, seed=1)
+    state = torch.get_rng_state()
+    first = evaluate_gan(tiny_model, real, positions, seed=2)
+    assert torch.equal(torch.get_rng_state(), state), "the global random state must be left alone"
+    assert first == evaluate_gan(tiny_model, real, positions, seed=2)
+    assert first.overall.wasserstein_hu > 0
+
+
+def test_position_bins_partition_the_slices_and_leave_fd_undefined_for_a_single_slice(tiny_model):
+    positions = torch.tensor([0.05, 0.1, 0.15, 0.5, 0.95])
+    real = torch.rand(5, 1, 16, 16) * 2 - 1
+    result = evaluate_gan(tiny_model, real, positions, position_bins=4, seed=0)
+    assert [(low, high) for low, high, _ in result.bins] == [(0.0, 0.25), (0.5, 0.75), (0.75, 1.0)]
+    assert [figures.n for _, _, figures in result.bins] == [3, 1, 1]
+    assert result.bins[1][2].fd_encoder is None and result.bins[0][2].fd_encoder is not None
+    report = result.to_dict()
+    assert report["overall"]["n"] == 5 and len(report["position_bins"]) == 3
+
+
+@dataclasses.dataclass
+class ModelWithGenerator:
+    """The tiny model's encoder, discriminator and window around another generator."""
+
+    generator: nn.Module
+    encoder: nn.Module
+    discriminator: nn.Module
+    window: HUWindow
+
+
+def test_mutual_information_rewards_a_generator_that_follows_the_position(tiny_model):
+    positions = torch.rand(64, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    real = DiscGenerator(conditional=True).synthesis(positions[:, None, None])
+    results = {}
+    for conditional in (True, False):
+        model = ModelWithGenerator(
+            DiscGenerator(conditional), tiny_model.encoder, tiny_model.discriminator, tiny_model.window
+        )
+        results[conditional] = evaluate_gan(model, real, positions, seed=3).overall
+    assert results[True].mutual_information > 2 * results[True].mutual_information_unpaired
+    assert results[True].mutual_information > 2 * results[False].mutual_information
+
+
+@pytest.mark.parametrize(
+    ("images", "positions", "message"),
+    [
+        (torch.zeros(4, 16, 16), torch.rand(4), "N, 1, R, R"),
+        (torch.zeros(4, 1, 16, 16), torch.rand(3), "positions"),
+        (torch.zeros(1, 1, 16, 16), torch.rand(1), "at least 2"),
+    ],
+)
+def test_malformed_inputs_are_refused_with_a_metric_error(tiny_model, images, positions, message):
+    with pytest.raises(MetricError, match=message):
+        evaluate_gan(tiny_model, images, positions)
