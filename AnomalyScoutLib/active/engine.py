@@ -1,0 +1,105 @@
+"""The scoring engine behind ranking's :data:`~AnomalyScoutLib.active.ranking.CaseScorer` type.
+
+:class:`ModelCaseScorer` turns a CT path into :class:`CaseScores` with :class:`~AnomalyScoutLib.engine.
+VolumeScorer` (the same reconstruction and scores as ``anomalyscout score``) plus the encoder's latent code of
+every slice, which the diversity strategies compare. It holds only the model path and options, so it pickles
+cheaply to Dask workers; each process loads the model once (:func:`_volume_scorer` is cached).
+
+Percentiles come from the model's calibration only. The per-case fallback of ``anomalyscout score`` (ranking a
+slice against its own case) would make every case look equally anomalous, which is useless for choosing
+between cases; without a calibration the percentiles are NaN and ranking uses the raw scores.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from AnomalyScoutLib.active.ranking import CaseScores
+from AnomalyScoutLib.calibration import Calibration
+from AnomalyScoutLib.devices import select_device
+from AnomalyScoutLib.engine import VolumeScorer
+from AnomalyScoutLib.inversion import InversionConfig
+from AnomalyScoutLib.io.geometry import axial_frame, to_canonical
+from AnomalyScoutLib.io.volume import read_volume
+from AnomalyScoutLib.model_file import DEFAULT_MODEL_PATH, AnomalyModel
+from AnomalyScoutLib.preprocessing import model_grid
+from AnomalyScoutLib.scoring import ScoreConfig, case_score
+
+__all__ = ["ModelCaseScorer", "model_case_scorer", "score_canonical", "slice_latents"]
+
+
+@functools.lru_cache(maxsize=2)
+def _volume_scorer(model_path: str, device: str, mode: str, batch_size: int) -> VolumeScorer:
+    """Load the model once per process (Dask workers call the scorer many times)."""
+    torch_device = select_device(device)
+    model = AnomalyModel.load(model_path, torch_device)
+    return VolumeScorer(model, InversionConfig(mode=mode), ScoreConfig(), torch_device, batch_size=batch_size)
+
+
+@torch.no_grad()
+def slice_latents(model: AnomalyModel, canonical_hu: np.ndarray, spacing_kji: tuple[float, float, float],
+                  positions: np.ndarray, device: torch.device, batch_size: int = 16) -> np.ndarray:
+    """The encoder's code of every canonical slice, averaged over its W+ layers: (n_slices, w_dim).
+
+    The average keeps the coarse, anatomy-level content shared by all layers and gives one vector per slice
+    whose Euclidean distances k-center can use.
+    """
+    grid = model_grid(canonical_hu.shape[1:], spacing_kji[1:], model.resolution)
+    codes = []
+    for k0 in range(0, len(canonical_hu), batch_size):
+        hu = torch.from_numpy(np.array(canonical_hu[k0:k0 + batch_size], dtype=np.float32))
+        x = grid.to_model(model.window.normalize(hu)).to(device)[:, None]
+        position = torch.as_tensor(positions[k0:k0 + batch_size], dtype=torch.float32, device=device)
+        codes.append(model.encoder(x, position).mean(dim=1).cpu())
+    return torch.cat(codes).numpy()
+
+
+def score_canonical(scorer: VolumeScorer, canonical_hu: np.ndarray,
+                    spacing_kji: tuple[float, float, float]) -> CaseScores:
+    """Scores, calibrated percentiles (NaN without calibration) and latent codes of a canonical volume."""
+    raw = scorer.score(canonical_hu, spacing_kji)
+    value = case_score(raw.scores, scorer.score_config)
+    stored = Calibration.from_json(scorer.model.metadata.get("calibration"))
+    calibration = stored.get(scorer.inversion.mode, scorer.score_config.key())
+    if calibration is not None and dict(calibration.score_config) == scorer.score_config.as_dict():
+        calibrated = calibration.apply(raw.scores, raw.positions, value, stored.default_fpr)
+        percentiles, case_percentile = calibrated.percentile, calibrated.case_percentile
+    else:
+        percentiles, case_percentile = np.full(len(raw.scores), math.nan), math.nan
+    latents = slice_latents(scorer.model, canonical_hu, spacing_kji, raw.positions.astype(np.float32),
+                            scorer.device, scorer.batch_size)
+    return CaseScores(raw.scores, np.asarray(percentiles, dtype=np.float64), value, float(case_percentile),
+                      latents)
+
+
+@dataclass(frozen=True)
+class ModelCaseScorer:
+    """A picklable per-case scoring function: read the CT, put it in canonical order, score it."""
+
+    model_path: str
+    device: str = "auto"
+    mode: str = "fast"
+    batch_size: int = 16
+
+    def __call__(self, case: str) -> CaseScores:
+        scorer = _volume_scorer(self.model_path, self.device, self.mode, self.batch_size)
+        volume = read_volume(case)
+        frame = axial_frame(volume)
+        return score_canonical(scorer, to_canonical(volume.array_zyx, frame), frame.spacing_kji)
+
+
+def model_case_scorer(model: str | None, device: str = "auto",
+                      mode: str = "fast") -> tuple[ModelCaseScorer, str]:
+    """The scorer for ``model`` (default: the shipped model) and the model's id.
+
+    The model is loaded here once, so that a missing or invalid model file fails before any case is touched
+    (as a :class:`~AnomalyScoutLib.errors.ModelFileError`), and this process's cache is warm for ``--jobs 1``.
+    """
+    scorer = ModelCaseScorer(str(model or DEFAULT_MODEL_PATH), device, mode)
+    loaded = _volume_scorer(scorer.model_path, scorer.device, scorer.mode, scorer.batch_size)
+    return scorer, loaded.model.model_id

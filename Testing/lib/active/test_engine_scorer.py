@@ -1,0 +1,59 @@
+"""The real scoring engine behind ``rank``: a tiny untrained model on tiny phantom files."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from AnomalyScoutLib.active.engine import model_case_scorer
+from AnomalyScoutLib.cli import main
+from AnomalyScoutLib.errors import ModelFileError
+from AnomalyScoutLib.io.volume import write_volume
+from AnomalyScoutLib.model_file import AnomalyModel
+from AnomalyScoutLib.nets.architecture import ArchitectureConfig
+
+torch.set_num_threads(1)
+TINY = ArchitectureConfig(32, (16, 16, 8, 8), z_dim=16, w_dim=16, mapping_layers=2, position_frequencies=2)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, tiny_phantom, tiny_anomalous_phantom) -> dict[str, str]:
+    folder = tmp_path_factory.mktemp("engine_scorer")
+    model = AnomalyModel.create(TINY, seed=0).save(folder / "tiny.safetensors")
+    normal, anomalous = folder / "normal.nrrd", folder / "anomalous.nrrd"
+    write_volume(tiny_phantom.volume, normal)
+    write_volume(tiny_anomalous_phantom.volume, anomalous)
+    return {"model": str(model), "normal": str(normal), "anomalous": str(anomalous), "folder": str(folder)}
+
+
+def test_scores_every_canonical_slice_with_a_latent_code_and_no_percentile_without_calibration(files):
+    scorer, model_id = model_case_scorer(files["model"], "cpu")
+    scores = scorer(files["normal"])
+    assert model_id and model_id == AnomalyModel.load(files["model"]).model_id
+    assert scores.slice_scores.shape == (24,) and np.isfinite(scores.slice_scores).all()
+    assert scores.latents.shape == (24, TINY.w_dim)
+    assert np.isnan(scores.slice_percentiles).all() and np.isnan(scores.case_percentile)
+    assert np.isfinite(scores.case_score)
+
+
+def test_a_missing_model_fails_before_any_case(tmp_path):
+    with pytest.raises(ModelFileError, match="does not exist"):
+        model_case_scorer(str(tmp_path / "none.safetensors"), "cpu")
+
+
+def test_rank_command_with_the_real_engine_lists_cases_and_skips_a_broken_one(files, tmp_path):
+    broken = tmp_path / "broken.nrrd"
+    broken.write_text("NRRD0004\n")
+    out = tmp_path / "worklist.csv"
+    argv = ["rank", files["normal"], files["anomalous"], str(broken), "--model", files["model"],
+            "--device", "cpu", "--budget", "2", "--out", str(out), "--no-cache", "--no-progress"]
+    assert main(argv) == 0
+    with open(out, newline="") as stream:
+        assert sorted(row["case"] for row in csv.DictReader(stream)) == sorted([files["normal"],
+                                                                               files["anomalous"]])
+    document = json.loads(out.with_suffix(".json").read_text())
+    assert [f["case"] for f in document["failed"]] == [str(broken)]
