@@ -34,6 +34,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "info",
     "rank",
     "score",
+    "calibrate",
 )
 
 EXIT_INTERNAL_ERROR = 3

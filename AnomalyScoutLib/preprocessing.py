@@ -218,8 +218,23 @@ def body_mask(array_hu: np.ndarray, threshold_hu: float = BODY_THRESHOLD_HU) -> 
         return np.zeros(array_hu.shape, dtype=bool)
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    body = labels == int(sizes.argmax())
-    return np.stack([ndimage.binary_fill_holes(section) for section in body])
+    return _fill_holes_per_slice(labels == int(sizes.argmax()))
+
+
+def _fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
+    """Fill each slice's holes: background not connected in-plane to the slice's border becomes foreground.
+
+    One labelling of the background with in-plane connectivity does all slices at once; it is an order of
+    magnitude faster than ``binary_fill_holes`` slice by slice (iterated dilations) on 512² slices.
+    """
+    in_plane = np.zeros((3, 3, 3), dtype=bool)
+    in_plane[1] = ndimage.generate_binary_structure(2, 1)
+    background, _ = ndimage.label(~mask, structure=in_plane)
+    edges = (background[:, 0, :], background[:, -1, :], background[:, :, 0], background[:, :, -1])
+    outside = np.zeros(int(background.max()) + 1, dtype=bool)
+    outside[np.concatenate([edge.ravel() for edge in edges])] = True
+    outside[0] = False  # label 0 is the mask itself
+    return ~outside[background]
 
 
 def slice_positions(

@@ -228,20 +228,37 @@ def _read_image_file(path: Path) -> sitk.Image:
 def _check_nifti_complete(path: Path) -> None:
     """Refuse a truncated NIfTI file, which ITK would silently read with its missing voxels set to zero.
 
-    The header gives the data size; the file (decompressed, for ``.nii.gz``) must be at least that long. A
-    header that cannot be parsed is left for ITK to report.
+    The header gives the data size; the file (decompressed, for ``.nii.gz``) must be at least that long. For
+    gzip the trailer's recorded size settles it at once in the usual case (the last 4 bytes of a cut file are
+    compressed data, which match the expected size only by a 2⁻³² chance); otherwise the stream is
+    decompressed to measure it. A header that cannot be parsed is left for ITK to report.
     """
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    compressed = path.name.lower().endswith(".gz")
+    unreadable = UnreadableVolumeError(
+        f"{path}: not a readable gzip-compressed NIfTI file (truncated or corrupt)"
+    )
     try:
-        with opener(path, "rb") as stream:
+        with (gzip.open if compressed else open)(path, "rb") as stream:
             header = stream.read(_NIFTI2_HEADER_BYTES)
-            length = len(header) + sum(len(chunk) for chunk in iter(lambda: stream.read(1 << 20), b""))
     except (OSError, EOFError, zlib.error):
-        raise UnreadableVolumeError(
-            f"{path}: not a readable gzip-compressed NIfTI file (truncated or corrupt)"
-        ) from None
+        raise unreadable from None
     expected = _nifti_expected_length(header)
-    if expected is not None and length < expected:
+    if expected is None:
+        return
+    if not compressed:
+        length = path.stat().st_size
+    else:
+        with open(path, "rb") as raw:
+            raw.seek(max(path.stat().st_size - 4, 0))
+            trailer = raw.read(4)
+        if len(trailer) == 4 and struct.unpack("<I", trailer)[0] == expected % 2**32:
+            return
+        try:
+            with gzip.open(path, "rb") as stream:
+                length = sum(len(chunk) for chunk in iter(lambda: stream.read(1 << 20), b""))
+        except (OSError, EOFError, zlib.error):
+            raise unreadable from None
+    if length < expected:
         raise UnreadableVolumeError(f"{path}: truncated NIfTI file ({length} of {expected} bytes)")
 
 
