@@ -121,6 +121,14 @@ def _histogram_range(value_range: tuple[float, float], bins: int) -> tuple[float
     return low, high
 
 
+def _bin_index(values: np.ndarray, low: float, high: float, bins: int) -> np.ndarray:
+    """Equal-width bin index of every value; values outside ``[low, high]`` go to the end bins.
+
+    One multiply and a floor: several times faster than ``np.histogram2d`` on tens of millions of pixels.
+    """
+    return np.clip(np.floor((values - low) * (bins / (high - low))), 0, bins - 1).astype(np.intp)
+
+
 def kl_divergence(
     p_values: np.ndarray,
     q_values: np.ndarray,
@@ -140,8 +148,8 @@ def kl_divergence(
     low, high = _histogram_range(value_range, bins)
     if pseudo_count < 0:
         raise MetricError(f"`pseudo_count` must be >= 0, got {pseudo_count}")
-    p_counts, _ = np.histogram(np.clip(_finite_flat(p_values, "p_values"), low, high), bins, (low, high))
-    q_counts, _ = np.histogram(np.clip(_finite_flat(q_values, "q_values"), low, high), bins, (low, high))
+    p_counts = np.bincount(_bin_index(_finite_flat(p_values, "p_values"), low, high, bins), minlength=bins)
+    q_counts = np.bincount(_bin_index(_finite_flat(q_values, "q_values"), low, high, bins), minlength=bins)
     p = (p_counts + pseudo_count) / (p_counts.sum() + pseudo_count * bins)
     q = (q_counts + pseudo_count) / (q_counts.sum() + pseudo_count * bins)
     support = p > 0
@@ -164,12 +172,11 @@ def mutual_information(
     pairs.
     """
     low, high = _histogram_range(value_range, bins)
-    x = np.clip(_finite_flat(x_values, "x_values"), low, high)
-    y = np.clip(_finite_flat(y_values, "y_values"), low, high)
+    x = _bin_index(_finite_flat(x_values, "x_values"), low, high, bins)
+    y = _bin_index(_finite_flat(y_values, "y_values"), low, high, bins)
     if x.size != y.size:
         raise MetricError(f"mutual information needs paired values; got {x.size} and {y.size}")
-    joint, _, _ = np.histogram2d(x, y, bins, [(low, high), (low, high)])
-    joint /= joint.sum()
+    joint = np.bincount(x * bins + y, minlength=bins * bins).reshape(bins, bins) / x.size
     outer = joint.sum(axis=1, keepdims=True) * joint.sum(axis=0, keepdims=True)
     occupied = joint > 0
     return float(np.sum(joint[occupied] * np.log(joint[occupied] / outer[occupied])))

@@ -123,3 +123,15 @@ def test_mutual_information_of_independent_values_is_within_the_plug_in_bias():
 def test_mutual_information_refuses_unpaired_values():
     with pytest.raises(MetricError, match="paired"):
         mutual_information(np.zeros(3), np.zeros(4), (0, 1))
+
+
+def test_mutual_information_equals_the_joint_histogram_definition_of_correlated_values():
+    rng = np.random.default_rng(5)
+    x = rng.normal(0, 150, 5000)
+    y = 0.6 * x + rng.normal(0, 80, 5000)
+    low, high = -250.0, 350.0
+    joint, _, _ = np.histogram2d(np.clip(x, low, high), np.clip(y, low, high), 16, [(low, high), (low, high)])
+    p = joint / joint.sum()
+    outer = p.sum(axis=1, keepdims=True) * p.sum(axis=0, keepdims=True)
+    reference = np.sum(p[p > 0] * np.log(p[p > 0] / outer[p > 0]))
+    assert mutual_information(x, y, (low, high), bins=16) == pytest.approx(reference, rel=1e-9)
