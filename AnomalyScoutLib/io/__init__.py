@@ -8,6 +8,13 @@ voxel for voxel.
 
 from __future__ import annotations
 
-from AnomalyScoutLib.io.volume import Volume, read_label_map, read_volume, validate_ct, write_volume
+from AnomalyScoutLib.io.volume import (
+    Volume,
+    list_dicom_series,
+    read_label_map,
+    read_volume,
+    validate_ct,
+    write_volume,
+)
 
-__all__ = ["Volume", "read_label_map", "read_volume", "validate_ct", "write_volume"]
+__all__ = ["Volume", "list_dicom_series", "read_label_map", "read_volume", "validate_ct", "write_volume"]
