@@ -263,9 +263,8 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         nodes = self.scene.show_results(
             inputVolume, outDir, with_reconstruction=params.showReconstruction, opacity=params.opacity
         )
-        display = nodes.residual.GetDisplayNode()
-        self.ui.thresholdSlider.maximum = max(display.GetWindowLevelMax(), display.GetLowerThreshold())
-        self.ui.thresholdSlider.value = display.GetLowerThreshold()
+        self.ui.thresholdSlider.maximum = nodes.residual.GetImageData().GetScalarRange()[1]
+        self.ui.thresholdSlider.value = nodes.residual.GetDisplayNode().GetLowerThreshold()
         self.scene.show_chart(nodes.chart, slicer.modules.plots.logic())
         self._showFlagged(nodes.flagged_table)
         title = nodes.chart.GetTitle()

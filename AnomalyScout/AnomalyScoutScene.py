@@ -37,6 +37,8 @@ __all__ = [
 #: A default Slicer colour table (``vtkSlicerColorLogic.AddDefaultColorNodes``), black-red-yellow-white; the
 #: display threshold makes low residuals transparent so the CT underneath stays readable.
 HEAT_COLOR_TABLE = "PET-Heat"
+#: Fractions of that table where it is red and where it turns yellow (beyond: pale yellow to white).
+HEAT_TABLE_RED, HEAT_TABLE_YELLOW = 0.12, 0.4
 ROLE_ATTRIBUTE = "AnomalyScout.Role"
 INPUT_ATTRIBUTE = "AnomalyScout.InputNodeID"
 FOLDER_NAME = "AnomalyScout results"
@@ -309,23 +311,29 @@ class SceneResults:
         return nodes
 
     def _style_heatmap(self, residual: slicer.vtkMRMLScalarVolumeNode, threshold: float) -> None:
-        display = residual.GetDisplayNode()
         colour = self.scene.GetFirstNodeByName(HEAT_COLOR_TABLE)
         if colour is None:
             colour_logic = slicer.vtkSlicerColorLogic()
             colour_logic.SetMRMLScene(self.scene)
             colour_logic.AddDefaultColorNodes()
             colour = self.scene.GetFirstNodeByName(HEAT_COLOR_TABLE)
-        display.SetAndObserveColorNodeID(colour.GetID())
-        high = float(np.max(slicer.util.arrayFromVolume(residual)))
-        display.SetAutoWindowLevel(False)
-        display.SetWindowLevelMinMax(threshold, max(high, threshold + 1e-6))
+        residual.GetDisplayNode().SetAndObserveColorNodeID(colour.GetID())
         self.set_threshold(residual, threshold)
 
     @staticmethod
     def set_threshold(residual: slicer.vtkMRMLScalarVolumeNode, threshold: float) -> None:
-        """Hide residuals below ``threshold`` (transparent), so only the anomalous regions are tinted."""
+        """Hide residuals below ``threshold`` and spread the visible ones from red to yellow.
+
+        Thresholded voxels are transparent, so only the anomalous regions tint the CT; the window follows the
+        threshold so that the weakest visible residual is red, never the table's black, and the strongest is
+        yellow, never its white (both would be hard to see over grey CT).
+        """
         display = residual.GetDisplayNode()
+        high = max(float(residual.GetImageData().GetScalarRange()[1]), threshold + 1e-6)
+        span = (high - threshold) / (HEAT_TABLE_YELLOW - HEAT_TABLE_RED)
+        low = threshold - HEAT_TABLE_RED * span
+        display.SetAutoWindowLevel(False)
+        display.SetWindowLevelMinMax(low, low + span)
         display.SetAutoThreshold(False)
         display.SetApplyThreshold(True)
         display.SetThreshold(threshold, float(np.finfo(np.float32).max))

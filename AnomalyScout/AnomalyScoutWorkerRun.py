@@ -71,6 +71,7 @@ class RunRequest:
     device: str = "auto"
     mode: str = "fast"
     mask_path: Path | None = None
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("fast", "accurate", "projector"):
@@ -86,6 +87,8 @@ class RunRequest:
             args += ["--model", str(self.model_path)]
         if self.mask_path is not None:
             args += ["--mask", str(self.mask_path)]
+        if self.threads is not None:
+            args += ["--threads", str(self.threads)]
         return args
 
 

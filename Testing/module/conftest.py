@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -116,14 +117,8 @@ def ct_path(tmp_path) -> Path:
 
 @pytest.fixture
 def ct_node(scene, ct_path):
-    """The input CT as a scalar volume node, read by Slicer's own NRRD reader."""
-    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "case1")
-    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
-    storage.SetFileName(str(ct_path))
-    node.SetAndObserveStorageNodeID(storage.GetID())
-    assert storage.ReadData(node)
-    node.CreateDefaultDisplayNodes()
-    return node
+    """The input CT as a scalar volume node."""
+    return load_volume_node(scene, ct_path, "case1")
 
 
 @pytest.fixture
@@ -140,6 +135,63 @@ def red_slice_logic(scene):
     logic = slicer.vtkMRMLSliceLogic()
     logic.SetMRMLApplicationLogic(app_logic)
     logic.SetMRMLScene(scene)
-    logic.AddSliceNode("Red")
+    logic.AddSliceNode("Red").SetOrientation("Axial")  # the app's layout does this; bare slicer-core does not
     logic.app_logic = app_logic
     return logic
+
+
+@dataclass
+class RealRun:
+    """One run of the real worker (``python -m AnomalyScoutLib.worker``) through the module's run logic."""
+
+    ct_path: Path
+    model_path: Path
+    out_dir: Path
+    outcome: object
+    events: list
+    phantom: object
+
+
+@pytest.fixture(scope="session")
+def real_run(tmp_path_factory, tiny_anomalous_phantom) -> RealRun:
+    """The real worker on the tiny anomalous phantom with a tiny random model, launched in blocking mode.
+
+    A random model checks the plumbing (files, grid, tables, callbacks), not detection quality; the library's
+    tests and benchmarks measure that with the shipped model.
+    """
+    pytest.importorskip("torch")
+    from AnomalyScoutWorkerRun import RunCallbacks, RunRequest, WorkerRun, blocking_launcher
+
+    from AnomalyScoutLib.io.volume import write_volume
+    from AnomalyScoutLib.model_file import AnomalyModel
+    from AnomalyScoutLib.nets.architecture import ArchitectureConfig
+
+    root = tmp_path_factory.mktemp("real_worker")
+    tiny = ArchitectureConfig(
+        32, (16, 16, 8, 8), z_dim=16, w_dim=16, mapping_layers=2, position_frequencies=2
+    )
+    model_path = AnomalyModel.create(tiny, seed=0).save(root / "tiny.safetensors")
+    ct_path = root / "ct.nrrd"
+    write_volume(tiny_anomalous_phantom.volume, ct_path)
+    events: list = []
+    outcomes: list = []
+    callbacks = RunCallbacks(
+        started=lambda *a: events.append(("started", *a)),
+        progress=lambda *a: events.append(("progress", *a)),
+        warning=lambda *a: events.append(("warning", *a)),
+        finished=outcomes.append,
+    )
+    request = RunRequest(ct_path, root / "out", model_path, device="cpu", threads=1)
+    WorkerRun(request, blocking_launcher, callbacks, python=sys.executable).start()
+    return RealRun(ct_path, model_path, request.out_dir, outcomes[0], events, tiny_anomalous_phantom)
+
+
+def load_volume_node(scene, path: Path, name: str):
+    """A scalar volume node read by Slicer's own NRRD reader (as "Add data" would)."""
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(path))
+    node.SetAndObserveStorageNodeID(storage.GetID())
+    assert storage.ReadData(node), path
+    node.CreateDefaultDisplayNodes()
+    return node

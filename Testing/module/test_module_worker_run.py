@@ -75,6 +75,7 @@ def test_launches_the_worker_module_with_the_score_options_from_the_library_fold
         "cpu",
         "accurate",
         tmp_path / "liver.nrrd",
+        threads=2,
     )
     WorkerRun(request, launcher, python="PythonSlicer").start()
 
@@ -86,6 +87,7 @@ def test_launches_the_worker_module_with_the_score_options_from_the_library_fold
         "--device": "cpu",
         "--model": str(tmp_path / "m.safetensors"),
         "--mask": str(tmp_path / "liver.nrrd"),
+        "--threads": "2",
     }
     assert (Path(launcher.cwd) / "AnomalyScoutLib" / "__init__.py").is_file()
     assert (tmp_path / "out").is_dir()
