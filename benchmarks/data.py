@@ -1,0 +1,182 @@
+"""Data preparation shared by every track: volumes -> :class:`~benchmarks.slices.SliceSet` on the model grid.
+
+One function (:func:`volume_slices`) takes any canonical CT volume with its truth masks and applies
+exactly the preprocessing the engine applies (``preprocessing.body_mask``, ``slice_positions``,
+``HUWindow``, ``ModelGrid``), so a method scored here sees what ``anomalyscout score`` would feed it.
+Phantom cases are made with the project's phantom; the real-anatomy cases reuse the phantom's anomaly
+inserters on the real CT (:mod:`benchmarks.real_anatomy`). Every case is cached in ``benchmarks/work/``
+(git-ignored) by its parameters, so that tracks and reruns share the CPU minutes spent making them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from AnomalyScoutLib.io.geometry import axial_frame, to_canonical
+from AnomalyScoutLib.io.volume import read_label_map, read_volume
+from AnomalyScoutLib.phantom import make_phantom
+from AnomalyScoutLib.phantom.anatomy import LABEL_NAMES
+from AnomalyScoutLib.preprocessing import HUWindow, body_mask, model_grid, slice_positions
+from benchmarks.slices import CaseInfo, SliceSet, concatenate
+
+__all__ = [
+    "ANOMALY_TYPES",
+    "LIVER_LABEL",
+    "WORK_DIR",
+    "PhantomSplit",
+    "phantom_case",
+    "phantom_split",
+    "volume_file_case",
+    "volume_slices",
+]
+
+WORK_DIR = Path(__file__).resolve().parent / "work"
+ANOMALY_TYPES: tuple[str, ...] = ("tumour", "metal", "ascites", "blob", "deformation")
+LIVER_LABEL = next(code for code, name in LABEL_NAMES.items() if name == "liver")
+#: Share of a model pixel that must be anomalous for the pixel to count as anomalous. Any overlap counts: a
+#: 6 mm lesion covers only a few 3 mm model pixels, and a stricter rule would erase it from the truth.
+_TRUTH_FRACTION = 0.0
+
+
+def volume_slices(
+    canonical_hu: np.ndarray,
+    spacing_kji: tuple[float, float, float],
+    anomaly: np.ndarray,
+    organ: np.ndarray,
+    info: CaseInfo,
+    resolution: int,
+    window: HUWindow,
+) -> SliceSet:
+    """One canonical volume (k, rows, cols) in HU with its boolean truth masks -> a one-case slice set.
+
+    Images, body and masks are resampled with the engine's :class:`ModelGrid`; a model pixel is anomalous
+    when any part of it is (``_TRUTH_FRACTION``), organ pixels when at least half is.
+    """
+    if anomaly.shape != canonical_hu.shape or organ.shape != canonical_hu.shape:
+        raise ValueError("the masks must have the volume's shape")
+    n, rows, cols = canonical_hu.shape
+    grid = model_grid((rows, cols), spacing_kji[1:], resolution)
+    hu = torch.from_numpy(np.ascontiguousarray(canonical_hu, dtype=np.float32))
+
+    def resample(mask: np.ndarray, above: float) -> np.ndarray:
+        return grid.to_model(torch.from_numpy(mask.astype(np.float32)), fill=0.0).numpy() > above
+
+    return SliceSet(
+        images=grid.to_model(window.normalize(hu)).numpy().astype(np.float32),
+        positions=slice_positions(canonical_hu, spacing_kji, "index"),
+        body=resample(body_mask(canonical_hu), 0.5),
+        anomaly=resample(anomaly, _TRUTH_FRACTION),
+        organ=resample(organ, 0.5),
+        case=np.zeros(n, dtype=np.int64),
+        slice_index=np.arange(n, dtype=np.int64),
+        cases=(info,),
+    )
+
+
+def _cache_path(kind: str, parameters: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(parameters, sort_keys=True).encode()).hexdigest()[:12]
+    return WORK_DIR / kind / f"{parameters.get('name', kind)}-{digest}.npz"
+
+
+def phantom_case(
+    seed: int, anomaly: str, resolution: int, window: HUWindow, shape_xyz: Sequence[int] = (256, 256, 100)
+) -> SliceSet:
+    """One phantom case (``anomaly="normal"`` for a control) as a slice set, cached on disk."""
+    parameters = {
+        "name": f"{anomaly}-{seed}",
+        "seed": seed,
+        "anomaly": anomaly,
+        "resolution": resolution,
+        "window": [window.low, window.high],
+        "shape_xyz": list(shape_xyz),
+        "version": 1,
+    }
+    path = _cache_path("phantom", parameters)
+    if path.is_file():
+        return SliceSet.load(path)
+    case = make_phantom(seed, shape_xyz=shape_xyz, anomalies=() if anomaly == "normal" else (anomaly,))
+    spacing_xyz = case.volume.spacing_xyz
+    slices = volume_slices(
+        case.volume.array_zyx,  # the phantom is already in canonical order with an identity direction
+        (spacing_xyz[2], spacing_xyz[1], spacing_xyz[0]),
+        case.anomaly_mask > 0,
+        case.labels == LIVER_LABEL,
+        CaseInfo(name=f"{anomaly}-{seed}", anomaly=anomaly, seed=seed),
+        resolution,
+        window,
+    )
+    slices.save(path)
+    return slices
+
+
+def volume_file_case(
+    ct_path: str | Path, labels_path: str | Path, organ_label: int, info: CaseInfo, resolution: int,
+    window: HUWindow,
+) -> SliceSet:
+    """A normal CT file (any orientation the engine reads) with its label map, as a one-case slice set.
+
+    Used for the real fixture and for phantom volumes another part already wrote to disk (the shipped
+    model's training cases), which saves the minutes of making them again.
+    """
+    parameters = {"name": info.name, "ct": str(ct_path), "labels": str(labels_path), "organ": organ_label,
+                  "resolution": resolution, "window": [window.low, window.high], "version": 1}
+    path = _cache_path("files", parameters)
+    if path.is_file():
+        return SliceSet.load(path)
+    volume = read_volume(ct_path)
+    frame = axial_frame(volume)
+    hu = to_canonical(volume.array_zyx, frame)
+    organ = to_canonical(read_label_map(labels_path, volume), frame) == organ_label
+    slices = volume_slices(hu, frame.spacing_kji, np.zeros(hu.shape, dtype=bool), organ, info, resolution,
+                           window)
+    slices.save(path)
+    return slices
+
+
+class PhantomSplit:
+    """Seeds of the phantom track: normal training cases and held-out test cases, disjoint by construction.
+
+    Training seeds are ``train_first .. train_first + n_train - 1`` (by default the first of the seeds the
+    shipped model was trained on, 1000-1029, so that the baselines learn from the same normal slices); test
+    seeds start at ``test_first`` (far from any training seed the project uses), one block of ``per_type``
+    seeds per anomaly type and one for controls.
+    """
+
+    def __init__(
+        self,
+        n_train: int = 8,
+        per_type: int = 2,
+        n_normal: int = 4,
+        train_first: int = 1000,
+        test_first: int = 9000,
+        types: Iterable[str] = ANOMALY_TYPES,
+    ):
+        self.types = tuple(types)
+        self.train_seeds = tuple(range(train_first, train_first + n_train))
+        # Interleaved (one case of every type, then the next...) so that a partial cache is already usable.
+        blocks = {kind: test_first + 100 * b for b, kind in enumerate((*self.types, "normal"))}
+        self.test_cases: list[tuple[int, str]] = [
+            (blocks[kind] + i, kind)
+            for i in range(max(per_type, n_normal))
+            for kind in (*self.types, "normal")
+            if i < (n_normal if kind == "normal" else per_type)
+        ]
+        overlap = set(self.train_seeds) & {s for s, _ in self.test_cases}
+        if overlap:
+            raise ValueError(f"training and test seeds overlap: {sorted(overlap)}")
+
+    def as_dict(self) -> dict:
+        return {"train_seeds": list(self.train_seeds), "test_cases": [list(c) for c in self.test_cases]}
+
+
+def phantom_split(split: PhantomSplit, resolution: int, window: HUWindow) -> tuple[SliceSet, SliceSet]:
+    """``(train, test)`` slice sets of a split (cases made or read from the cache one by one)."""
+    train = concatenate([phantom_case(s, "normal", resolution, window) for s in split.train_seeds])
+    test = concatenate([phantom_case(s, kind, resolution, window) for s, kind in split.test_cases])
+    return train, test

@@ -1,0 +1,108 @@
+"""Run a method on a track's data and turn its output into the reported numbers, the same way for all.
+
+Definitions (also in ``docs/benchmarks.md``):
+
+- **Per anomaly type T**, the evaluation set is the slices of the cases of type T together with the
+  slices of the normal control cases. A slice is positive when any of its model-grid pixels is
+  anomalous; the untouched slices of an anomalous case count as negatives (they are normal anatomy).
+- **Slice AUROC / AP** over those slices. **Case AUROC / AP** (MOOD's sample level): one score per
+  case, the maximum of its slice scores; positives are the cases of type T.
+- **Pixel AP** (MOOD's pixel level): average precision over all model-grid pixels of the evaluation
+  set, maps clipped to [0, 1]. **Best Dice** (BMAD): the Dice of the thresholded maps against the
+  truth at the best threshold.
+- **overall**: all types together with the controls.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from AnomalyScoutLib import metrics
+from benchmarks.detectors import Detection, Detector
+from benchmarks.slices import SliceSet
+
+__all__ = ["MethodRun", "case_scores", "detection_metrics", "run_method"]
+
+
+@dataclass(frozen=True)
+class MethodRun:
+    """A method's detection on a test set, with how long fitting and detecting took (same clock for all)."""
+
+    name: str
+    detection: Detection
+    fit_seconds: float
+    detect_seconds: float
+
+    @property
+    def slices_per_second(self) -> float:
+        return len(self.detection.slice_scores) / max(self.detect_seconds, 1e-9)
+
+
+def run_method(detector: Detector, train: SliceSet, test: SliceSet) -> MethodRun:
+    """Fit ``detector`` on ``train`` and detect on ``test``, timing each step with the wall clock."""
+    start = time.perf_counter()
+    detector.fit(train)
+    fitted = time.perf_counter()
+    detection = detector.detect(test)
+    done = time.perf_counter()
+    if detection.maps.shape != test.images.shape or detection.slice_scores.shape != (len(test),):
+        raise RuntimeError(
+            f"{detector.name} returned maps {detection.maps.shape} / scores "
+            f"{detection.slice_scores.shape} for {len(test)} slices of {test.images.shape[1:]}"
+        )
+    return MethodRun(detector.name, detection, fitted - start, done - fitted)
+
+
+def case_scores(slices: SliceSet, slice_scores: np.ndarray) -> np.ndarray:
+    """One score per case: its most anomalous slice (one bad slice makes a bad case)."""
+    out = np.full(len(slices.cases), -np.inf)
+    np.maximum.at(out, slices.case, slice_scores)
+    return out
+
+
+def _group_metrics(slices: SliceSet, detection: Detection, keep: np.ndarray) -> dict[str, Any]:
+    labels = slices.labels[keep]
+    scores = detection.slice_scores[keep]
+    sub = slices.subset(keep)
+    per_case = case_scores(sub, scores)
+    case_labels = np.array([c.anomaly != "normal" for c in sub.cases])
+    return {
+        "slices": int(keep.sum()),
+        "anomalous_slices": int(labels.sum()),
+        "cases": len(sub.cases),
+        "slice_auroc": metrics.roc_auc(labels, scores),
+        "slice_ap": metrics.average_precision(labels, scores),
+        "case_auroc": metrics.roc_auc(case_labels, per_case),
+        "case_ap": metrics.average_precision(case_labels, per_case),
+        **_pixel_metrics(detection.maps, slices.anomaly, keep),
+    }
+
+
+def _pixel_metrics(maps: np.ndarray | None, truth: np.ndarray, keep: np.ndarray) -> dict[str, float | None]:
+    """MOOD's pixel AP and BMAD's best Dice over all model-grid pixels of the kept slices (maps clipped
+    to [0, 1])."""
+    if maps is None:
+        return {"pixel_ap": None, "best_dice": None, "best_dice_threshold": None}
+    histogram = metrics.VoxelScoreHistogram(low=0.0, high=1.0)
+    histogram.add(maps[keep], truth[keep])
+    best = histogram.best_dice()
+    return {
+        "pixel_ap": histogram.average_precision(),
+        "best_dice": best.dice,
+        "best_dice_threshold": best.threshold,
+    }
+
+
+def detection_metrics(slices: SliceSet, detection: Detection) -> dict[str, dict[str, Any]]:
+    """The module docstring's metrics per anomaly type present in ``slices`` and ``"overall"``."""
+    kinds = slices.case_anomaly
+    types = sorted(set(kinds) - {"normal"})
+    if not types or "normal" not in kinds:
+        raise ValueError("a test set needs normal control cases and at least one anomaly type")
+    result = {t: _group_metrics(slices, detection, (kinds == t) | (kinds == "normal")) for t in types}
+    result["overall"] = _group_metrics(slices, detection, np.ones(len(slices), dtype=bool))
+    return result
