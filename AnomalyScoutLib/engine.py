@@ -133,6 +133,10 @@ class VolumeScorer:
             model.generator, model.encoder, model.discriminator, inversion, device
         )
 
+    def calibration_settings(self) -> dict[str, Any]:
+        """What a calibration depends on besides the mode: the score definition and the optimisation steps."""
+        return {**self.score_config.as_dict(), "steps": self.inversion.resolved_steps}
+
     def _reconstruct(
         self,
         x: torch.Tensor,
@@ -268,8 +272,11 @@ def _calibrate(
     stored = Calibration.from_json(scorer.model.metadata.get("calibration"))
     fpr = stored.default_fpr if fpr is None else fpr
     mode_calibration = stored.get(scorer.inversion.mode, scorer.score_config.key())
-    if mode_calibration is not None and dict(mode_calibration.score_config) != scorer.score_config.as_dict():
-        listener.warning("the model was calibrated with other score settings; using the per-case fallback")
+    if mode_calibration is not None and dict(mode_calibration.score_config) != scorer.calibration_settings():
+        listener.warning(
+            f"the model was calibrated with {dict(mode_calibration.score_config)}, not with this run's "
+            f"{scorer.calibration_settings()}"
+        )
         mode_calibration = None
     if mode_calibration is None:
         listener.warning(

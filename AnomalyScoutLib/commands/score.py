@@ -23,7 +23,17 @@ from AnomalyScoutLib.errors import ConfigError
 from AnomalyScoutLib.inversion import MODES, InversionConfig
 from AnomalyScoutLib.scoring import SCORE_METHODS, ScoreConfig
 
-__all__ = ["TqdmListener", "add_scoring_arguments", "build_scorer", "register", "run", "score_options"]
+__all__ = [
+    "TqdmListener",
+    "add_device_arguments",
+    "add_scoring_arguments",
+    "build_scorer",
+    "device_from_args",
+    "print_summary",
+    "register",
+    "run",
+    "score_options",
+]
 
 
 def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,10 +63,24 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
         "--mask-label", type=int, default=None, help="label value in --mask (default: any > 0)"
     )
     parser.add_argument("--series-uid", default=None, help="DICOM series to read when a folder holds several")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the projector's latent noise")
+    add_device_arguments(parser)
+
+
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--device``, ``--threads`` and ``--batch-size``: where and how wide every scoring command runs."""
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     parser.add_argument("--batch-size", type=int, default=16, help="slices per batch (halved on GPU OOM)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the projector's latent noise")
+
+
+def device_from_args(args: argparse.Namespace) -> torch.device:
+    """Apply ``--threads`` and resolve ``--device`` (see :func:`add_device_arguments`)."""
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    return select_device(args.device)
 
 
 def build_scorer(args: argparse.Namespace) -> VolumeScorer:
@@ -68,11 +92,7 @@ def build_scorer(args: argparse.Namespace) -> VolumeScorer:
     """
     from AnomalyScoutLib.model_file import DEFAULT_MODEL_PATH, AnomalyModel
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    device = select_device(args.device)
+    device = device_from_args(args)
     inversion = InversionConfig(mode=args.mode, steps=args.steps, lr=args.lr, seed=args.seed)
     score = ScoreConfig(method=args.score_method)
     model = AnomalyModel.load(args.model or DEFAULT_MODEL_PATH, device)

@@ -98,3 +98,24 @@ def test_self_calibration_flags_the_outlier_slice_of_a_case():
 def test_refuses_a_false_positive_rate_outside_zero_to_one_half(fpr):
     with pytest.raises(ConfigError, match="false-positive"):
         check_fpr(fpr)
+
+
+def test_the_calibrate_command_stores_a_calibration_that_scoring_reads_back(tiny_model_file, tmp_path):
+    import torch
+
+    from AnomalyScoutLib.cli import main
+    from AnomalyScoutLib.model_file import AnomalyModel
+
+    torch.set_num_threads(1)
+    original = AnomalyModel.load(tiny_model_file)
+    model, out = str(tiny_model_file), str(tmp_path / "calibrated.safetensors")
+    code = main(
+        ["calibrate", "--model", model, "--out", out, "--phantom", "2", "--phantom-shape", "48,48,20",
+         "--modes", "fast", "--bins", "2", "--device", "cpu"]
+    )  # fmt: skip
+    assert code == 0
+    calibrated = AnomalyModel.load(tmp_path / "calibrated.safetensors")
+    assert calibrated.model_id == original.model_id  # same tensors
+    entry = Calibration.from_json(calibrated.calibration).get("fast", "topk")
+    assert entry is not None and entry.n_cases == 2 and len(entry.bins) == 2
+    assert entry.score_config["steps"] == 0 and entry.score_config["method"] == "topk"

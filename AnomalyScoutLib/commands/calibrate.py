@@ -1,0 +1,184 @@
+"""``anomalyscout calibrate --model M --out M2 (--data NORMALS | --phantom N)``: normal score distributions.
+
+Scores held-out **normal** CT volumes with every requested mode and stores, in the model file's metadata, the
+per-position-bin distribution of their slice scores and the distribution of their case scores
+(:mod:`AnomalyScoutLib.calibration`). Scoring then reports percentiles and flags at a chosen false-positive
+rate. The normals must not have been used for training: with ``--phantom N`` they are phantom cases with seeds
+from ``--phantom-seed`` (default 900000) upwards, far from the training seeds. Modes already calibrated in the
+model and not recomputed are kept. The tensors are untouched, so the model id stays the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import safe_open
+from tqdm import tqdm
+
+from AnomalyScoutLib.calibration import Calibration, calibration_key, check_fpr, fit_mode_calibration
+from AnomalyScoutLib.commands.score import add_device_arguments, device_from_args
+from AnomalyScoutLib.engine import VolumeScorer
+from AnomalyScoutLib.errors import ConfigError
+from AnomalyScoutLib.inversion import MODES, InversionConfig
+from AnomalyScoutLib.io.geometry import axial_frame, to_canonical
+from AnomalyScoutLib.io.volume import Volume, read_volume
+from AnomalyScoutLib.model_file import AnomalyModel
+from AnomalyScoutLib.scoring import SCORE_METHODS, ScoreConfig, case_score
+
+__all__ = ["DEFAULT_PHANTOM_SEED", "calibrate_model", "phantom_normals", "register", "run"]
+
+#: First seed of the held-out normal phantoms (training uses small seeds).
+DEFAULT_PHANTOM_SEED = 900_000
+DEFAULT_PHANTOM_SHAPE = (128, 128, 64)
+
+
+def phantom_normals(count: int, first_seed: int, shape_xyz: Sequence[int]) -> Iterator[Volume]:
+    """``count`` normal phantom volumes, made one at a time (only one is in memory)."""
+    from AnomalyScoutLib.phantom import make_phantom
+
+    for seed in range(first_seed, first_seed + count):
+        yield make_phantom(seed, shape_xyz=shape_xyz).volume
+
+
+def calibrate_model(
+    model: AnomalyModel,
+    normals: Sequence[Volume] | Iterator[Volume],
+    scorers: Sequence[VolumeScorer],
+    *,
+    n_bins: int = 10,
+    default_fpr: float = 0.01,
+    progress: Any = None,
+) -> Calibration:
+    """Score every normal volume with every scorer and return the model's calibration with those modes added.
+
+    Each volume is read (or generated) once and scored by all scorers before the next, so a slow source of
+    volumes is paid once. ``progress`` wraps the volume iterator (e.g. ``tqdm``).
+    """
+    collected: list[dict[str, list[Any]]] = [{"scores": [], "positions": [], "cases": []} for _ in scorers]
+    for volume in progress(normals) if progress else normals:
+        frame = axial_frame(volume)
+        canonical = to_canonical(volume.array_zyx, frame)
+        for scorer, store in zip(scorers, collected):
+            result = scorer.score(canonical, frame.spacing_kji)
+            store["scores"].append(result.scores)
+            store["positions"].append(result.positions)
+            store["cases"].append(case_score(result.scores, scorer.score_config))
+    if not collected or not collected[0]["cases"]:
+        raise ConfigError("calibration needs at least one normal volume")
+    stored = Calibration.from_json(model.calibration)
+    calibration = Calibration(stored.modes, check_fpr(default_fpr))
+    for scorer, store in zip(scorers, collected):
+        fitted = fit_mode_calibration(
+            store["scores"], store["positions"], store["cases"], scorer.calibration_settings(), n_bins=n_bins
+        )
+        calibration = calibration.with_mode(
+            calibration_key(scorer.inversion.mode, scorer.score_config.key()), fitted
+        )
+    return calibration
+
+
+def _stored_in_half(path: Path) -> bool:
+    """Whether the model file keeps its weights as float16 (kept so on re-saving)."""
+    with safe_open(str(path), framework="pt") as handle:
+        first = next(iter(handle.keys()))
+        return handle.get_slice(first).get_dtype() == "F16"
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    try:
+        values = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"shape must be three integers like 128,128,64, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def _modes(text: str) -> tuple[str, ...]:
+    modes = tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = [m for m in modes if m not in MODES]
+    if not modes or unknown:
+        raise argparse.ArgumentTypeError(f"modes must be a comma list of {', '.join(MODES)}, got {text!r}")
+    return modes
+
+
+def run(args: argparse.Namespace) -> int:
+    from AnomalyScoutLib.model_file import DEFAULT_MODEL_PATH
+    from AnomalyScoutLib.train.data import list_volumes
+
+    if (args.data is None) == (args.phantom is None):
+        raise ConfigError("give exactly one source of normal volumes: --data PATH or --phantom N")
+    if args.phantom is not None and args.phantom < 1:
+        raise ConfigError(f"--phantom must be >= 1, got {args.phantom}")
+    model_path = Path(args.model or DEFAULT_MODEL_PATH)
+    device = device_from_args(args)
+    model = AnomalyModel.load(model_path, device)
+    score = ScoreConfig(method=args.score_method)
+    scorers = [
+        VolumeScorer(model, InversionConfig(mode=mode, steps=args.steps), score, device, args.batch_size)
+        for mode in args.modes
+    ]
+    if args.data is not None:
+        normals: Any = (read_volume(path) for path in list_volumes(args.data))
+        total = None
+    else:
+        normals = phantom_normals(args.phantom, args.phantom_seed, args.phantom_shape)
+        total = args.phantom
+
+    def progress(items: Any) -> Any:
+        return tqdm(items, total=total, unit="volume", desc="calibrating", file=sys.stderr)
+
+    calibration = calibrate_model(
+        model, normals, scorers, n_bins=args.bins, default_fpr=args.default_fpr, progress=progress
+    )
+    model.calibration = calibration.to_json()
+    model.save(args.out, half=_stored_in_half(model_path))
+    for key in sorted(calibration.modes):
+        entry = calibration.modes[key]
+        thresholds = [b.threshold(calibration.default_fpr) for b in entry.bins]
+        print(
+            f"{key}: {entry.n_cases} normal volumes; slice thresholds per position bin "
+            f"at fpr {calibration.default_fpr:g}: {np.round(thresholds, 4).tolist()}"
+        )
+    print(f"calibrated model written to {args.out}")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "calibrate",
+        help="store normal score distributions in a model file",
+        description=__doc__.splitlines()[0],
+    )
+    parser.add_argument(
+        "--model", type=Path, default=None, help="model to calibrate (default: the shipped one)"
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, help="calibrated model file to write (may be --model)"
+    )
+    parser.add_argument(
+        "--data", default=None, help="normal CT volumes: a folder, a phantom folder or a list file"
+    )
+    parser.add_argument(
+        "--phantom", type=int, default=None, help="use N held-out normal phantom volumes instead"
+    )
+    parser.add_argument("--phantom-seed", type=int, default=DEFAULT_PHANTOM_SEED, help="first phantom seed")
+    parser.add_argument(
+        "--phantom-shape", type=_shape, default=DEFAULT_PHANTOM_SHAPE, help="phantom size x,y,z"
+    )
+    parser.add_argument(
+        "--modes", type=_modes, default=("fast", "accurate"), help="modes to calibrate (fast,accurate)"
+    )
+    parser.add_argument("--steps", type=int, default=None, help="optimisation steps for accurate/projector")
+    parser.add_argument(
+        "--score-method", choices=SCORE_METHODS, default="topk", help="slice score (default topk)"
+    )
+    parser.add_argument("--bins", type=int, default=10, help="slice-position bins (default 10)")
+    parser.add_argument("--default-fpr", type=float, default=0.01, help="false-positive rate used by default")
+    add_device_arguments(parser)
+    parser.set_defaults(func=run)
