@@ -109,7 +109,7 @@ def _quiet_itk() -> Iterator[list[str]]:
     try:
         sys.stderr.flush()
         saved_fd = os.dup(2)
-    except (OSError, ValueError):  # no usable stderr (e.g. a GUI process): nothing to silence
+    except (AttributeError, OSError, ValueError):  # no usable stderr (e.g. a GUI process): nothing to silence
         saved_fd = None
     try:
         with tempfile.TemporaryFile() as sink:
@@ -359,8 +359,8 @@ def validate_ct(volume: Volume) -> None:
 
     Raises:
         NotCTError: the DICOM modality is not CT, or all values lie in 0..255.
-        VolumeError: not 3-D, empty, fewer than :data:`MIN_INPLANE_VOXELS` rows or columns, NaN/inf, or
-            constant.
+        VolumeError: not 3-D, empty, non-positive spacing, fewer than :data:`MIN_INPLANE_VOXELS` rows or
+            columns, NaN/inf, or constant.
     """
     array = volume.array_zyx
     name = volume.name
@@ -370,6 +370,8 @@ def validate_ct(volume: Volume) -> None:
         raise VolumeError(f"{name}: is {array.ndim}-D; a 3-D volume is needed")
     if array.size == 0:
         raise VolumeError(f"{name}: is empty (shape {array.shape})")
+    if not all(np.isfinite(s) and s > 0 for s in volume.spacing_xyz):
+        raise VolumeError(f"{name}: voxel spacing {volume.spacing_xyz} mm is not positive (broken header)")
     rows, cols = array.shape[1:]
     if min(rows, cols) < MIN_INPLANE_VOXELS:
         raise VolumeError(

@@ -315,12 +315,19 @@ def test_reading_a_broken_file_prints_nothing_on_stderr(tmp_path, capfd):
     assert capfd.readouterr().err == ""
 
 
-def test_an_empty_array_is_refused():
-    empty = Volume(
-        np.zeros((0, 32, 32), np.float32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1)
-    )
-    with pytest.raises(VolumeError, match="empty"):
-        validate_ct(empty)
+@pytest.mark.parametrize(
+    ("shape_zyx", "spacing_xyz", "fragment"),
+    [
+        ((0, 32, 32), (1.0, 1.0, 1.0), "empty"),
+        ((4, 32, 32), (1.0, 0.0, 1.0), "spacing"),
+        ((4, 32, 32), (1.0, 1.0, np.nan), "spacing"),
+    ],
+)
+def test_an_empty_array_or_a_broken_spacing_is_refused(shape_zyx, spacing_xyz, fragment):
+    array = _ct_like(shape_zyx).astype(np.float32)
+    volume = Volume(array, spacing_xyz, (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    with pytest.raises(VolumeError, match=fragment):
+        validate_ct(volume)
 
 
 def test_validation_can_be_skipped_for_data_known_to_be_fine(tmp_path):
