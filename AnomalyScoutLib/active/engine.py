@@ -25,7 +25,7 @@ from AnomalyScoutLib.devices import select_device
 from AnomalyScoutLib.engine import VolumeScorer
 from AnomalyScoutLib.inversion import InversionConfig
 from AnomalyScoutLib.io.geometry import axial_frame, to_canonical
-from AnomalyScoutLib.io.volume import read_volume
+from AnomalyScoutLib.io.volume import Volume, read_volume
 from AnomalyScoutLib.model_file import DEFAULT_MODEL_PATH, AnomalyModel
 from AnomalyScoutLib.preprocessing import model_grid
 from AnomalyScoutLib.scoring import ScoreConfig, case_score
@@ -87,8 +87,11 @@ class ModelCaseScorer:
     batch_size: int = 16
 
     def __call__(self, case: str) -> CaseScores:
+        return self.score_volume(read_volume(case))
+
+    def score_volume(self, volume: Volume) -> CaseScores:
+        """Score a volume already in memory (the benchmark's phantoms); slices in canonical order."""
         scorer = _volume_scorer(self.model_path, self.device, self.mode, self.batch_size)
-        volume = read_volume(case)
         frame = axial_frame(volume)
         return score_canonical(scorer, to_canonical(volume.array_zyx, frame), frame.spacing_kji)
 
