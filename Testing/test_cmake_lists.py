@@ -1,0 +1,154 @@
+"""The extension's CMake files ship everything the module needs.
+
+Decision: the module's CMakeLists lists its own scripts and resources explicitly (Slicer's macro wants a
+list), and installs the library and the shipped models as whole directories with file patterns (a new library
+file needs no CMake edit). So the checks are: every module file is listed and every listed file exists; every
+library and model file matches an install pattern. Then, where cmake is installed, the real CMake files are
+configured and installed against a stand-in for Slicer's macros, and the installed tree is checked file by
+file.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MODULE_DIR = REPO / "AnomalyScout"
+TOP = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
+MODULE = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
+SCRIPTED_MODULES = "lib/Slicer/qt-scripted-modules"
+
+
+def _cmake_list(name: str) -> list[str]:
+    """The items of ``set(name ...)`` in the module CMakeLists, with ``${MODULE_NAME}`` expanded."""
+    body = re.search(rf"set\({name}\s+(.*?)\)", MODULE, re.S).group(1)
+    return [item.replace("${MODULE_NAME}", "AnomalyScout") for item in body.split()]
+
+
+def _install_patterns(directory: str) -> tuple[list[str], list[str]]:
+    """(included, excluded) patterns of the ``install(DIRECTORY ...)`` rule for ``directory``."""
+    rule = re.search(rf"install\(DIRECTORY \$\{{{directory}\}}(.*?)\n  \)", MODULE, re.S).group(1)
+    assert "${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}" in rule
+    excluded = re.findall(r'PATTERN "([^"]+)" EXCLUDE', rule)
+    included = [p for p in re.findall(r'PATTERN "([^"]+)"', rule) if p not in excluded]
+    return included, excluded
+
+
+def _shipped_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+
+
+def test_every_module_script_is_listed_and_every_listed_file_exists():
+    scripts = _cmake_list("MODULE_PYTHON_SCRIPTS")
+    assert sorted(scripts) == sorted(p.name for p in MODULE_DIR.glob("*.py"))
+    for item in scripts + _cmake_list("MODULE_PYTHON_RESOURCES"):
+        assert (MODULE_DIR / item).is_file(), item
+
+
+def test_every_resource_file_is_listed():
+    resources = {p.relative_to(MODULE_DIR).as_posix() for p in _shipped_files(MODULE_DIR / "Resources")}
+    assert resources == set(_cmake_list("MODULE_PYTHON_RESOURCES"))
+
+
+@pytest.mark.parametrize(
+    ("variable", "folder"),
+    [("ANOMALYSCOUT_LIB_DIR", "AnomalyScoutLib"), ("ANOMALYSCOUT_MODELS_DIR", "models")],
+)
+def test_the_library_and_the_models_are_installed_whole_and_match_the_patterns(variable, folder):
+    assert re.search(rf"set\({variable} \$\{{CMAKE_CURRENT_SOURCE_DIR\}}/\.\./{folder}\)", MODULE)
+    included, _ = _install_patterns(variable)
+    unshipped = [
+        p.relative_to(REPO).as_posix()
+        for p in _shipped_files(REPO / folder)
+        if not any(fnmatch.fnmatch(p.name, pattern) for pattern in included)
+    ]
+    assert unshipped == []
+
+
+def test_the_module_builds_with_generic_tests_and_registers_its_self_test():
+    assert re.search(r"slicerMacroBuildScriptedModule\(.*WITH_GENERIC_TESTS.*?\)", MODULE, re.S)
+    assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in MODULE
+
+
+def test_the_extension_declares_its_metadata_and_depends_on_pytorch():
+    for variable in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS"):
+        assert re.search(rf'set\(EXTENSION_{variable} "[^"]+"\)', TOP), variable
+    assert 'set(EXTENSION_DEPENDS "PyTorch")' in TOP
+    for line in (
+        "find_package(Slicer REQUIRED)",
+        "include(${Slicer_USE_FILE})",
+        "add_subdirectory(AnomalyScout)",
+        "include(${Slicer_EXTENSION_GENERATE_CONFIG})",
+        "include(${Slicer_EXTENSION_CPACK})",
+    ):
+        assert line in TOP
+
+
+def test_icon_and_screenshot_urls_point_at_files_of_this_repository():
+    for variable in ("ICONURL",):
+        url = re.search(rf'set\(EXTENSION_{variable} "([^"]+)"\)', TOP).group(1)
+        assert (REPO / url.split("/main/", 1)[1]).is_file(), url
+
+
+#: Stand-ins for Slicer's CMake: the macros check and install what they are given, as Slicer's do.
+FAKE_SLICER = """
+set(Slicer_USE_FILE ${CMAKE_CURRENT_LIST_DIR}/UseSlicer.cmake)
+set(Slicer_EXTENSION_GENERATE_CONFIG ${CMAKE_CURRENT_LIST_DIR}/Nothing.cmake)
+set(Slicer_EXTENSION_CPACK ${CMAKE_CURRENT_LIST_DIR}/Nothing.cmake)
+"""
+FAKE_USE_SLICER = f"""
+set(Slicer_QTSCRIPTEDMODULES_LIB_DIR {SCRIPTED_MODULES})
+set(Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR {SCRIPTED_MODULES})
+function(slicerMacroBuildScriptedModule)
+  cmake_parse_arguments(MY "WITH_GENERIC_TESTS" "NAME" "SCRIPTS;RESOURCES" ${{ARGN}})
+  foreach(file ${{MY_SCRIPTS}} ${{MY_RESOURCES}})
+    if(NOT EXISTS ${{CMAKE_CURRENT_SOURCE_DIR}}/${{file}})
+      message(FATAL_ERROR "listed but missing: ${{file}}")
+    endif()
+    get_filename_component(folder ${{file}} DIRECTORY)
+    install(FILES ${{file}} DESTINATION ${{Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}}/${{folder}})
+  endforeach()
+  set(line "module ${{MY_NAME}} generic=${{MY_WITH_GENERIC_TESTS}}")
+  file(APPEND ${{CMAKE_BINARY_DIR}}/registered.txt "${{line}}\\n")
+endfunction()
+function(slicer_add_python_unittest)
+  cmake_parse_arguments(MY "" "SCRIPT" "" ${{ARGN}})
+  file(APPEND ${{CMAKE_BINARY_DIR}}/registered.txt "unittest ${{MY_SCRIPT}}\\n")
+endfunction()
+"""
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake is not installed")
+def test_configuring_and_installing_puts_module_library_and_models_side_by_side(tmp_path):
+    fake = tmp_path / "slicer"
+    fake.mkdir()
+    (fake / "SlicerConfig.cmake").write_text(FAKE_SLICER)
+    (fake / "UseSlicer.cmake").write_text(FAKE_USE_SLICER)
+    (fake / "Nothing.cmake").write_text("")
+    build, prefix = tmp_path / "build", tmp_path / "install"
+    configure = [
+        "cmake", "-S", str(REPO), "-B", str(build), f"-DSlicer_DIR={fake}", "-DBUILD_TESTING=ON",
+        "-DCMAKE_C_COMPILER_WORKS=1", "-DCMAKE_CXX_COMPILER_WORKS=1",
+    ]  # fmt: skip
+    subprocess.run(configure, check=True, capture_output=True)
+    subprocess.run(
+        ["cmake", "--install", str(build), "--prefix", str(prefix)], check=True, capture_output=True
+    )
+
+    installed = prefix / SCRIPTED_MODULES
+    expected = [p.relative_to(REPO) for p in _shipped_files(REPO / "AnomalyScoutLib") if p.suffix == ".py"]
+    expected += [p.relative_to(MODULE_DIR) for p in MODULE_DIR.glob("*.py")]
+    expected += [Path(r) for r in _cmake_list("MODULE_PYTHON_RESOURCES")]
+    assert [str(p) for p in expected if not (installed / p).is_file()] == []
+    assert (build / "registered.txt").read_text().split("\n")[:2] == [
+        "module AnomalyScout generic=TRUE",
+        "unittest AnomalyScout.py",
+    ]
+    # the build tree has the same layout, for Slicer started from the build folder
+    assert (build / SCRIPTED_MODULES / "AnomalyScoutLib" / "worker" / "protocol.py").is_file()
