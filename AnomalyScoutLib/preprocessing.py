@@ -26,6 +26,7 @@ from scipy import ndimage
 from AnomalyScoutLib.errors import ConfigError, VolumeError
 
 __all__ = [
+    "BODY_MIN_PART",
     "BODY_THRESHOLD_HU",
     "POSITION_METHODS",
     "HUWindow",
@@ -41,6 +42,9 @@ ArrayLike = Union[np.ndarray, torch.Tensor]
 #: Voxels above this are "patient": halfway between air (-1000 HU) and fat (about -100 HU), below lung
 #: parenchyma's vessels but above the foam of most CT tables.
 BODY_THRESHOLD_HU = -500.0
+
+#: A connected part at least this fraction of the largest one is body too (the other leg, an arm).
+BODY_MIN_PART = 0.25
 
 #: The definitions of the relative slice position this module implements (see :func:`slice_positions`).
 POSITION_METHODS: tuple[str, ...] = ("index",)
@@ -203,9 +207,11 @@ def model_grid(shape_rc: tuple[int, int], spacing_rc_mm: tuple[float, float], re
 def body_mask(array_hu: np.ndarray, threshold_hu: float = BODY_THRESHOLD_HU) -> np.ndarray:
     """Boolean mask of the patient's body in a ``(n, rows, cols)`` HU array.
 
-    Voxels above ``threshold_hu`` are kept if they belong to the largest 3-D connected component (the body:
-    in 3-D the legs of a pelvic scan join through the pelvis, while table, cables and noise stay apart); then
-    each slice's holes are filled in 2-D, so lungs and bowel gas count as inside the body.
+    Voxels above ``threshold_hu`` are kept if they belong to the largest 3-D connected component (the body),
+    or to a component at least :data:`BODY_MIN_PART` of its size: in a whole scan the legs join through the
+    pelvis, but a batch of thigh slices holds two similar components, and both are the patient. Table, cables
+    and noise are far smaller and stay out. Then each slice's holes are filled in 2-D, so lungs and bowel gas
+    count as inside the body. Give it the whole volume when you can: connections outside a batch are unseen.
 
     Raises:
         VolumeError: the array is not 3-D.
@@ -218,7 +224,8 @@ def body_mask(array_hu: np.ndarray, threshold_hu: float = BODY_THRESHOLD_HU) -> 
         return np.zeros(array_hu.shape, dtype=bool)
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    return _fill_holes_per_slice(labels == int(sizes.argmax()))
+    keep = sizes >= BODY_MIN_PART * sizes.max()
+    return _fill_holes_per_slice(keep[labels])
 
 
 def _fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:

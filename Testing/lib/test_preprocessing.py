@@ -148,17 +148,20 @@ def test_the_body_mask_holds_the_whole_liver_and_leaves_the_outside_air_out(real
 def test_the_body_mask_keeps_both_legs_drops_the_table_and_fills_the_gas():
     hu = np.full((6, 64, 64), -1000.0, np.float32)
     rows, cols = np.mgrid[:64, :64]
-    legs = ((rows - 30) ** 2 + (cols - 18) ** 2 < 64) | ((rows - 30) ** 2 + (cols - 46) ** 2 < 64)
+    legs = ((rows - 30) ** 2 + (cols - 17) ** 2 < 144) | ((rows - 30) ** 2 + (cols - 47) ** 2 < 144)
     trunk = (rows - 30) ** 2 / 15**2 + (cols - 32) ** 2 / 25**2 < 1
     gas = (rows - 30) ** 2 + (cols - 32) ** 2 < 9
     hu[:3][:, legs] = 40.0
     hu[3:][:, trunk] = 40.0
     hu[3:][:, gas] = -1000.0
-    hu[:, 58:60, 5:59] = 300.0  # the table: a separate plank under the patient
+    hu[:, 58, 5:59] = 300.0  # the table: a thin dense shell under the patient, apart from it
     mask = body_mask(hu)
     assert mask[:3][:, legs].all(), "both legs belong to the body through the pelvis above"
     assert mask[3:][:, gas].all(), "gas inside the body is inside the body"
-    assert not mask[:, 58:60].any(), "the table is not the patient"
+    assert not mask[:, 58].any(), "the table is not the patient"
+    thighs_only = body_mask(hu[:3])
+    assert thighs_only[:, legs].all(), "a batch of thigh slices keeps both legs"
+    assert not thighs_only[:, 58].any()
 
 
 def test_the_body_mask_of_pure_air_is_empty_and_2d_input_is_refused():
