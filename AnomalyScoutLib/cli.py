@@ -35,6 +35,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "rank",
     "score",
     "calibrate",
+    "demo",
 )
 
 EXIT_INTERNAL_ERROR = 3

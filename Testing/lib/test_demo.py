@@ -1,0 +1,61 @@
+"""``anomalyscout demo``: the README's first command, with the tiny model (plumbing) and the shipped one."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from AnomalyScoutLib.cli import main
+from AnomalyScoutLib.commands.demo import slice_agreement
+from AnomalyScoutLib.model_file import DEFAULT_MODEL_PATH
+
+torch.set_num_threads(1)
+
+
+def test_slice_agreement_counts_flags_against_the_truth():
+    truth = np.array([True, True, False, False, False])
+    flagged = np.array([True, False, True, False, False])
+    result = slice_agreement(truth, flagged, np.array([0.9, 0.8, 0.7, 0.1, 0.2]))
+    assert result["sensitivity"] == 0.5 and result["specificity"] == pytest.approx(2 / 3)
+    assert result["true_positives"] == 1 and result["false_positives"] == 1 and result["auroc"] == 1.0
+
+
+def test_slice_agreement_without_anomalous_slices_has_no_auroc():
+    result = slice_agreement(np.zeros(3, bool), np.zeros(3, bool), np.arange(3.0))
+    assert np.isnan(result["auroc"]) and np.isnan(result["sensitivity"]) and result["specificity"] == 1.0
+
+
+def test_the_demo_writes_its_phantom_outputs_and_report(tiny_model_file, tmp_path, capsys):
+    code = main(["demo", "--out", str(tmp_path / "demo"), "--model", str(tiny_model_file), "--device", "cpu"])
+    assert code == 0
+    names = {p.name for p in (tmp_path / "demo").iterdir()}
+    assert {
+        "phantom_ct.nrrd",
+        "phantom_truth.nrrd",
+        "demo_report.json",
+        "flagged.png",
+        "scores.json",
+    } <= names
+    report = json.loads((tmp_path / "demo" / "demo_report.json").read_text())
+    assert report["true_slices"] and report["anomalous_slices"] == len(report["true_slices"])
+    assert "sensitivity" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(
+    not DEFAULT_MODEL_PATH.is_file(), reason="the trained model models/default.safetensors is absent"
+)
+def test_with_the_shipped_model_anomalous_slices_score_above_normal_ones_and_are_flagged(tmp_path):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--device", "cpu"]) == 0
+    report = json.loads((tmp_path / "demo" / "demo_report.json").read_text())
+    scores = {
+        s["slice_index"]: s["score"]
+        for s in json.loads((tmp_path / "demo" / "scores.json").read_text())["slices"]
+    }
+    anomalous = [scores[k] for k in report["true_slices"]]
+    normal = [v for k, v in scores.items() if k not in report["true_slices"]]
+    assert np.median(anomalous) > np.median(normal)
+    assert report["auroc"] > 0.7
+    assert report["true_positives"] >= 1 and report["true_positives"] > report["false_positives"]
