@@ -47,13 +47,16 @@ def describe(path: Path, series_uid: str | None = None, position: str = "index")
     canonical = to_canonical(volume.array_zyx, frame)
     positions = slice_positions(canonical, frame.spacing_kji, position)
     low, p1, p99, high = np.percentile(volume.array_zyx, [0, 1, 99, 100])
-    series = list_dicom_series(path) if Path(path).is_dir() else []
+    from_folder = Path(path).is_dir()
+    # For a single DICOM file, look at its folder too: reading one file of a series is a common slip.
+    series = list_dicom_series(path if from_folder else Path(path).parent) if volume.series_uid else []
     return {
         "input": str(path),
         "modality": volume.modality,
         "series_uid": volume.series_uid,
         "series_in_folder": [{"uid": uid, "files": count} for uid, count in series],
         "series_requested": series_uid is not None,
+        "read_from_folder": from_folder,
         "size_xyz": list(reversed(volume.array_zyx.shape)),
         "spacing_xyz_mm": list(volume.spacing_xyz),
         "origin_xyz_mm": list(volume.origin_xyz),
@@ -69,19 +72,25 @@ def describe(path: Path, series_uid: str | None = None, position: str = "index")
     }
 
 
+def _series_note(facts: dict[str, Any]) -> str:
+    """Why this series: the only one, the largest, the requested one, or one file of a larger series."""
+    files = {entry["uid"]: entry["files"] for entry in facts["series_in_folder"]}
+    if not facts["read_from_folder"]:
+        count = files.get(facts["series_uid"], 1)
+        return f" (one file of a {count}-file series; give its folder to read it all)" if count > 1 else ""
+    if len(files) > 1 and facts["series_requested"]:
+        return f" (as requested; the folder holds {len(files)} series)"
+    if len(files) > 1:
+        return f" (the largest of {len(files)} series in the folder; pick another with --series)"
+    return " (the only series in the folder)"
+
+
 def _text(facts: dict[str, Any]) -> str:
     slices, rows, cols = facts["canonical_shape"]
     k_mm, row_mm, col_mm = facts["canonical_spacing_mm"]
     lines = [f"input:        {facts['input']}", f"modality:     {facts['modality'] or 'unknown (not DICOM)'}"]
     if facts["series_uid"]:
-        count = len(facts["series_in_folder"])
-        if count > 1 and facts["series_requested"]:
-            note = f" (as requested; the folder holds {count} series)"
-        elif count > 1:
-            note = f" (the largest of {count} series in the folder; pick another with --series)"
-        else:
-            note = " (the only series in the folder)" if count else ""
-        lines.append(f"series:       {facts['series_uid']}{note}")
+        lines.append(f"series:       {facts['series_uid']}{_series_note(facts)}")
     oblique = facts["obliquity_deg"]
     straight = "axis-aligned" if oblique < 0.01 else f"oblique by {oblique:.1f}°, sliced along nearest axes"
     lines += [

@@ -49,6 +49,13 @@ def test_says_which_series_of_a_folder_it_read_and_honours_series(two_series_fol
     assert {entry["files"] for entry in facts["series_in_folder"]} == {3, 1}
 
 
+def test_warns_when_one_file_of_a_larger_series_is_read(capsys):
+    assert main(["info", str(SERIES / "02.dcm")]) == 0
+    out = capsys.readouterr().out
+    assert "one file of a 3-file series; give its folder" in out
+    assert "1 axial slices of 512 x 512" in out
+
+
 @pytest.mark.parametrize("content", [b"", b"plain text, not an image"])
 def test_a_bad_input_gives_one_error_line_and_exit_code_1(tmp_path, capsys, content):
     path = tmp_path / "scan.nii.gz"
