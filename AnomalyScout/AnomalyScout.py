@@ -42,7 +42,7 @@ from AnomalyScoutWorkerRun import (
     library_root,
     slicer_launcher,
 )
-from AnomalyScoutWorklist import BatchProgress, BatchScoring, Worklist, case_name, find_cases, read_worklist
+from AnomalyScoutWorklist import BatchProgress, BatchScoring, Worklist, find_cases, read_worklist, results_dir
 
 __all__ = [
     "AnomalyScout",
@@ -379,20 +379,26 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.loadNextCaseButton.enabled = bool(worklist.entries)
 
     def onLoadNextCase(self) -> None:
+        """Open the next case; show its batch results at its hottest slice, or score it now if it has none."""
         entry = self._worklist.next_entry()
         if entry is None:
             self.ui.worklistStatusLabel.text = "All cases of the worklist were opened."
             return
-        with slicer.util.tryWithErrorDisplay(f"{entry.case} could not be opened.", waitCursor=True):
+        name = Path(entry.case).name
+        with slicer.util.tryWithErrorDisplay(f"{name} could not be opened.", waitCursor=True):
             volume = slicer.util.loadVolume(entry.case)
             self._parameterNode.inputVolume = volume
-            self.ui.worklistTable.selectRow(self._worklist.entries.index(entry))
-            results = Path(entry.extra.get("results") or self._worklistRoot / case_name(entry.case))
-            if (results / "scores.json").is_file():
-                self._showResults(volume, results)
-                self.ui.worklistStatusLabel.text = f"{Path(entry.case).name}: {entry.reason}"
-            else:
-                self.ui.worklistStatusLabel.text = f"{Path(entry.case).name} has no results yet: press Run."
+            self.ui.worklistTable.selectRow(self._worklist.current_row)
+            results = results_dir(self._worklistRoot, entry.case)
+            if not (results / "scores.json").is_file():
+                self.ui.worklistStatusLabel.text = f"{name}: {entry.reason} (scoring it now)"
+                self.onApply()
+                return
+            self._showResults(volume, results)
+            if entry.extra.get("slice_start"):
+                start = int(entry.extra["slice_start"])
+                self.scene.jump_to_slice(self.scene.center_of_slice(self._resultNodes.table, start))
+            self.ui.worklistStatusLabel.text = f"{name}: {entry.reason}"
 
 
 def _as_list(value) -> list[str]:

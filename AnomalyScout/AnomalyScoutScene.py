@@ -370,6 +370,14 @@ class SceneResults:
             raise IndexError(f"row {row} is outside the table {table.GetName()}")
         return tuple(vtk_table.GetColumnByName(name).GetValue(row) for name in CENTER_COLUMNS)
 
+    def center_of_slice(self, table: slicer.vtkMRMLTableNode, slice_index: int) -> tuple[float, float, float]:
+        """The RAS centre of canonical slice ``slice_index`` (a worklist's ``slice_start``)."""
+        column = table.GetTable().GetColumnByName("slice_index")
+        for row in range(column.GetNumberOfTuples()):
+            if int(column.GetValue(row)) == slice_index:
+                return self.center_of_row(table, row)
+        raise IndexError(f"slice {slice_index} is not in the table {table.GetName()}")
+
     def center_of_plot_point(self, series_id: str, point: int) -> tuple[float, float, float]:
         """The RAS centre behind a selected plot point (``qMRMLPlotView``'s ``dataSelected`` gives these)."""
         series = self.scene.GetNodeByID(series_id)

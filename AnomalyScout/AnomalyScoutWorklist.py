@@ -1,26 +1,25 @@
 """The annotators' worklist: score a folder of cases in the background, then open them by priority.
 
-A worklist is a CSV with at least the columns ``case, score, percentile, reason`` and one row per case, most
-urgent first. Two producers write it: :class:`BatchScoring` here (the scoring worker on each case, one after
-the other, ranked by case score) and ``anomalyscout rank`` (the active-learning ranking, which adds columns
-such as ``slice_range``); the module reads both with :func:`read_worklist` and keeps the file's order. No qt,
-no slicer: tested with plain pytest.
+A worklist is the CSV that ``anomalyscout rank`` writes (``AnomalyScoutLib.active.ranking``: ``rank, case,
+slice_start, slice_end, score, percentile, reason``, most urgent first). :class:`BatchScoring` here writes the
+same file with the same library function after scoring a folder with the worker, one case after the other, and
+keeps each case's heatmap so that "Load next case" opens it with its results. :func:`read_worklist` needs only
+``case, score, percentile, reason`` and keeps the file's order. No qt, no slicer: tested with plain pytest.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from AnomalyScoutScene import read_score_report
+from AnomalyScoutScene import ScoreReport, read_score_report
 from AnomalyScoutWorkerRun import Launcher, RunCallbacks, RunOutcome, RunRequest, WorkerRun
 
+from AnomalyScoutLib.active.ranking import WorklistItem, hot_range, write_worklist
 from AnomalyScoutLib.errors import AnomalyScoutError, ResultsError
 
 __all__ = [
@@ -31,7 +30,7 @@ __all__ = [
     "case_name",
     "find_cases",
     "read_worklist",
-    "write_worklist",
+    "results_dir",
 ]
 
 WORKLIST_COLUMNS = ("case", "score", "percentile", "reason")
@@ -106,54 +105,38 @@ def read_worklist(path: str | Path) -> list[WorklistEntry]:
         raise ResultsError(f"{path} has a score that is not a number ({error})") from error
 
 
-def write_worklist(entries: Sequence[WorklistEntry], path: str | Path) -> None:
-    """Write ``entries`` in their order, atomically (a temporary file renamed over ``path``)."""
-    path = Path(path)
-    extra_columns = sorted({k for entry in entries for k in entry.extra})
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", newline="", encoding="utf-8") as stream:
-            writer = csv.writer(stream)
-            writer.writerow([*WORKLIST_COLUMNS, *extra_columns])
-            for entry in entries:
-                numbers = ["" if math.isnan(v) else f"{v:.6g}" for v in (entry.score, entry.percentile)]
-                writer.writerow(
-                    [entry.case, *numbers, entry.reason, *(entry.extra.get(c, "") for c in extra_columns)]
-                )
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+def results_dir(out_root: str | Path, case: str | Path) -> Path:
+    """Where a batch keeps a case's outputs: ``out_root/<case name>`` (one convention, writer and reader)."""
+    return Path(out_root) / (re.sub(r"[^\w.-]+", "_", case_name(case)) or "case")
 
 
-def entry_from_results(case: str | Path, out_dir: str | Path) -> WorklistEntry:
-    """A worklist row from a finished run: case score, case percentile, and why it deserves a look."""
-    report = read_score_report(out_dir)
+def _reason(report: ScoreReport) -> str:
+    """Why a case deserves a look, in words: its flagged slices and the strongest one."""
     flagged = report.flagged_slices
-    if flagged:
-        top = flagged[0]
-        reason = (
-            f"{len(flagged)} flagged slice(s); strongest: slice {top.slice_index} (score {top.score:.3g})"
-        )
-    else:
-        reason = "no flagged slice"
-    return WorklistEntry(
-        str(case), report.case_score, report.case_percentile, reason, extra={"results": str(Path(out_dir))}
-    )
+    if not flagged:
+        return "no flagged slice"
+    top = flagged[0]
+    return f"{len(flagged)} flagged slice(s); strongest: slice {top.slice_index} (score {top.score:.3g})"
 
 
 class Worklist:
-    """The cases in priority order and which ones were already opened ("Load next case" skips those)."""
+    """The worklist's rows in priority order and which were opened ("Load next case" skips those).
+
+    Rows, not case names, are tracked: a slice-level worklist from ``anomalyscout rank`` lists a case once per
+    slice range.
+    """
 
     def __init__(self, entries: Sequence[WorklistEntry]) -> None:
         self.entries = list(entries)
-        self.opened: set[str] = set()
+        self.opened: set[int] = set()
+        self.current_row: int | None = None
 
     def next_entry(self) -> WorklistEntry | None:
-        """The most urgent case not opened yet, now marked as opened; ``None`` at the end of the list."""
-        for entry in self.entries:
-            if entry.case not in self.opened:
-                self.opened.add(entry.case)
+        """The most urgent row not opened yet, now marked as opened (``current_row``); ``None`` at the end."""
+        for row, entry in enumerate(self.entries):
+            if row not in self.opened:
+                self.opened.add(row)
+                self.current_row = row
                 return entry
         return None
 
@@ -169,6 +152,9 @@ class BatchProgress:
 
 class BatchScoring:
     """Scores cases one after the other with the worker, then writes ``worklist.csv`` ranked by case score.
+
+    Each row points the annotator at the case's hottest run of slices (the library's ``hot_range``, as
+    ``anomalyscout rank`` does) and keeps the case's outputs in :func:`results_dir`.
 
     One worker at a time: a worker already uses every core (or the GPU). A failed case is reported and
     skipped, never aborting the batch.
@@ -204,7 +190,8 @@ class BatchScoring:
         self._launcher = launcher
         self._python = python
         self._options = options
-        self._entries: list[WorklistEntry] = []
+        self._reports: list[tuple[Path, ScoreReport]] = []
+        self._failed: list[dict[str, str]] = []
         self._index = -1
         self._current: WorkerRun | None = None
         self._cancelled = False
@@ -228,12 +215,11 @@ class BatchScoring:
         if self._cancelled:
             return
         if self._index == len(self.cases):
-            self._entries.sort(key=lambda e: -e.score if math.isfinite(e.score) else math.inf)
-            write_worklist(self._entries, self.worklist_path)
-            self.progress.finished(self._entries)
+            self._write_worklist()
+            self.progress.finished(read_worklist(self.worklist_path))
             return
         case = self.cases[self._index]
-        out_dir = self.out_root / _safe(case_name(case))
+        out_dir = results_dir(self.out_root, case)
         self.progress.case_started(self._index + 1, len(self.cases), case)
         request = RunRequest(case, out_dir, **self._options)
         callbacks = RunCallbacks(finished=lambda outcome: self._on_case(case, outcome))
@@ -243,13 +229,38 @@ class BatchScoring:
     def _on_case(self, case: Path, outcome: RunOutcome) -> None:
         if outcome.status == "done":
             try:
-                self._entries.append(entry_from_results(case, self._current.request.out_dir))
+                self._reports.append((case, read_score_report(self._current.request.out_dir)))
             except ResultsError as error:
                 outcome = RunOutcome("failed", f"Failed: {error}", outcome.exit_code)
+        if outcome.status == "failed":
+            self._failed.append({"case": str(case), "reason": outcome.message})
         self.progress.case_finished(case, outcome)
         self._next()
 
-
-def _safe(name: str) -> str:
-    """A folder name without characters some file systems refuse."""
-    return re.sub(r"[^\w.-]+", "_", name) or "case"
+    def _write_worklist(self) -> None:
+        """Rank the scored cases by case score (NaN last) and write rank's CSV and JSON."""
+        ranked = sorted(
+            self._reports, key=lambda cr: -cr[1].case_score if math.isfinite(cr[1].case_score) else math.inf
+        )
+        items = []
+        for rank, (case, report) in enumerate(ranked, start=1):
+            by_slice = sorted(report.slices, key=lambda s: s.slice_index)
+            start, end = hot_range([s.score for s in by_slice])
+            items.append(
+                WorklistItem(
+                    rank,
+                    str(case),
+                    by_slice[start].slice_index,
+                    by_slice[end].slice_index,
+                    report.case_score,
+                    report.case_percentile,
+                    _reason(report),
+                )
+            )
+        summary = {
+            "producer": "AnomalyScout Slicer module (batch scoring)",
+            "strategy": "anomaly",
+            "failed": self._failed,
+            **{k: str(v) for k, v in self._options.items()},
+        }
+        write_worklist(items, str(self.worklist_path), summary)

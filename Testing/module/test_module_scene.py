@@ -183,8 +183,11 @@ def test_clicking_a_flagged_row_or_plot_point_moves_every_slice_view_to_that_sli
 
     assert red_slice_logic.GetSliceOffset() == pytest.approx(expected[2])  # axial: S coordinate
     assert yellow.GetSliceToRAS().GetElement(0, 3) == pytest.approx(expected[0])  # sagittal: R coordinate
+    assert results.center_of_slice(nodes.table, ANOMALY_SLICE) == pytest.approx(expected)
     with pytest.raises(IndexError):
         results.center_of_row(nodes.flagged_table, 5)
+    with pytest.raises(IndexError, match="slice 99"):
+        results.center_of_slice(nodes.table, 99)
 
 
 def test_results_are_grouped_under_the_input_in_the_subject_hierarchy(scene, ct_node, run_dir):

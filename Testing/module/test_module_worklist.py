@@ -15,10 +15,11 @@ from AnomalyScoutWorklist import (
     case_name,
     find_cases,
     read_worklist,
-    write_worklist,
+    results_dir,
 )
 from conftest import write_contract_outputs
 
+from AnomalyScoutLib.active.ranking import WorklistItem, write_worklist
 from AnomalyScoutLib.errors import AnomalyScoutError, ResultsError
 
 
@@ -76,17 +77,16 @@ def test_a_file_that_is_not_a_worklist_is_refused_with_its_problem(tmp_path, con
         read_worklist(path)
 
 
-def test_written_worklists_read_back_identically(tmp_path):
-    entries = [
-        WorklistEntry("a", 0.5, math.nan, "x, with a comma", {"results": "/r/a"}),
-        WorklistEntry("b", 0.25, 97.5, "y", {}),
+def test_reads_the_worklist_that_anomalyscout_rank_writes(tmp_path):
+    items = [
+        WorklistItem(1, "/data/b.nii.gz", 10, 14, 0.5, math.nan, "rare appearance, diverse"),
+        WorklistItem(2, "/data/a.nrrd", 3, 3, 0.25, 97.5, "anomalous slice"),
     ]
-    write_worklist(entries, tmp_path / "w.csv")
-    again = read_worklist(tmp_path / "w.csv")
-    assert [(e.case, e.score, e.reason) for e in again] == [(e.case, e.score, e.reason) for e in entries]
-    assert math.isnan(again[0].percentile) and again[1].percentile == 97.5
-    assert again[0].extra == {"results": "/r/a"} and again[1].extra == {"results": ""}
-    assert [p.name for p in tmp_path.iterdir()] == ["w.csv"]
+    write_worklist(items, str(tmp_path / "worklist.csv"), {"strategy": "hybrid"})
+    entries = read_worklist(tmp_path / "worklist.csv")
+    assert [(e.case, e.score, e.reason) for e in entries] == [(i.case, i.score, i.reason) for i in items]
+    assert math.isnan(entries[0].percentile) and entries[1].percentile == 97.5
+    assert entries[0].extra == {"rank": "1", "slice_start": "10", "slice_end": "14"}
 
 
 def test_finds_volume_files_and_dicom_folders_only(tmp_path):
@@ -108,22 +108,30 @@ def test_case_names_drop_double_suffixes():
 def test_batch_scoring_ranks_cases_by_score_and_skips_a_failed_case(tmp_path):
     cases = [tmp_path / f"{name}.nrrd" for name in ("calm", "broken", "busy")]
     worker = ScriptedWorker({"calm": (), "broken": None, "busy": (5, 6)})
-    seen = []
+    seen, finished = [], []
     batch = BatchScoring(
         cases,
         tmp_path / "results",
         worker,
-        BatchProgress(case_finished=lambda case, outcome: seen.append((case.name, outcome.status))),
+        BatchProgress(
+            case_finished=lambda case, outcome: seen.append((case.name, outcome.status)),
+            finished=finished.append,
+        ),
         python="python3",
     )
     batch.start()
 
     assert seen == [("calm.nrrd", "done"), ("broken.nrrd", "failed"), ("busy.nrrd", "done")]
     entries = read_worklist(batch.worklist_path)
+    assert finished == [entries]
     assert [e.case for e in entries] == [str(cases[2]), str(cases[0])]
     assert entries[0].score > entries[1].score
     assert "2 flagged" in entries[0].reason and entries[1].reason == "no flagged slice"
-    assert entries[0].extra["results"] == str(tmp_path / "results" / "busy")
+    # the busy case's hot range is its two flagged slices, and its heatmap is where the widget looks
+    assert (entries[0].extra["slice_start"], entries[0].extra["slice_end"]) == ("5", "6")
+    assert (results_dir(batch.out_root, cases[2]) / "residual.nrrd").is_file()
+    summary = json.loads(batch.worklist_path.with_suffix(".json").read_text())
+    assert [f["case"] for f in summary["failed"]] == [str(cases[1])]
 
 
 def test_a_cancelled_batch_starts_no_further_case_and_writes_no_worklist(tmp_path):
@@ -143,8 +151,14 @@ def test_an_empty_folder_or_clashing_names_are_refused_before_anything_runs(tmp_
         BatchScoring([tmp_path / "a.nrrd", tmp_path / "a.nii.gz"], tmp_path, ScriptedWorker({}))
 
 
-def test_load_next_case_walks_the_list_in_priority_order_once():
-    worklist = Worklist([WorklistEntry(c, 1.0, 50.0, "") for c in ("x", "y")])
-    worklist.opened.add("x")
-    assert worklist.next_entry().case == "y"
+def test_load_next_case_walks_the_rows_in_priority_order_once():
+    # a slice-level worklist lists case x twice: both of its rows are visited
+    worklist = Worklist([WorklistEntry(c, 1.0, 50.0, "") for c in ("x", "y", "x")])
+    worklist.opened.add(1)
+    assert worklist.next_entry().case == "x" and worklist.current_row == 0
+    assert worklist.next_entry().case == "x" and worklist.current_row == 2
     assert worklist.next_entry() is None
+
+
+def test_results_folders_have_safe_names():
+    assert results_dir("/r", "/data/case 1 (v2).nii.gz").name == "case_1_v2_"
