@@ -1,8 +1,8 @@
 """The ``anomalyscout`` command line.
 
 Each sub-command lives in its own module under :mod:`AnomalyScoutLib.commands` and exposes
-``register(subparsers)``, which adds its parser and sets ``func(args) -> int`` as the parser default. This file only
-assembles them and turns expected failures into one readable line and a documented exit code:
+``register(subparsers)``, which adds its parser and sets ``func(args) -> int`` as the parser default.
+This file only assembles them and turns expected failures into one readable line and a documented exit code:
 
 ====  =====================================================================
 code  meaning
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -36,6 +37,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "score",
     "calibrate",
     "demo",
+    "train_gan",
+    "evaluate_gan",
 )
 
 EXIT_INTERNAL_ERROR = 3
@@ -64,9 +67,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cancelled", file=sys.stderr)
         return EXIT_CANCELLED
+    except BrokenPipeError:
+        # The reader went away (`anomalyscout info CT | head`): not an error of ours. Point stdout at
+        # devnull so that the interpreter's final flush does not complain a second time.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception:  # noqa: BLE001 - the last line of defence: report a bug, don't hide it
         traceback.print_exc()
-        print("error: internal error (a bug in AnomalyScout); the traceback above helps to fix it", file=sys.stderr)
+        print(
+            "error: internal error (a bug in AnomalyScout); the traceback above helps to fix it",
+            file=sys.stderr,
+        )
         return EXIT_INTERNAL_ERROR
 
 
