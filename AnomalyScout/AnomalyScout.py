@@ -253,9 +253,12 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             missing_ok=True
         )  # a full copy of the CT: not needed any more
         self._setStatus(outcome.message)
-        if outcome.status == "done" and inputVolume is not None:
+        if inputVolume is not None:
             with slicer.util.tryWithErrorDisplay("The results could not be shown."):
-                self._showResults(inputVolume, self._run.request.out_dir)
+                if outcome.status == "done":
+                    self._showResults(inputVolume, self._run.request.out_dir)
+                else:
+                    self.scene.restore_scores(inputVolume)
         self._updateApply()
 
     def _showResults(self, inputVolume, outDir: Path) -> None:

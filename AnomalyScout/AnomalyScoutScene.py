@@ -41,6 +41,7 @@ HEAT_COLOR_TABLE = "PET-Heat"
 HEAT_TABLE_RED, HEAT_TABLE_YELLOW = 0.12, 0.4
 ROLE_ATTRIBUTE = "AnomalyScout.Role"
 INPUT_ATTRIBUTE = "AnomalyScout.InputNodeID"
+RESULTS_DIR_ATTRIBUTE = "AnomalyScout.ResultsDir"
 FOLDER_NAME = "AnomalyScout results"
 SCORE_COLUMNS = ("slice_index", "position", "score", "percentile", "flagged", "threshold")
 CENTER_COLUMNS = ("center_r", "center_a", "center_s")
@@ -237,6 +238,14 @@ class SceneResults:
             table.Modified()
         return nodes
 
+    def restore_scores(self, input_node: slicer.vtkMRMLNode) -> ResultNodes:
+        """After a cancelled or failed re-run: the scores of the results still shown, not the partial ones."""
+        nodes = self._nodes(input_node)
+        shown = nodes.table.GetAttribute(RESULTS_DIR_ATTRIBUTE)
+        if shown and (Path(shown) / "scores.json").is_file():
+            return self.show_scores(input_node, read_score_report(shown))
+        return self.start_live_scores(input_node)
+
     @staticmethod
     def add_live_score(nodes: ResultNodes, slice_index: int, position: float, score: float) -> None:
         """Append one slice's score from a ``progress`` line (percentile and flag come with the results)."""
@@ -306,6 +315,7 @@ class SceneResults:
         elif (stale := self._find(input_node, "reconstruction")) is not None:
             self.scene.RemoveNode(stale)
         nodes = self.show_scores(input_node, report)
+        nodes.table.SetAttribute(RESULTS_DIR_ATTRIBUTE, str(out_dir))
         nodes.residual, nodes.reconstruction = residual, reconstruction
         self.show_overlay(input_node, residual, opacity)
         return nodes

@@ -288,11 +288,14 @@ def blocking_launcher(
 ) -> ProcessHandle:
     """Run to completion in this thread, through ``slicer.util.launchConsoleProcess`` (tests, batch jobs).
 
-    ``useStartupEnvironment=False``: outside the Slicer application there is no startup environment.
+    Inside Slicer the worker gets Slicer's startup environment (as in non-blocking mode); outside the
+    application (slicer-core) there is none, so this process's environment is passed on.
     """
+    import slicer
     import slicer.util
 
-    process = slicer.util.launchConsoleProcess(list(args), useStartupEnvironment=False, cwd=cwd)
+    in_app = hasattr(slicer, "app")
+    process = slicer.util.launchConsoleProcess(list(args), useStartupEnvironment=in_app, cwd=cwd)
     for line in process.stdout:
         on_line(line)
     on_exit(process.wait())
@@ -319,12 +322,17 @@ class _QProcessHandle:
         self, args: Sequence[str], cwd: str, on_line: Callable[[str], None], on_exit: Callable[[int], None]
     ) -> None:
         import qt
+        import slicer.util
 
         self._on_line = on_line
         self._pending = ""
         self._process = qt.QProcess()
         self._process.setProcessChannelMode(qt.QProcess.MergedChannels)
         self._process.setWorkingDirectory(cwd)
+        environment = qt.QProcessEnvironment()
+        for key, value in slicer.util.startupEnvironment().items():  # as launchConsoleProcess does
+            environment.insert(key, value)
+        self._process.setProcessEnvironment(environment)
         self._process.connect("readyReadStandardOutput()", self._read)
         self._process.connect(
             "finished(int,QProcess::ExitStatus)", lambda code, _status: self._finish(code, on_exit)

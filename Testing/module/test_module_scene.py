@@ -166,6 +166,21 @@ def test_live_scores_fill_the_plot_as_progress_lines_arrive(scene, ct_node, run_
     assert math.isnan(_column(nodes.table, "percentile")[0])
 
 
+def test_a_cancelled_rerun_gets_back_the_scores_of_the_results_still_shown(scene, ct_node, run_dir, tmp_path):
+    out, report = run_dir
+    results = SceneResults(scene)
+    results.show_results(ct_node, out)
+    nodes = results.start_live_scores(ct_node)
+    results.add_live_score(nodes, 0, 0.02, 5.0)
+
+    restored = results.restore_scores(ct_node)
+
+    assert _column(restored.table, "score") == pytest.approx([s["score"] for s in report["slices"]])
+    assert list(_column(restored.flagged_table, "slice_index")) == [ANOMALY_SLICE]
+    never_shown = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "fresh")
+    assert results.restore_scores(never_shown).table.GetNumberOfRows() == 0
+
+
 def test_clicking_a_flagged_row_or_plot_point_moves_every_slice_view_to_that_slice(
     scene, ct_node, run_dir, red_slice_logic
 ):
