@@ -1,0 +1,325 @@
+"""Speed and memory of the scoring engine, measured in one run on one machine: ``python -m benchmarks.speed``.
+
+What it measures (issue 4's targets in brackets):
+
+* slices/s of ``fast`` [>= 100 on 2 CPU cores at 128²], ``accurate`` with K = 20 and 50 refinement steps, and
+  the ``projector`` (1000 steps from the mean latent) on the shipped model;
+* the slice AUROC of each mode on the same slices of a few held-out phantom cases (all anomalous slices plus
+  as many normal ones per case), and the speed ratio projector / accurate [accurate >= 20x faster at equal or
+  better AUROC];
+* peak resident memory of ``anomalyscout score`` on a 512x512x600 volume, in a separate process sampled with
+  psutil [< 3 GB];
+* with ``--sweep``: AUROC of ``accurate`` over refinement steps and learning rates (how the defaults in
+  :mod:`AnomalyScoutLib.inversion` were chosen).
+
+Results go to ``benchmarks/results/speed.json`` and ``docs/speed.md``. The machine is shared, so run it niced
+and read the recorded load average next to the numbers: ``nice -n 15 python -m benchmarks.speed``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import SimpleITK as sitk
+import torch
+
+from AnomalyScoutLib.inversion import DEFAULT_ACCURATE_LR, DEFAULT_ACCURATE_STEPS, InversionConfig
+from AnomalyScoutLib.metrics import roc_auc
+from AnomalyScoutLib.model_file import DEFAULT_MODEL_PATH, AnomalyModel
+from AnomalyScoutLib.scoring import ScoreConfig
+from benchmarks.data import phantom_case
+from benchmarks.ours import GeneratorDetector
+from benchmarks.slices import SliceSet, concatenate
+
+__all__ = ["main"]
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "benchmarks" / "results" / "speed.json"
+DOC = REPO / "docs" / "speed.md"
+#: Held-out phantom cases (seeds far from the shipped model's training seeds 1000-1029).
+CASES = (
+    (9501, "tumour"),
+    (9502, "metal"),
+    (9503, "blob"),
+    (9504, "ascites"),
+    (9505, "tumour"),
+    (9506, "blob"),
+)
+CASE_SHAPE_XYZ = (128, 128, 48)
+
+
+def evaluation_slices(model: AnomalyModel, n_cases: int, per_case: int, seed: int = 0) -> SliceSet:
+    """Per case all anomalous slices (up to half of ``per_case``) and as many normal ones, seeded."""
+    rng = np.random.default_rng(seed)
+    parts = []
+    for case_seed, kind in CASES[:n_cases]:
+        case = phantom_case(case_seed, kind, model.resolution, model.window, shape_xyz=CASE_SHAPE_XYZ)
+        anomalous, normal = (
+            np.flatnonzero(case.labels),
+            np.flatnonzero(~case.labels & case.body.any(axis=(1, 2))),
+        )
+        take = min(len(anomalous), per_case // 2, len(normal))
+        keep = np.sort(
+            np.r_[rng.choice(anomalous, take, replace=False), rng.choice(normal, take, replace=False)]
+        )
+        parts.append(case.subset(keep))
+    return concatenate(parts)
+
+
+def measure_mode(
+    model_path: Path, slices: SliceSet, inversion: InversionConfig, batch_size: int
+) -> dict[str, Any]:
+    """Reconstruct and score ``slices`` once; slices/s of the reconstruction and the slice AUROC."""
+    detector = GeneratorDetector(inversion.mode, model_path, inversion, ScoreConfig(), batch_size=batch_size)
+    start = time.perf_counter()
+    reconstructions = detector.reconstruct(slices)
+    seconds = time.perf_counter() - start
+    scores = detector.detection_from(slices, reconstructions).slice_scores
+    return {
+        "mode": inversion.mode,
+        "steps": inversion.resolved_steps,
+        "lr": inversion.resolved_lr if inversion.resolved_steps else None,
+        "slices": len(slices),
+        "seconds": round(seconds, 3),
+        "slices_per_s": round(len(slices) / seconds, 3),
+        "auroc": round(float(roc_auc(slices.labels, scores)), 4),
+    }
+
+
+def _synthetic_ct(path: Path, shape_xyz: tuple[int, int, int]) -> None:
+    """A cheap body-like int16 CT (soft-tissue ellipse, spine, upper lungs) for the memory run."""
+    nx, ny, nz = shape_xyz
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:ny, 0:nx].astype(np.float32)
+    body = ((x - nx / 2) / (0.42 * nx)) ** 2 + ((y - ny / 2) / (0.3 * ny)) ** 2 < 1
+    spine = (x - nx / 2) ** 2 + (y - 0.7 * ny) ** 2 < (0.04 * nx) ** 2
+    lungs = (((np.abs(x - nx / 2) - 0.2 * nx) / (0.12 * nx)) ** 2 + ((y - 0.45 * ny) / (0.18 * ny)) ** 2) < 1
+    volume = np.full((nz, ny, nx), -1000, dtype=np.int16)
+    for k in range(nz):
+        section = np.where(body, 40, -1000) + np.where(spine, 400, 0)
+        if k > 2 * nz // 3:
+            section = np.where(lungs & body, -850, section)
+        volume[k] = section + (rng.standard_normal((ny, nx)) * 12).astype(np.int16) * body
+    image = sitk.GetImageFromArray(volume)
+    image.SetSpacing((0.8, 0.8, 0.6))
+    sitk.WriteImage(image, str(path))
+
+
+def measure_memory(model_path: Path, shape_xyz: tuple[int, int, int], threads: int) -> dict[str, Any]:
+    """Peak RSS (process + children, sampled every 0.1 s) of ``score --mode fast`` on a big CT."""
+    folder = Path(tempfile.mkdtemp(prefix="anomalyscout-speed-"))
+    try:
+        ct = folder / "big.nrrd"
+        _synthetic_ct(ct, shape_xyz)
+        command = [sys.executable, "-m", "AnomalyScoutLib", "score", str(ct), "--out", str(folder / "out"),
+                   "--model", str(model_path), "--mode", "fast", "--device", "cpu",
+                   "--threads", str(threads)]  # fmt: skip
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        start = time.perf_counter()
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        watched, peak = psutil.Process(process.pid), 0
+        while process.poll() is None:
+            try:
+                members = [watched, *watched.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in members))
+            except psutil.Error:
+                pass
+            time.sleep(0.1)
+        seconds = time.perf_counter() - start
+        _, stderr = process.communicate()
+        if process.returncode != 0:
+            raise RuntimeError(
+                f"scoring the big volume failed ({process.returncode}): {stderr.decode()[-2000:]}"
+            )
+        timings = json.loads((folder / "out" / "scores.json").read_text())["timings"]
+        return {
+            "shape_xyz": list(shape_xyz),
+            "peak_rss_gb": round(peak / 1e9, 3),
+            "input_float32_gb": round(int(np.prod(shape_xyz)) * 4 / 1e9, 3),
+            "wall_s": round(seconds, 1),
+            "engine_timings_s": {k: round(v, 2) for k, v in timings.items()},
+        }
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(handle, "w", encoding="utf-8") as stream:
+        json.dump(data, stream, indent=1)
+        stream.write("\n")
+    os.replace(temporary, path)
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """``docs/speed.md`` from the results (regenerated by every run)."""
+    env = results["environment"]
+    lines = [
+        "# Speed and memory of the scoring engine",
+        "",
+        f"Measured by `{results['command']}` on {env['date']} ({env['cpu_count']} CPU cores visible, torch "
+        f"{env['torch']} with {env['torch_threads']} threads, load average {env['load_average']} at start; "
+        "the "
+        "machine is shared, so absolute times are pessimistic; all modes ran in the same session). Model: "
+        f"`{results['model']['id']}` ({results['model']['resolution']}² pixels). Raw numbers: "
+        "`benchmarks/results/speed.json`.",
+        "",
+        "## Modes",
+        "",
+        f"{results['evaluation']['slices']} slices ({results['evaluation']['anomalous']} anomalous) of "
+        f"{results['evaluation']['cases']} held-out phantom cases "
+        f"({', '.join(results['evaluation']['kinds'])}).",
+        "",
+        "| mode | steps | slices/s | slice AUROC |",
+        "|---|---:|---:|---:|",
+    ]
+    for row in results["modes"]:
+        lines.append(f"| {row['mode']} | {row['steps']} | {row['slices_per_s']:.2f} | {row['auroc']:.3f} |")
+    throughput = results["fast_throughput"]
+    lines += [
+        "",
+        f"`fast` throughput on all {throughput['slices']} slices of those cases: "
+        f"**{throughput['slices_per_s']:.1f} slices/s** (target >= 100 on 2 cores at 128²).",
+        "",
+    ]
+    for row in results["accurate_vs_projector"]:
+        lines.append(
+            f"- accurate K={row['steps']} is **{row['speedup']:.1f}x** faster than the projector "
+            "(target >= 20x), "
+            f"slice AUROC {row['auroc']:.3f} vs {row['projector_auroc']:.3f}."
+        )
+    memory = results.get("memory")
+    if memory:
+        lines += [
+            "",
+            "## Memory",
+            "",
+            f"`anomalyscout score --mode fast` on a {'x'.join(map(str, memory['shape_xyz']))} volume "
+            f"({memory['input_float32_gb']} GB as float32): peak RSS **{memory['peak_rss_gb']} GB** "
+            f"(target < 3 GB), {memory['wall_s']} s wall. The input is held once in canonical order; each "
+            "batch is resampled to the model grid, scored and written straight into memory-mapped output "
+            "files whose pages are released after every batch.",
+        ]
+    sweep = results.get("sweep")
+    if sweep:
+        lines += [
+            "",
+            "## Choosing the accurate defaults",
+            "",
+            "| steps | lr | slice AUROC | slices/s |",
+            "|---:|---:|---:|---:|",
+        ]
+        for row in sweep:
+            lines.append(f"| {row['steps']} | {row['lr']} | {row['auroc']:.3f} | {row['slices_per_s']:.2f} |")
+        lines += [
+            "",
+            f"Defaults in `AnomalyScoutLib/inversion.py`: K = {DEFAULT_ACCURATE_STEPS}, "
+            f"lr = {DEFAULT_ACCURATE_LR}.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH, help="model file (the shipped one)")
+    parser.add_argument("--cases", type=int, default=4, help="held-out phantom cases (up to 6)")
+    parser.add_argument("--per-case", type=int, default=12, help="slices per case (half anomalous)")
+    parser.add_argument(
+        "--projector-steps", type=int, default=1000, help="projector steps (1000 as Woodland)"
+    )
+    parser.add_argument("--memory-shape", default="512,512,600", help="x,y,z of the memory run ('' to skip)")
+    parser.add_argument("--sweep", action="store_true", help="also sweep accurate's steps and learning rate")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--batch-size", type=int, default=16, help="slices per batch")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON")
+    parser.add_argument("--doc", type=Path, default=DOC, help="markdown summary")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model = AnomalyModel.load(args.model)
+    slices = evaluation_slices(model, args.cases, args.per_case)
+    print(f"evaluation set: {len(slices)} slices, {int(slices.labels.sum())} anomalous", flush=True)
+    results: dict[str, Any] = {
+        "command": "python -m benchmarks.speed " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "environment": {
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "load_average": [round(v, 1) for v in os.getloadavg()],
+        },
+        "model": {"path": str(args.model), "id": model.model_id, "resolution": model.resolution},
+        "evaluation": {
+            "cases": args.cases,
+            "kinds": sorted({kind for _, kind in CASES[: args.cases]}),
+            "slices": len(slices),
+            "anomalous": int(slices.labels.sum()),
+        },
+    }
+    configs = [
+        InversionConfig(mode="fast"),
+        InversionConfig(mode="accurate", steps=20),
+        InversionConfig(mode="accurate", steps=50),
+        InversionConfig(mode="projector", steps=args.projector_steps),
+    ]
+    for config in configs:  # warm-up: first calls pay for lazy initialisation, not the mode
+        measure_mode(
+            args.model, slices.subset(np.arange(2)), dataclasses.replace(config, steps=2), args.batch_size
+        )
+    results["modes"] = []
+    for config in configs:
+        row = measure_mode(args.model, slices, config, args.batch_size)
+        print(json.dumps(row), flush=True)
+        results["modes"].append(row)
+    everything = concatenate(
+        [phantom_case(s, k, model.resolution, model.window, CASE_SHAPE_XYZ) for s, k in CASES[: args.cases]]
+    )
+    results["fast_throughput"] = measure_mode(
+        args.model, everything, InversionConfig(mode="fast"), args.batch_size
+    )
+    projector = results["modes"][-1]
+    results["accurate_vs_projector"] = [
+        {
+            "steps": row["steps"],
+            "speedup": round(row["slices_per_s"] / projector["slices_per_s"], 1),
+            "auroc": row["auroc"],
+            "projector_auroc": projector["auroc"],
+        }
+        for row in results["modes"]
+        if row["mode"] == "accurate"
+    ]
+    if args.sweep:
+        results["sweep"] = []
+        for steps in (10, 20, 50):
+            for lr in (0.01, 0.02, 0.05):
+                row = measure_mode(
+                    args.model, slices, InversionConfig(mode="accurate", steps=steps, lr=lr), args.batch_size
+                )
+                print(json.dumps(row), flush=True)
+                results["sweep"].append(row)
+    if args.memory_shape:
+        shape = tuple(int(v) for v in args.memory_shape.split(","))
+        results["memory"] = measure_memory(args.model, shape, args.threads)  # type: ignore[arg-type]
+        print(json.dumps(results["memory"]), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    _write_json(args.out, results)
+    args.doc.write_text(render_markdown(results), encoding="utf-8")
+    print(f"wrote {args.out} and {args.doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
