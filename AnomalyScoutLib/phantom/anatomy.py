@@ -24,7 +24,7 @@ import numpy as np
 from AnomalyScoutLib.errors import ConfigError
 from AnomalyScoutLib.phantom.noise import smooth_field
 
-__all__ = ["LABEL_NAMES", "Anatomy", "PhantomGrid", "Tissue", "build_anatomy", "tissue_to_label"]
+__all__ = ["LABEL_NAMES", "LEVELS", "Anatomy", "PhantomGrid", "Tissue", "build_anatomy", "tissue_to_label"]
 
 #: Published label codes of the phantom's label map.
 LABEL_NAMES: dict[int, str] = {
@@ -195,10 +195,21 @@ def _level(x, y, cx, cy, rx, ry, angle: float = 0.0, ry_posterior=None, exponent
     return ((np.abs(dx) / rx) ** exponent + (np.abs(dy) / ry) ** exponent) ** (1.0 / exponent)
 
 
-def _ellipsoid(grid: PhantomGrid, cx, cy, pc: float, rx, ry, rp: float, angle: float = 0.0) -> np.ndarray:
-    """Normalised radius of an ellipsoid whose z half-axis is given in units of relative position."""
+def _ellipsoid(
+    grid: PhantomGrid, cx, cy, pc: float, rx, ry, rp: float, angle: float = 0.0, p=None
+) -> np.ndarray:
+    """Normalised radius of an ellipsoid whose z half-axis is given in units of relative position.
+
+    ``p`` restricts the evaluation to some slices (their positions); by default all of the grid's.
+    """
     in_plane = _level(grid.x, grid.y, cx, cy, rx, ry, angle)
-    return np.sqrt(in_plane**2 + ((grid.p - pc) / rp) ** 2)
+    return np.sqrt(in_plane**2 + (((grid.p if p is None else p) - pc) / rp) ** 2)
+
+
+def _slab(grid: PhantomGrid, low: float, high: float) -> slice:
+    """The slices whose position lies in [low, high): structures confined there are computed on them only."""
+    p = grid.p.ravel()
+    return slice(int(np.searchsorted(p, low)), int(np.searchsorted(p, high)))
 
 
 class _Painter:
@@ -211,13 +222,52 @@ class _Painter:
         self.wobble = smooth_field(rng, grid.shape_zyx, grid.spacing_zyx, 12.0)
         self.fine = smooth_field(rng, grid.shape_zyx, grid.spacing_zyx, 3.0)
 
-    def paint(self, mask: np.ndarray, tissue: Tissue, where: np.ndarray | None = None) -> None:
+    def paint(
+        self, mask: np.ndarray, tissue: Tissue, where: np.ndarray | None = None, slab=slice(None)
+    ) -> None:
+        """Set ``tissue`` where ``mask`` (and ``where``) hold; masks of a ``slab`` cover its slices only."""
         if where is not None:
             mask = mask & where
-        self.tissue[mask] = tissue
+        self.tissue[slab][mask] = tissue
 
     def shape(self, level: np.ndarray, wobble: float = 0.12) -> np.ndarray:
         return level + wobble * self.wobble < 1.0
+
+
+def _segment_distance(x, y, start: tuple, end: tuple) -> np.ndarray:
+    """Distance (mm) from each point to the segment ``start``-``end`` (endpoints may vary with z)."""
+    ax, ay = start
+    bx, by = end
+    dx, dy = bx - ax, by - ay
+    t = np.clip(((x - ax) * dx + (y - ay) * dy) / np.maximum(dx * dx + dy * dy, 1e-6), 0.0, 1.0)
+    return np.hypot(x - (ax + t * dx), y - (ay + t * dy))
+
+
+def _curve_distance(x, y, start: tuple, control: tuple, end: tuple, pieces: int = 6) -> np.ndarray:
+    """Distance (mm) to a quadratic Bezier curve, approximated by ``pieces`` segments."""
+    points = []
+    for t in np.linspace(0.0, 1.0, pieces + 1):
+        weights = ((1 - t) ** 2, 2 * (1 - t) * t, t**2)
+        points.append(
+            tuple(sum(w * c[axis] for w, c in zip(weights, (start, control, end))) for axis in (0, 1))
+        )
+    distances = [_segment_distance(x, y, a, b) for a, b in zip(points, points[1:])]
+    return np.min(np.stack(np.broadcast_arrays(*distances)), axis=0)
+
+
+#: Relative positions (p) of the landmarks along z, before the per-case jitter of some of them.
+LEVELS: dict[str, float] = {
+    "femoral_heads": 0.11,
+    "bladder": 0.18,
+    "sacrum_top": 0.4,
+    "iliac_crest": 0.43,
+    "aortic_bifurcation": 0.44,
+    "liver_tip": 0.56,
+    "transverse_colon": 0.62,
+    "pancreas": 0.7,
+    "spleen": 0.78,
+    "stomach": 0.82,
+}
 
 
 def _habitus(rng: np.random.Generator, grid: PhantomGrid) -> dict[str, float]:
@@ -229,7 +279,7 @@ def _habitus(rng: np.random.Generator, grid: PhantomGrid) -> dict[str, float]:
         )
     size = rng.uniform(0.0, 1.0)
     half_width = min(130.0 + 55.0 * size, 0.45 * fov_x)
-    half_depth = min(half_width * rng.uniform(0.62, 0.78), 0.40 * fov_y)
+    half_depth = min(half_width * rng.uniform(0.64, 0.8), 0.40 * fov_y)
     fat = float(np.clip(6.0 + 30.0 * size + rng.normal(0.0, 5.0), 4.0, 0.22 * half_depth))
     return {
         "half_width_mm": float(half_width),
@@ -237,8 +287,8 @@ def _habitus(rng: np.random.Generator, grid: PhantomGrid) -> dict[str, float]:
         "fat_mm": fat,
         "muscle_mm": float(rng.uniform(8.0, 14.0)),
         "organ_scale": float(rng.uniform(0.85, 1.15)),
-        "dome_p": float(rng.uniform(0.9, 0.97)),
-        "kidney_p": float(rng.uniform(0.47, 0.56)),
+        "dome_p": float(rng.uniform(0.97, 1.03)),
+        "kidney_p": float(rng.uniform(0.62, 0.7)),
         "bladder_fill": float(rng.uniform(0.5, 1.1)),
         "vertebra_phase_mm": float(rng.uniform(0.0, 32.0)),
         "table_y_mm": float(0.40 * fov_y),
@@ -253,31 +303,31 @@ def build_anatomy(grid: PhantomGrid, rng: np.random.Generator) -> Anatomy:
     s = h["organ_scale"]
 
     # Body outline: widest at the hips and the lower chest, narrower at the waist; flat back on the table.
-    a = h["half_width_mm"] * np.interp(p, [0.0, 0.2, 0.45, 0.75, 1.0], [0.97, 1.0, 0.92, 0.97, 1.0])
-    b = h["half_depth_mm"] * np.interp(p, [0.0, 0.3, 0.55, 0.8, 1.0], [0.88, 0.9, 0.97, 0.96, 1.0])
+    a = (h["half_width_mm"] * np.interp(p, [0.0, 0.15, 0.5, 0.75, 1.0], [1.0, 1.0, 0.92, 0.97, 1.0])).astype(
+        np.float32
+    )
+    b = (h["half_depth_mm"] * np.interp(p, [0.0, 0.3, 0.6, 0.8, 1.0], [0.85, 0.88, 0.97, 0.96, 1.0])).astype(
+        np.float32
+    )
     yc = h["table_y_mm"] - 2.0 - b
-    body_level = _level(x, y, 0.0, yc, a, b, exponent=2.3) + 0.015 * pt.wobble
-    body = body_level < 1.0
+    body = _level(x, y, 0.0, yc, a, b, exponent=2.15) + 0.015 * pt.wobble < 1.0
     pt.paint(body, Tissue.FAT)
     table_curve = h["table_y_mm"] + 0.0004 * x**2
-    pt.paint(
-        (y > table_curve + 2.0) & (y < table_curve + 7.0) & (np.abs(x) < 0.45 * grid.field_of_view_xy[0]),
-        Tissue.TABLE,
-        where=~body,
-    )
+    table = (y > table_curve + 2.0) & (y < table_curve + 6.0) & (np.abs(x) < 0.45 * grid.field_of_view_xy[0])
+    pt.paint(table, Tissue.TABLE, where=~body)
 
     # Muscle wall under the subcutaneous fat (more fat in front), then the cavity inside it.
     fat, muscle = h["fat_mm"], h["muscle_mm"]
-    wall = _level(x, y, 0.0, yc, a - fat, b - 1.3 * fat, ry_posterior=b - 0.6 * fat, exponent=2.3) < 1.0
+    wall = _level(x, y, 0.0, yc, a - fat, b - 1.2 * fat, ry_posterior=b - 0.5 * fat, exponent=2.15) < 1.0
     pt.paint(wall, Tissue.MUSCLE, where=body)
-    y_spine_tip = h["table_y_mm"] - 2.0 - 0.6 * fat - 8.0
     vb_ry, vb_rx = 16.0 * s, 21.0 * s
-    y_vb = y_spine_tip - 58.0 * s
+    y_vb = h["table_y_mm"] - 2.0 - 0.5 * fat - 70.0 * s
     h["spine_front_y_mm"] = float(y_vb - vb_ry)
-    pelvis_narrowing = 0.6 + 0.4 * _smoothstep(p, 0.05, 0.4)
+    pelvis_narrowing = 0.65 + 0.35 * _smoothstep(p, 0.1, 0.45)
     a_c = (a - fat - muscle) * pelvis_narrowing
-    b_c = b - 1.3 * fat - muscle
-    cavity = pt.shape(_level(x, y, 0.0, yc, a_c, b_c, ry_posterior=(y_vb + 20.0) - yc), 0.03) & wall
+    b_c = b - 1.2 * fat - muscle
+    cavity_level = _level(x, y, 0.0, yc, a_c, b_c, ry_posterior=(y_vb + 20.0) - yc, exponent=2.15)
+    cavity = pt.shape(cavity_level, 0.03) & wall
     pt.paint(cavity, Tissue.FAT)
 
     _paint_bowel(pt, grid, cavity, a_c, b_c, yc)
@@ -285,7 +335,7 @@ def build_anatomy(grid: PhantomGrid, rng: np.random.Generator) -> Anatomy:
     _paint_organs(pt, grid, h, cavity, dome, a_c, b_c, yc, y_vb)
     _paint_vessels(pt, grid, h, y_vb - vb_ry, a_c, b_c, yc)
     _paint_lungs_and_heart(pt, grid, cavity, dome, a_c, b_c, yc, y_vb)
-    _paint_psoas(pt, grid, y_vb, vb_rx, s)
+    _paint_back_muscles(pt, grid, body, y_vb, vb_rx, vb_ry, s)
     _paint_spine(pt, grid, h, y_vb, vb_rx, vb_ry)
     _paint_pelvis(pt, grid, a, b, yc, y_vb, s)
     _paint_ribs(pt, grid, a_c, b_c, yc, cavity)
@@ -295,40 +345,74 @@ def build_anatomy(grid: PhantomGrid, rng: np.random.Generator) -> Anatomy:
 
 
 def _diaphragm(grid: PhantomGrid, h: dict[str, float], a_c, b_c, yc) -> np.ndarray:
-    """Height (in p) of the diaphragm above each (y, x): two domes, lowest in the posterior recesses."""
+    """Height (in p) of the diaphragm at each (y, x): two domes falling steeply into the posterior recesses.
+
+    The lungs lie above it, so they appear first at the back and the sides, as the lung bases do.
+    """
     x, y = grid.x, grid.y
     top = h["dome_p"]
+    behind = np.maximum(y - (yc - 0.1 * b_c), 0.0) / b_c
+    in_front = np.maximum((yc - 0.1 * b_c) - y, 0.0) / b_c
     domes = []
     for side, offset in ((-1.0, 0.0), (1.0, -0.025)):
-        r2 = ((x - side * 0.45 * a_c) / (0.75 * a_c)) ** 2 + ((y - (yc - 0.1 * b_c)) / b_c) ** 2
-        domes.append(top + offset - 0.22 * r2)
+        sideways = (x - side * 0.4 * a_c) / (0.7 * a_c)
+        domes.append(top + offset - 0.12 * sideways**2 - 0.35 * behind**2 - 0.1 * in_front**2)
     return np.maximum(domes[0], domes[1])
 
 
 def _paint_bowel(pt: _Painter, grid: PhantomGrid, cavity, a_c, b_c, yc) -> None:
-    """Small-bowel loops and mesenteric fat (lower and mid abdomen), then the colon frame."""
+    """Small-bowel loops in mesenteric fat (lower and mid abdomen), then the colon with mottled stool."""
     p, x, y = grid.p, grid.x, grid.y
-    loops = smooth_field(pt.rng, grid.shape_zyx, grid.spacing_zyx, 5.0)
-    gas = smooth_field(pt.rng, grid.shape_zyx, grid.spacing_zyx, 4.0)
-    region = cavity & (p > 0.1) & (p < 0.64)
-    density = 0.35 - 0.6 * _smoothstep(np.abs(p - 0.38), 0.18, 0.28)
-    lumen = loops > 0.55 - density
-    pt.paint(loops > 0.25 - density, Tissue.GI_WALL, where=region)
-    pt.paint(lumen, Tissue.GI_FLUID, where=region)
-    pt.paint(lumen & (gas > 1.5) & (y < yc), Tissue.GI_GAS, where=region)
+    which = smooth_field(pt.rng, grid.shape_zyx, grid.spacing_zyx, 15.0)
+    _paint_small_bowel(pt, grid, cavity & (p > 0.15) & (p < 0.72))
     colon_segments = [
-        _ellipsoid(grid, -0.78 * a_c, yc + 0.05 * b_c, 0.45, 21.0, 21.0, 0.15),  # ascending
-        _ellipsoid(grid, 0.8 * a_c, yc + 0.15 * b_c, 0.48, 16.0, 16.0, 0.17),  # descending
-        _level(y, p * grid.length_z, yc - 0.6 * b_c, 0.6 * grid.length_z, 20.0, 20.0)
+        _ellipsoid(grid, -0.78 * a_c, yc + 0.05 * b_c, 0.52, 22.0, 22.0, 0.14),  # ascending
+        _ellipsoid(grid, 0.8 * a_c, yc + 0.15 * b_c, 0.55, 17.0, 17.0, 0.17),  # descending
+        _level(y, p * grid.length_z, yc - 0.6 * b_c, LEVELS["transverse_colon"] * grid.length_z, 20.0, 20.0)
         + np.maximum(np.abs(x) - 0.75 * a_c, 0.0) / 20.0,  # transverse
-        _ellipsoid(grid, 0.25 * a_c, yc - 0.15 * b_c, 0.2, 22.0, 18.0, 0.06),  # sigmoid
-        _ellipsoid(grid, 0.0, yc + 0.55 * b_c, 0.08, 17.0, 15.0, 0.1),  # rectum
+        _ellipsoid(grid, 0.25 * a_c, yc - 0.1 * b_c, 0.33, 22.0, 18.0, 0.06),  # sigmoid
+        _ellipsoid(grid, 0.0, yc + 0.5 * b_c, 0.12, 17.0, 15.0, 0.16),  # rectum
     ]
     colon = np.min(np.stack(np.broadcast_arrays(*colon_segments)), axis=0)
-    stool_gas = gas > 0.7
+    bubbles = (pt.fine > 0.6) | ((which > 0.3) & (y < yc - 0.3 * b_c))
+    contents = pt.shape(colon + 0.18, 0.08) & cavity
     pt.paint(pt.shape(colon, 0.08), Tissue.GI_WALL, where=cavity)
-    pt.paint(pt.shape(colon + 3.0 / 18.0, 0.08) & ~stool_gas, Tissue.STOOL, where=cavity)
-    pt.paint(pt.shape(colon + 3.0 / 18.0, 0.08) & stool_gas, Tissue.GI_GAS, where=cavity)
+    pt.paint(contents & ~bubbles, Tissue.STOOL)
+    pt.paint(contents & bubbles, Tissue.GI_GAS)
+
+
+def _paint_small_bowel(pt: _Painter, grid: PhantomGrid, region: np.ndarray) -> None:
+    """Loops as randomly oriented capsules (tubes 18-28 mm wide): enhancing wall, fluid, sometimes gas on top.
+
+    Each capsule is drawn in its own bounding box, so a hundred loops cost little more than one volume pass;
+    where loops touch, the later wall separates them, as the walls of neighbouring loops do.
+    """
+    candidates = np.flatnonzero(region)
+    if candidates.size == 0:
+        return
+    count = int(min(1.4 * candidates.size * float(np.prod(grid.spacing_xyz)) / 22000.0, 300))
+    spacing = np.array(grid.spacing_zyx)
+    axes = (grid.z.ravel(), grid.y.ravel(), grid.x.ravel())
+    for _ in range(count):
+        voxel = np.unravel_index(int(pt.rng.choice(candidates)), grid.shape_zyx)
+        centre = np.array([axis[v] for axis, v in zip(axes, voxel)])
+        direction = pt.rng.standard_normal(3)
+        direction /= np.linalg.norm(direction)
+        half, radius = pt.rng.uniform(15.0, 40.0), pt.rng.uniform(9.0, 14.0)
+        reach = np.ceil((half + radius) / spacing).astype(int)
+        box = tuple(slice(max(0, v - r), v + r + 1) for v, r in zip(voxel, reach))
+        dz, dy, dx = (axes[0][box[0]][:, None, None] - centre[0], axes[1][box[1]][None, :, None] - centre[1],
+                      axes[2][box[2]][None, None, :] - centre[2])  # fmt: skip
+        t = np.clip(dz * direction[0] + dy * direction[1] + dx * direction[2], -half, half)
+        distance = np.sqrt(
+            (dz - t * direction[0]) ** 2 + (dy - t * direction[1]) ** 2 + (dx - t * direction[2]) ** 2
+        )
+        local, inside = pt.tissue[box], region[box]
+        local[(distance < radius) & inside] = Tissue.GI_WALL
+        lumen = (distance < radius - 2.5) & inside
+        local[lumen] = Tissue.GI_FLUID
+        if pt.rng.uniform() < 0.25:  # gas rises to the anterior (lower y) part of the loop
+            local[lumen & (dy < -0.2 * radius)] = Tissue.GI_GAS
 
 
 def _paint_organs(pt: _Painter, grid: PhantomGrid, h, cavity, dome, a_c, b_c, yc, y_vb) -> None:
@@ -337,37 +421,28 @@ def _paint_organs(pt: _Painter, grid: PhantomGrid, h, cavity, dome, a_c, b_c, yc
     below_dome = p < dome
     # Bladder (pelvis, anterior) with a seeded filling.
     fill = h["bladder_fill"]
-    pt.paint(
-        pt.shape(_ellipsoid(grid, 0.0, yc - 0.3 * b_c, 0.05, 45 * fill, 35 * fill, 0.08 * fill)),
-        Tissue.BLADDER,
-        where=cavity,
-    )
+    bladder = _ellipsoid(grid, 0.0, yc - 0.3 * b_c, LEVELS["bladder"], 45 * fill, 35 * fill, 0.08 * fill)
+    pt.paint(pt.shape(bladder), Tissue.BLADDER, where=cavity)
     # Liver: a large right lobe growing towards the dome and a left lobe crossing the midline in front.
-    grow = 0.35 + 0.65 * _smoothstep(p, 0.55, 0.8)
+    tip = LEVELS["liver_tip"]
+    grow = 0.35 + 0.65 * _smoothstep(p, tip, tip + 0.25)
     right = _level(x, y, -0.38 * a_c, yc + 0.05 * b_c, 0.62 * a_c * grow * s, 0.85 * b_c * grow)
-    left = _level(x, y, 0.12 * a_c, yc - 0.5 * b_c, 0.45 * a_c * s, 0.38 * b_c) + 3.0 * np.maximum(
-        0.72 - p, 0.0
-    )
-    liver_level = np.minimum(right, left) + 8.0 * np.maximum(0.56 - p, 0.0)
+    left = _level(x, y, 0.12 * a_c, yc - 0.5 * b_c, 0.45 * a_c * s, 0.38 * b_c)
+    left = left + 3.0 * np.maximum(tip + 0.18 - p, 0.0)
+    liver_level = np.minimum(right, left) + 8.0 * np.maximum(tip - p, 0.0)
     liver = pt.shape(liver_level, 0.1) & cavity & below_dome
     pt.paint(liver, Tissue.LIVER)
     pt.paint(np.abs(pt.fine) < 0.12, Tissue.LIVER_VESSEL, where=liver)
-    pt.paint(
-        pt.shape(_ellipsoid(grid, -0.18 * a_c, yc - 0.35 * b_c, 0.63, 14.0, 20.0, 0.035)),
-        Tissue.GALLBLADDER,
-        where=cavity,
+    gallbladder = _ellipsoid(grid, -0.18 * a_c, yc - 0.35 * b_c, tip + 0.08, 14.0, 20.0, 0.035)
+    pt.paint(pt.shape(gallbladder), Tissue.GALLBLADDER, where=cavity)
+    # Spleen (left, posterior) and stomach (left, anterior; gas on top since the patient lies supine).
+    spleen = _ellipsoid(grid, 0.62 * a_c, yc + 0.3 * b_c, LEVELS["spleen"], 0.26 * a_c * s, 0.4 * b_c * s,
+                        0.1, angle=-0.7)  # fmt: skip
+    pt.paint(pt.shape(spleen), Tissue.SPLEEN, where=cavity & below_dome)
+    stomach = _ellipsoid(
+        grid, 0.32 * a_c, yc - 0.3 * b_c, LEVELS["stomach"], 0.28 * a_c, 0.32 * b_c, 0.1, 0.5
     )
-    # Spleen (left, posterior) and stomach (left, anterior, air-fluid level on top since the patient is
-    # supine).
-    pt.paint(
-        pt.shape(
-            _ellipsoid(grid, 0.62 * a_c, yc + 0.3 * b_c, 0.76, 0.26 * a_c * s, 0.4 * b_c * s, 0.1, angle=-0.7)
-        ),
-        Tissue.SPLEEN,
-        where=cavity & below_dome,
-    )
-    stomach = _ellipsoid(grid, 0.32 * a_c, yc - 0.3 * b_c, 0.8, 0.28 * a_c, 0.32 * b_c, 0.1, angle=0.5)
-    gas_level = yc - 0.3 * b_c - 0.32 * b_c * pt.rng.uniform(0.1, 0.8)
+    gas_level = yc - 0.3 * b_c - 0.32 * b_c * pt.rng.uniform(0.3, 0.95)
     pt.paint(pt.shape(stomach, 0.1), Tissue.GI_WALL, where=cavity & below_dome)
     inner = pt.shape(stomach + 0.08, 0.1) & cavity & below_dome
     pt.paint(inner, Tissue.GI_FLUID)
@@ -376,24 +451,14 @@ def _paint_organs(pt: _Painter, grid: PhantomGrid, h, cavity, dome, a_c, b_c, yc
     centre_y = y_vb - 42.0 + 0.2 * np.maximum(x, 0.0)
     radius = 9.0 + 5.0 * np.clip(-x / 30.0, 0.0, 1.0)
     band = np.abs(y - centre_y) / radius + np.maximum(np.abs(x - 0.12 * a_c) - 0.38 * a_c, 0.0) / 10.0
-    pancreas = np.sqrt(band**2 + ((p - 0.66) / 0.035) ** 2)
+    pancreas = np.sqrt(band**2 + ((p - LEVELS["pancreas"]) / 0.035) ** 2)
     pt.paint(pt.shape(pancreas, 0.2), Tissue.PANCREAS, where=cavity)
     # Kidneys: retroperitoneal, beside the spine, the left one a little higher; cortex, medulla and sinus fat.
     for side, shift in ((-1.0, -0.015), (1.0, 0.015)):
         cx = side * 62.0 * s
-        centre = (cx, y_vb + 2.0, h["kidney_p"] + shift)
-        kidney = _ellipsoid(
-            grid,
-            centre[0],
-            centre[1],
-            centre[2],
-            27.0 * s,
-            21.0 * s,
-            55.0 * s / grid.length_z,
-            angle=side * 0.5,
-        )
-        outline = pt.shape(kidney, 0.05)
-        pt.paint(outline, Tissue.KIDNEY_CORTEX)
+        kidney = _ellipsoid(grid, cx, y_vb + 2.0, h["kidney_p"] + shift, 27.0 * s, 21.0 * s,
+                            55.0 * s / grid.length_z, angle=side * 0.5)  # fmt: skip
+        pt.paint(pt.shape(kidney, 0.05), Tissue.KIDNEY_CORTEX)
         pt.paint(pt.shape(kidney + 0.3, 0.05), Tissue.KIDNEY_MEDULLA)
         hilum = (x - cx) * side < -8.0 * s
         pt.paint(pt.shape(kidney + 0.45, 0.05) & hilum, Tissue.RENAL_SINUS)
@@ -403,23 +468,24 @@ def _paint_vessels(pt: _Painter, grid: PhantomGrid, h, y_vb_front, a_c, b_c, yc)
     """Aorta and IVC in front of the spine, the iliac vessels below the bifurcation, the portal vein."""
     p, x, y = grid.p, grid.x, grid.y
     s = h["organ_scale"]
-    fork = 0.3
-    spread = np.maximum(fork - p, 0.0) * grid.length_z * 0.45
-    forward = np.maximum(fork - p, 0.0) * grid.length_z * 0.25
-    aorta_x = 10.0 - 0.1 * np.maximum(p - 0.85, 0.0) * grid.length_z
-    aorta = (_level(x, y, aorta_x, y_vb_front - 13.0, 11.0 * s, 11.0 * s) < 1.0) & (p >= fork)
+    fork = LEVELS["aortic_bifurcation"]
+    below = np.maximum(fork - p, 0.0) * grid.length_z
+    spread, forward = 0.45 * below, 0.25 * below
+    aorta = (_level(x, y, 10.0, y_vb_front - 13.0, 11.0 * s, 11.0 * s) < 1.0) & (p >= fork)
     ivc = (_level(x, y, -22.0, y_vb_front - 11.0, 13.0 * s, 9.0 * s) < 1.0) & (p >= fork - 0.02) & (p < 0.93)
     iliac_a = np.zeros(grid.shape_zyx, dtype=bool)
     iliac_v = np.zeros(grid.shape_zyx, dtype=bool)
     for side in (-1.0, 1.0):
         iliac_a |= _level(x, y, side * (8.0 + spread), y_vb_front - 10.0 - forward, 6.5, 6.5) < 1.0
         iliac_v |= _level(x, y, side * (14.0 + spread), y_vb_front - 3.0 - forward, 8.0, 7.0) < 1.0
-    low = (p < fork) & (p > 0.04)
+    low = (p < fork) & (p > 0.08)
     pt.paint(iliac_v & low, Tissue.VEIN)
     pt.paint(iliac_a & low, Tissue.ARTERY)
     pt.paint(ivc, Tissue.VEIN)
     pt.paint(aorta, Tissue.ARTERY)
-    portal = _ellipsoid(grid, -0.18 * a_c, yc - 0.05 * b_c, 0.68, 26.0, 7.0, 0.025, angle=0.6)
+    portal = _ellipsoid(
+        grid, -0.18 * a_c, yc - 0.05 * b_c, LEVELS["pancreas"] + 0.02, 26.0, 7.0, 0.025, angle=0.6
+    )
     pt.paint(portal < 1.0, Tissue.VEIN)
 
 
@@ -430,86 +496,117 @@ def _paint_lungs_and_heart(pt: _Painter, grid: PhantomGrid, cavity, dome, a_c, b
     lung = cavity & above & ~mediastinum
     pt.paint(lung, Tissue.LUNG)
     pt.paint(pt.fine > 2.0, Tissue.LUNG_VESSEL, where=lung)
-    heart = _ellipsoid(grid, 0.2 * a_c, yc - 0.35 * b_c, 1.08, 0.5 * a_c, 0.45 * b_c, 0.14)
+    heart = _ellipsoid(grid, 0.2 * a_c, yc - 0.35 * b_c, 1.03, 0.45 * a_c, 0.45 * b_c, 0.1)
     pt.paint(pt.shape(heart, 0.05), Tissue.HEART, where=cavity & above)
 
 
-def _paint_psoas(pt: _Painter, grid: PhantomGrid, y_vb, vb_rx, s) -> None:
+def _paint_back_muscles(pt: _Painter, grid: PhantomGrid, body, y_vb, vb_rx, vb_ry, s) -> None:
+    """Psoas beside the lumbar spine (growing downwards into the pelvis), erector spinae behind it."""
     p, x, y = grid.p, grid.x, grid.y
-    grow = np.clip(0.62 - p, 0.0, 0.4)
+    grow = np.clip(0.72 - p, 0.0, 0.45)
     for side in (-1.0, 1.0):
-        cx = side * (vb_rx + 8.0 + 40.0 * grow)
-        level = _level(x, y, cx, y_vb - 25.0 * grow, 10.0 + 35.0 * grow * s, 10.0 + 25.0 * grow * s)
-        pt.paint(pt.shape(level, 0.05) & (p > 0.12) & (p < 0.62), Tissue.MUSCLE)
+        psoas = _level(x, y, side * (vb_rx + 8.0 + 40.0 * grow), y_vb - 25.0 * grow,
+                       10.0 + 30.0 * grow * s, 10.0 + 22.0 * grow * s)  # fmt: skip
+        pt.paint(pt.shape(psoas, 0.05) & (p > 0.18) & (p < 0.72), Tissue.MUSCLE)
+        erector = _level(x, y, side * 32.0 * s, y_vb + vb_ry + 38.0 * s, 26.0 * s, 22.0 * s)
+        pt.paint(pt.shape(erector, 0.05) & (p > 0.2), Tissue.MUSCLE, where=body)
 
 
 def _paint_spine(pt: _Painter, grid: PhantomGrid, h, y_vb, vb_rx, vb_ry) -> None:
-    """Vertebral bodies with discs, canal, laminae and processes; the sacrum below p ~ 0.25."""
+    """Vertebral bodies with discs, canal, laminae, spinous and transverse processes; sacrum and coccyx."""
     p, x, y, z = grid.p, grid.x, grid.y, grid.z
     period = 32.0
     phase = np.mod(z - h["vertebra_phase_mm"], period)
-    disc = (phase < 7.0) & (p > 0.25)
-    sacral = p < 0.25
-    rx = np.where(sacral, vb_rx + 25.0 * (0.25 - p) / 0.25 * 1.2, vb_rx)
-    cy = np.where(sacral, y_vb + 10.0 + 40.0 * (0.25 - p), y_vb)
-    body = _level(x, y, 0.0, cy, rx, vb_ry)
-    pt.paint((body < 1.0) & (p > 0.03), Tissue.BONE_CORTICAL)
-    pt.paint((body < 1.0 - 2.5 / vb_ry) & (p > 0.03), Tissue.BONE_CANCELLOUS)
-    pt.paint((body < 1.0) & disc, Tissue.DISC)
-    canal_y = cy + vb_ry + 10.0
-    ring = _level(x, y, 0.0, canal_y, 15.0, 13.0)
-    pt.paint((ring < 1.0) & (p > 0.1), Tissue.BONE_CORTICAL)
-    pt.paint((ring < 1.0 - 6.0 / 15.0) & (p > 0.1), Tissue.CSF)
-    posterior = phase > 10.0
-    spinous = _level(x, y, 0.0, canal_y + 26.0, 4.0, 14.0)
-    pt.paint((spinous < 1.0) & posterior & (p > 0.2), Tissue.BONE_CORTICAL)
-    transverse = (np.abs(y - (canal_y - 4.0)) < 4.0) & (np.abs(x) < vb_rx + 24.0)
-    pt.paint(transverse & posterior & (p > 0.35) & (p < 0.72), Tissue.BONE_CORTICAL)
+    lumbar = p > LEVELS["sacrum_top"]
+    # Sacrum: wider and more posterior further down, curving backwards; the coccyx below it.
+    depth = np.clip((LEVELS["sacrum_top"] - p) / 0.25, 0.0, 1.0)
+    rx = np.where(lumbar, vb_rx, vb_rx + 25.0 * (1.0 - depth) - 10.0 * depth)
+    cy = np.where(lumbar, y_vb, y_vb + 12.0 + 35.0 * depth)
+    vertebral = _level(x, y, 0.0, cy, rx, vb_ry) < 1.0
+    inner = _level(x, y, 0.0, cy, rx - 2.5, vb_ry - 2.5) < 1.0
+    present = p > 0.1
+    pt.paint(vertebral & present, Tissue.BONE_CORTICAL)
+    pt.paint(inner & present, Tissue.BONE_CANCELLOUS)
+    pt.paint(vertebral & (phase < 7.0) & lumbar, Tissue.DISC)
+    # Posterior elements of the lumbar (and lower thoracic) vertebrae.
+    canal_y = y_vb + vb_ry + 9.0
+    posterior = (phase > 8.0) & lumbar
+    canal = _level(x, y, 0.0, canal_y, 9.0, 8.0)
+    pt.paint((canal < 1.6) & (y > canal_y - 6.0) & posterior, Tissue.BONE_CORTICAL)
+    pt.paint((canal < 1.0) & lumbar, Tissue.CSF)
+    spinous = _segment_distance(x, y, (0.0, canal_y + 12.0), (0.0, canal_y + 38.0))
+    pt.paint((spinous < 3.5) & posterior, Tissue.BONE_CORTICAL)
+    pt.paint((spinous < 1.5) & posterior, Tissue.BONE_CANCELLOUS)
+    transverse = (phase > 12.0) & (phase < 22.0) & lumbar & (p < 0.8)
+    for side in (-1.0, 1.0):
+        process = _segment_distance(
+            x, y, (side * 0.7 * vb_rx, canal_y - 6.0), (side * (vb_rx + 20.0), canal_y - 2.0)
+        )
+        pt.paint((process < 3.5) & transverse, Tissue.BONE_CORTICAL)
 
 
 def _paint_pelvis(pt: _Painter, grid: PhantomGrid, a, b, yc, y_vb, s) -> None:
-    """Iliac wings, acetabula with femoral heads, pubic and ischial bones."""
-    p, x, y = grid.p, grid.x, grid.y
-    bone = np.zeros(grid.shape_zyx, dtype=bool)
-    marrow = np.zeros(grid.shape_zyx, dtype=bool)
+    """Iliac wings, acetabula with femoral heads, femoral necks and shafts, pubic and ischial bones."""
+    slab = _slab(grid, 0.0, LEVELS["iliac_crest"] + 0.01)
+    p, x, y = grid.p[slab], grid.x, grid.y
+    a, b, yc = (np.asarray(v, dtype=np.float32)[slab] for v in (a, b, yc))
+    bone = np.zeros(p.shape[:1] + grid.shape_zyx[1:], dtype=bool)
+    marrow = np.zeros_like(bone)
+    heads = LEVELS["femoral_heads"]
+    crest = LEVELS["iliac_crest"]
+    # 0 at the crest, 1 where the wing has become the body of the ilium above the acetabulum.
+    down = np.clip((crest - 0.1 - p) / (crest - 0.1 - heads - 0.04), 0.0, 1.0)
     for side in (-1.0, 1.0):
-        # Iliac wing: a curved plate from the sacro-iliac joint sweeping forwards and outwards.
-        wing = _level(x, y, side * 25.0, y_vb - 5.0, 0.62 * a, 0.55 * b)
-        shell = np.abs(wing - 1.0) * 0.62 * a
-        height = (p > 0.12) & (p < 0.36 - 0.06 * np.abs(x) / a)
-        keep = (side * x > 35.0) & (y > y_vb - 0.55 * b)
-        bone |= (shell < 5.0) & height & keep
-        marrow |= (shell < 2.5) & height & keep
-        # Femoral head in its acetabulum.
-        head = _ellipsoid(
-            grid, side * 0.52 * a, yc + 0.05 * b, 0.07, 24.0 * s, 24.0 * s, 24.0 * s / grid.length_z
-        )
-        bone |= (head < 1.3) & (head > 1.15) & (side * x < side * side * 0.52 * a * 1.05)
+        # Iliac wing: a plate from the sacro-iliac joint forwards and outwards, thickening into the ilium.
+        start = (side * (38.0 + 45.0 * down), y_vb + 22.0 - 10.0 * down)
+        end = (side * (0.8 - 0.2 * down) * a, yc - (0.05 - 0.05 * down) * b)
+        thickness = 3.5 + 9.0 * down
+        # Concave towards the front (the iliac fossa): bulge backwards and outwards between the ends.
+        bulge = 0.18 * np.hypot(end[0] - start[0], end[1] - start[1])
+        control = (0.5 * (start[0] + end[0]) + side * 0.5 * bulge, 0.5 * (start[1] + end[1]) + 0.85 * bulge)
+        wing = _curve_distance(x, y, start, control, end)
+        height = (p > heads + 0.03) & (p < crest - 0.04 * np.abs(x) / a)
+        bone |= (wing < thickness) & height
+        marrow |= (wing < thickness - 2.5) & height
+        # Femoral head in its acetabulum, the neck and greater trochanter below, then the shaft.
+        cx = side * 0.55 * a
+        head = _ellipsoid(grid, cx, yc + 0.05 * b, heads, 23.0 * s, 23.0 * s, 23.0 * s / grid.length_z, p=p)
+        bone |= (head < 1.35) & (head > 1.15) & (side * (x - cx) < 5.0)
         bone |= head < 1.0
-        marrow |= head < 0.88
-        trochanter = _level(x, y, side * 0.7 * a, yc + 0.05 * b, 18.0, 24.0)
-        bone |= (trochanter < 1.0) & (p < 0.05)
-        marrow |= (trochanter < 0.8) & (p < 0.05)
-        pubis = _level(x, y, side * 28.0, yc - 0.65 * b, 26.0, 9.0)
-        bone |= (pubis < 1.0) & (p < 0.045)
-        ischium = _level(x, y, side * 48.0, y_vb + 10.0, 12.0, 18.0)
-        bone |= (ischium < 1.0) & (p < 0.06)
-        marrow |= (ischium < 0.7) & (p < 0.06)
-    pt.paint(bone, Tissue.BONE_CORTICAL)
-    pt.paint(marrow, Tissue.BONE_CANCELLOUS)
+        marrow |= head < 0.85
+        trochanter = _level(x, y, side * 0.72 * a, yc + 0.05 * b, 18.0 * s, 22.0 * s)
+        neck = (p > heads - 0.07) & (p < heads - 0.02)
+        bone |= (trochanter < 1.0) & neck
+        marrow |= (trochanter < 0.75) & neck
+        shaft = _level(x, y, side * 0.66 * a, yc + 0.02 * b, 14.0 * s, 14.0 * s)
+        bone |= (shaft < 1.0) & (p <= heads - 0.07)
+        marrow |= (shaft < 0.65) & (p <= heads - 0.07)
+        ramus = _segment_distance(x, y, (side * 8.0, yc - 0.7 * b), (side * 0.4 * a, yc - 0.3 * b))
+        pubic = (p > heads - 0.06) & (p < heads - 0.01)
+        bone |= (ramus < 5.5) & pubic
+        marrow |= (ramus < 3.0) & pubic
+        ischium = _level(x, y, side * 48.0, y_vb + 10.0, 12.0, 20.0)
+        low = (p > heads - 0.1) & (p < heads + 0.01)
+        bone |= (ischium < 1.0) & low
+        marrow |= (ischium < 0.7) & low
+    pt.paint(bone, Tissue.BONE_CORTICAL, slab=slab)
+    pt.paint(marrow, Tissue.BONE_CANCELLOUS, slab=slab)
 
 
 def _paint_ribs(pt: _Painter, grid: PhantomGrid, a_c, b_c, yc, cavity) -> None:
     """Oblique ribs in the chest wall: each descends from the spine to the front; slices cut them as ovals."""
-    x, y, z = grid.x, grid.y, grid.z
+    slab = _slab(grid, 0.45, 1.01)
+    x, y, z = grid.x, grid.y, grid.z[slab]
+    a_c, b_c, yc = (np.asarray(v, dtype=np.float32)[slab] for v in (a_c, b_c, yc))
+    cavity = cavity[slab]
     angle = np.abs(np.arctan2(x, -(y - yc)))  # 0 in front, pi at the back
     radial = (_level(x, y, 0.0, yc, a_c, b_c) - 1.0) * a_c - 5.0
     near_wall = np.abs(radial) < 5.0
-    lowest = 0.6 * grid.length_z
+    lowest = 0.66 * grid.length_z
     for i in range(8):
         end = np.pi / 2 if i < 2 else np.pi / 3
-        centre_z = lowest + 35.0 * i - 80.0 * (np.pi - angle) / (np.pi - np.pi / 3)
-        distance = np.sqrt((radial / 5.0) ** 2 + ((z - centre_z) / 6.0) ** 2)
+        centre_z = lowest + 32.0 * i - 80.0 * (np.pi - angle) / (np.pi - np.pi / 3)
+        distance = np.sqrt((radial / 4.5) ** 2 + ((z - centre_z) / 5.5) ** 2)
         rib = (distance < 1.0) & (angle > end) & near_wall & ~cavity
-        pt.paint(rib, Tissue.BONE_CORTICAL)
-        pt.paint(rib & (distance < 0.55), Tissue.BONE_CANCELLOUS)
+        pt.paint(rib, Tissue.BONE_CORTICAL, slab=slab)
+        pt.paint(rib & (distance < 0.55), Tissue.BONE_CANCELLOUS, slab=slab)

@@ -34,34 +34,35 @@ DEFAULT_SHAPE_XYZ: tuple[int, int, int] = (256, 256, 100)
 _FIELD_OF_VIEW_MM = 400.0
 _SCAN_LENGTH_MM = 330.0
 
-#: Per tissue: (mean HU in portal-venous phase, spread of that mean between cases, texture amplitude in HU).
-TISSUE_HU: dict[Tissue, tuple[float, float, float]] = {
-    Tissue.AIR: (-1000.0, 0.0, 0.0),
-    Tissue.FAT: (-100.0, 6.0, 8.0),
-    Tissue.MUSCLE: (50.0, 5.0, 6.0),
-    Tissue.LIVER: (110.0, 7.0, 6.0),
-    Tissue.LIVER_VESSEL: (170.0, 12.0, 6.0),
-    Tissue.SPLEEN: (115.0, 7.0, 5.0),
-    Tissue.KIDNEY_CORTEX: (180.0, 12.0, 8.0),
-    Tissue.KIDNEY_MEDULLA: (130.0, 12.0, 8.0),
-    Tissue.RENAL_SINUS: (-60.0, 10.0, 20.0),
-    Tissue.PANCREAS: (95.0, 7.0, 12.0),
-    Tissue.GI_WALL: (85.0, 10.0, 10.0),
-    Tissue.GI_FLUID: (20.0, 8.0, 10.0),
-    Tissue.GI_GAS: (-950.0, 20.0, 20.0),
-    Tissue.STOOL: (-30.0, 20.0, 70.0),
-    Tissue.BLADDER: (8.0, 4.0, 2.0),
-    Tissue.ARTERY: (200.0, 18.0, 4.0),
-    Tissue.VEIN: (150.0, 12.0, 5.0),
-    Tissue.BONE_CORTICAL: (900.0, 100.0, 80.0),
-    Tissue.BONE_CANCELLOUS: (250.0, 30.0, 45.0),
-    Tissue.DISC: (90.0, 8.0, 8.0),
-    Tissue.CSF: (15.0, 4.0, 3.0),
-    Tissue.LUNG: (-860.0, 20.0, 20.0),
-    Tissue.LUNG_VESSEL: (-100.0, 20.0, 30.0),
-    Tissue.HEART: (130.0, 12.0, 10.0),
-    Tissue.GALLBLADDER: (10.0, 4.0, 2.0),
-    Tissue.TABLE: (200.0, 40.0, 10.0),
+#: Per tissue: (mean HU without contrast, mean HU in portal-venous phase, spread of the mean between cases,
+#: texture amplitude in HU). A case's contrast enhancement e in [0, 1] mixes the two means.
+TISSUE_HU: dict[Tissue, tuple[float, float, float, float]] = {
+    Tissue.AIR: (-1000.0, -1000.0, 0.0, 0.0),
+    Tissue.FAT: (-100.0, -100.0, 6.0, 8.0),
+    Tissue.MUSCLE: (45.0, 55.0, 5.0, 6.0),
+    Tissue.LIVER: (55.0, 110.0, 7.0, 6.0),
+    Tissue.LIVER_VESSEL: (40.0, 170.0, 8.0, 6.0),
+    Tissue.SPLEEN: (45.0, 115.0, 6.0, 5.0),
+    Tissue.KIDNEY_CORTEX: (32.0, 180.0, 10.0, 8.0),
+    Tissue.KIDNEY_MEDULLA: (30.0, 135.0, 10.0, 8.0),
+    Tissue.RENAL_SINUS: (-60.0, -60.0, 10.0, 20.0),
+    Tissue.PANCREAS: (40.0, 95.0, 7.0, 12.0),
+    Tissue.GI_WALL: (35.0, 85.0, 8.0, 10.0),
+    Tissue.GI_FLUID: (15.0, 15.0, 8.0, 14.0),
+    Tissue.GI_GAS: (-950.0, -950.0, 20.0, 20.0),
+    Tissue.STOOL: (-40.0, -40.0, 20.0, 60.0),
+    Tissue.BLADDER: (8.0, 8.0, 4.0, 2.0),
+    Tissue.ARTERY: (42.0, 200.0, 15.0, 4.0),
+    Tissue.VEIN: (40.0, 150.0, 12.0, 5.0),
+    Tissue.BONE_CORTICAL: (700.0, 700.0, 80.0, 150.0),
+    Tissue.BONE_CANCELLOUS: (230.0, 230.0, 30.0, 40.0),
+    Tissue.DISC: (85.0, 90.0, 8.0, 8.0),
+    Tissue.CSF: (12.0, 12.0, 4.0, 3.0),
+    Tissue.LUNG: (-860.0, -860.0, 20.0, 20.0),
+    Tissue.LUNG_VESSEL: (-100.0, -100.0, 20.0, 30.0),
+    Tissue.HEART: (40.0, 130.0, 10.0, 10.0),
+    Tissue.GALLBLADDER: (10.0, 10.0, 4.0, 2.0),
+    Tissue.TABLE: (200.0, 200.0, 40.0, 10.0),
 }
 
 _STREAM_ANATOMY, _STREAM_RENDER, _STREAM_ANOMALY = 0, 1, 2
@@ -111,27 +112,32 @@ def auto_spacing(shape_xyz: Sequence[int]) -> tuple[float, float, float]:
     return (_FIELD_OF_VIEW_MM / nx, _FIELD_OF_VIEW_MM / ny, _SCAN_LENGTH_MM / nz)
 
 
-def _render(anatomy: Anatomy, rng: np.random.Generator, noise_hu: float | None) -> tuple[np.ndarray, float]:
+def _render(
+    anatomy: Anatomy, rng: np.random.Generator, noise_hu: float | None, enhancement: float | None
+) -> tuple[np.ndarray, dict[str, float]]:
     """Tissue map -> HU: per-case tissue means, organ texture, partial-volume blur, CT noise, integer HU."""
     grid = anatomy.grid
+    if enhancement is None:
+        enhancement = float(rng.uniform(0.0, 1.0))
     means = np.zeros(len(Tissue), dtype=np.float32)
     textures = np.zeros(len(Tissue), dtype=np.float32)
-    for tissue, (mean, spread, texture) in TISSUE_HU.items():
-        means[tissue] = mean + spread * rng.standard_normal()
+    for tissue, (plain, portal, spread, texture) in TISSUE_HU.items():
+        means[tissue] = plain + enhancement * (portal - plain) + spread * rng.standard_normal()
         textures[tissue] = texture
     coarse = smooth_field(rng, grid.shape_zyx, grid.spacing_zyx, 6.0)
     fine = smooth_field(rng, grid.shape_zyx, grid.spacing_zyx, 1.5)
     hu = means[anatomy.tissue] + textures[anatomy.tissue] * (0.5 * coarse + 0.85 * fine)
     # Partial volume: the scanner's in-plane PSF (~0.7 mm) and the slice profile (about half the thickness).
     sx, sy, _ = grid.spacing_xyz
-    sigma = (0.35, max(0.45, 0.7 / sy), max(0.45, 0.7 / sx))
+    sigma = (0.35, max(0.5, 0.7 / sy), max(0.5, 0.7 / sx))
     hu = ndimage.gaussian_filter(hu, sigma)
     if noise_hu is None:
         noise_hu = float(
             8.0 + 10.0 * (anatomy.habitus["half_width_mm"] - 130.0) / 55.0 + rng.uniform(0.0, 3.0)
         )
     hu += ct_noise(rng, grid.shape_zyx, (sx, sy), noise_hu)
-    return np.clip(np.rint(hu), -1024.0, 3071.0).astype(np.float32), noise_hu
+    rendering = {"noise_hu": noise_hu, "enhancement": enhancement}
+    return np.clip(np.rint(hu), -1024.0, 3071.0).astype(np.float32), rendering
 
 
 def make_phantom(
@@ -141,6 +147,7 @@ def make_phantom(
     spacing_xyz: Sequence[float] | None = None,
     anomalies: Sequence[str] = (),
     noise_hu: float | None = None,
+    enhancement: float | None = None,
 ) -> PhantomCase:
     """Generate one case, normal or with ``anomalies`` (names from :data:`anomalies.ANOMALY_CODES`).
 
@@ -152,6 +159,8 @@ def make_phantom(
             view must be at least 240 mm wide and deep.
         anomalies: kinds to insert, in order; the same kind may repeat.
         noise_hu: standard deviation of the CT noise; ``None`` draws 8-21 HU growing with the patient's size.
+        enhancement: contrast enhancement, 0 = no contrast (liver ~55 HU), 1 = portal-venous phase (liver
+            ~110 HU, aorta ~200 HU); ``None`` draws it uniformly from [0, 1].
 
     Raises:
         ConfigError: a bad seed, shape, spacing, noise level or anomaly name.
@@ -165,16 +174,19 @@ def make_phantom(
         raise ConfigError(f"unknown anomaly kind(s) {unknown}; choose from {sorted(ANOMALY_CODES)}")
     if noise_hu is not None and not 0.0 <= noise_hu <= 200.0:
         raise ConfigError(f"noise_hu must be between 0 and 200 HU, got {noise_hu}")
+    if enhancement is not None and not 0.0 <= enhancement <= 1.0:
+        raise ConfigError(f"enhancement must be between 0 and 1, got {enhancement}")
     shape = tuple(int(n) for n in shape_xyz)
     spacing = auto_spacing(shape) if spacing_xyz is None else tuple(float(s) for s in spacing_xyz)
     grid = PhantomGrid(shape_zyx=(shape[2], shape[1], shape[0]), spacing_xyz=spacing)  # type: ignore[arg-type]
     anatomy = build_anatomy(grid, np.random.default_rng([int(seed), _STREAM_ANATOMY]))
-    hu, noise_used = _render(anatomy, np.random.default_rng([int(seed), _STREAM_RENDER]), noise_hu)
+    render_rng = np.random.default_rng([int(seed), _STREAM_RENDER])
+    hu, rendering = _render(anatomy, render_rng, noise_hu, enhancement)
     mask = np.zeros(grid.shape_zyx, dtype=np.uint8)
     records = []
     for index, kind in enumerate(anomalies):
         rng = np.random.default_rng([int(seed), _STREAM_ANOMALY, index])
-        hu, changed, parameters = insert_anomaly(kind, hu, anatomy, rng, noise_used)
+        hu, changed, parameters = insert_anomaly(kind, hu, anatomy, rng, rendering["noise_hu"])
         mask[changed] = ANOMALY_CODES[kind]
         slices = tuple(int(k) for k in np.flatnonzero(changed.any(axis=(1, 2))))
         records.append(InsertedAnomaly(kind, ANOMALY_CODES[kind], slices, int(changed.sum()), parameters))
@@ -186,5 +198,5 @@ def make_phantom(
         source=f"phantom(seed={seed})",
         modality="CT",
     )
-    habitus = dict(anatomy.habitus, noise_hu=noise_used)
+    habitus = dict(anatomy.habitus, **rendering)
     return PhantomCase(int(seed), volume, anatomy.labels, mask, tuple(records), habitus)

@@ -11,7 +11,7 @@ from AnomalyScoutLib.phantom import LABEL_NAMES, make_phantom
 
 SHAPE = (64, 64, 24)
 
-# Median HU of the interior of each labelled tissue (portal-venous phase), generous bounds.
+# Median HU of the interior of each labelled tissue, portal-venous phase (enhancement 1), generous bounds.
 HU_RANGES = {
     0: (-1024, -950),  # air
     1: (-140, -40),  # body: mostly fat
@@ -77,11 +77,25 @@ def test_anatomy_follows_the_position_from_pelvis_to_lung_bases(tiny_phantom):
 
 @pytest.mark.parametrize("label", sorted(HU_RANGES))
 def test_tissue_interiors_have_plausible_hounsfield_units(label):
-    case = make_phantom(3, shape_xyz=(96, 96, 32))
+    case = make_phantom(3, shape_xyz=(96, 96, 32), enhancement=1.0)
     region = ndimage.binary_erosion(case.labels == label, structure=np.ones((1, 3, 3), bool))
     assert region.sum() >= 5, f"label {label} too small to measure"
     low, high = HU_RANGES[label]
     assert low <= float(np.median(case.volume.array_zyx[region])) <= high
+
+
+def test_contrast_enhancement_brightens_liver_and_vessels_but_not_fat():
+    plain = make_phantom(6, shape_xyz=SHAPE, enhancement=0.0)
+    portal = make_phantom(6, shape_xyz=SHAPE, enhancement=1.0)
+    np.testing.assert_array_equal(plain.labels, portal.labels)
+
+    def median(case, label):
+        return float(np.median(case.volume.array_zyx[case.labels == label]))
+
+    assert median(portal, 2) - median(plain, 2) > 30.0
+    assert median(portal, 8) - median(plain, 8) > 60.0
+    assert abs(median(portal, 1) - median(plain, 1)) < 15.0
+    assert plain.habitus["enhancement"] == 0.0
 
 
 def test_soft_tissue_noise_is_in_the_ct_range():
@@ -100,6 +114,7 @@ def test_soft_tissue_noise_is_in_the_ct_range():
         {"seed": 0, "shape_xyz": (64, 64, 24), "spacing_xyz": (1.0, 1.0, 3.0)},  # 64 mm field of view
         {"seed": 0, "anomalies": ("gremlin",)},
         {"seed": 0, "noise_hu": -3.0},
+        {"seed": 0, "enhancement": 1.5},
     ],
 )
 def test_bad_arguments_raise_a_config_error_naming_the_problem(kwargs):
