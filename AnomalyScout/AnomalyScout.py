@@ -135,6 +135,7 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._batch: BatchScoring | None = None
         self._worklist: Worklist | None = None
         self._worklistRoot: Path | None = None
+        self._runInput = None  # the volume being scored: the selector may change while the worker runs
         self._liveNodes = None
         self._resultNodes = None
         self._plotConnected = False
@@ -158,15 +159,19 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.scoreFolderButton.connect("clicked(bool)", self.onScoreFolder)
         self.ui.openWorklistButton.connect("clicked(bool)", self.onOpenWorklist)
         self.ui.loadNextCaseButton.connect("clicked(bool)", self.onLoadNextCase)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, lambda *_: self.cleanup())
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self._cancelJobs)
         self.setParameterNode(self.logic.getParameterNode())
 
     def cleanup(self) -> None:
-        """Never leave a worker running behind a closed scene or a reloaded module."""
+        """Called when the module is reloaded or Slicer exits: no worker may outlive the widget."""
+        self._cancelJobs()
+        self.removeObservers()
+
+    def _cancelJobs(self, *_) -> None:
+        """Never leave a worker running behind a closed scene."""
         for job in (self._run, self._batch):
             if job is not None:
                 job.cancel()
-        self.removeObservers()
 
     def setParameterNode(self, parameterNode) -> None:
         if self._parameterNode:
@@ -216,7 +221,8 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             request = self.logic.prepareRun(
                 params, self._modelPath(), segmentation, self.ui.segmentSelector.currentSegmentID(), runDir
             )
-            self._liveNodes = self.scene.start_live_scores(params.inputVolume)
+            self._runInput = params.inputVolume
+            self._liveNodes = self.scene.start_live_scores(self._runInput)
             self.scene.show_chart(self._liveNodes.chart, slicer.modules.plots.logic())
             self._connectPlotView()
             callbacks = RunCallbacks(
@@ -248,10 +254,8 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _onFinished(self, outcome: RunOutcome) -> None:
         self.ui.progressBar.hide()
-        inputVolume = self._parameterNode.inputVolume
-        Path(self._run.request.input_path).unlink(
-            missing_ok=True
-        )  # a full copy of the CT: not needed any more
+        inputVolume = self._runInput
+        Path(self._run.request.input_path).unlink(missing_ok=True)  # a copy of the CT, no longer needed
         self._setStatus(outcome.message)
         if inputVolume is not None:
             with slicer.util.tryWithErrorDisplay("The results could not be shown."):
@@ -270,8 +274,15 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.thresholdSlider.value = nodes.residual.GetDisplayNode().GetLowerThreshold()
         self.scene.show_chart(nodes.chart, slicer.modules.plots.logic())
         self._showFlagged(nodes.flagged_table)
-        title = nodes.chart.GetTitle()
-        self.ui.caseScoreLabel.text = title[title.find(":") + 2 :] if ":" in title else title
+        report = nodes.report
+        percentile = (
+            "" if math.isnan(report.case_percentile) else f", percentile {report.case_percentile:.1f}"
+        )
+        verdict = "flagged" if report.case_flagged else "not flagged"
+        self.ui.caseScoreLabel.text = (
+            f"Case score {report.case_score:.3g}{percentile} ({verdict}); "
+            f"{len(report.flagged_slices)} flagged slice(s); model {report.model_id}, {report.mode} mode."
+        )
         self._resultNodes = nodes
 
     def _showFlagged(self, table) -> None:
@@ -394,6 +405,9 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.worklistTable.selectRow(self._worklist.current_row)
             results = results_dir(self._worklistRoot, entry.case)
             if not (results / "scores.json").is_file():
+                if self._run is not None and self._run.running:  # Apply would cancel that run
+                    self.ui.worklistStatusLabel.text = f"{name} has no results yet: press Run when free."
+                    return
                 self.ui.worklistStatusLabel.text = f"{name}: {entry.reason} (scoring it now)"
                 self.onApply()
                 return

@@ -129,6 +129,7 @@ class ResultNodes:
     score_series: slicer.vtkMRMLPlotSeriesNode
     threshold_series: slicer.vtkMRMLPlotSeriesNode
     flagged_series: slicer.vtkMRMLPlotSeriesNode
+    report: ScoreReport | None = None
 
 
 class SceneResults:
@@ -316,7 +317,7 @@ class SceneResults:
             self.scene.RemoveNode(stale)
         nodes = self.show_scores(input_node, report)
         nodes.table.SetAttribute(RESULTS_DIR_ATTRIBUTE, str(out_dir))
-        nodes.residual, nodes.reconstruction = residual, reconstruction
+        nodes.residual, nodes.reconstruction, nodes.report = residual, reconstruction, report
         self.show_overlay(input_node, residual, opacity)
         return nodes
 

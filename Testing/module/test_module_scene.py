@@ -124,6 +124,7 @@ def test_score_table_and_plot_hold_every_slice_and_the_flagged_ones(scene, ct_no
     assert _column(nodes.table, "slice_index") == pytest.approx([s["slice_index"] for s in report["slices"]])
     assert _column(nodes.table, "position") == pytest.approx([s["position"] for s in report["slices"]])
     assert list(_column(nodes.flagged_table, "slice_index")) == [ANOMALY_SLICE]
+    assert nodes.report.case_score == report["case_score"] and nodes.report.model_id == "test-model"
     series = [nodes.chart.GetNthPlotSeriesNode(i) for i in range(nodes.chart.GetNumberOfPlotSeriesNodes())]
     assert {s.GetID() for s in series} == {
         nodes.score_series.GetID(),
