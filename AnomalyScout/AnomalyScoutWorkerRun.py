@@ -156,6 +156,11 @@ class WorkerRun:
         self.outcome: RunOutcome | None = None
 
     @property
+    def pid(self) -> int | None:
+        """The launched process's id (``None`` before :meth:`start`)."""
+        return None if self._process is None else self._process.pid
+
+    @property
     def running(self) -> bool:
         return self._process is not None and self.outcome is None
 

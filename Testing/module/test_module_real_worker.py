@@ -7,9 +7,12 @@ The session fixture ``real_run`` launches the worker once, in blocking mode thro
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
+import threading
 
 import numpy as np
+import psutil
 import pytest
 import vtk
 from AnomalyScoutScene import SceneResults, read_score_report
@@ -96,3 +99,41 @@ def test_an_unreadable_input_fails_in_plain_words_and_writes_nothing(tmp_path, r
     assert outcome.status == "failed" and outcome.exit_code == 1
     assert "not_a_ct.nrrd" in outcome.message and "Traceback" not in outcome.message
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def _threaded_launcher(args, cwd, on_line, on_exit):
+    """Like Slicer's non-blocking launchConsoleProcess (which needs Qt): a thread feeds the callbacks."""
+    process = subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def pump() -> None:
+        for line in process.stdout:
+            on_line(line)
+        on_exit(process.wait())
+
+    threading.Thread(target=pump, daemon=True).start()
+    return process
+
+
+def test_cancelling_a_running_worker_stops_it_and_leaves_no_output(tmp_path, real_run):
+    started, finished = threading.Event(), threading.Event()
+    outcomes = []
+
+    def done(outcome) -> None:
+        outcomes.append(outcome)
+        finished.set()
+
+    callbacks = RunCallbacks(started=lambda *a: started.set(), finished=done)
+    # projector mode: 1000 optimisation steps per batch, so the worker is surely still busy when cancelled
+    request = RunRequest(
+        real_run.ct_path, tmp_path / "out", real_run.model_path, device="cpu", mode="projector", threads=1
+    )
+    run = WorkerRun(request, _threaded_launcher, callbacks, python=sys.executable)
+    run.start()
+    assert started.wait(120), "the worker never started"
+
+    run.cancel()
+
+    assert finished.wait(30)
+    assert outcomes[0].status == "cancelled"
+    assert list((tmp_path / "out").iterdir()) == []
+    assert not psutil.pid_exists(run.pid) or psutil.Process(run.pid).status() == psutil.STATUS_ZOMBIE

@@ -166,6 +166,7 @@ def test_a_done_line_without_a_clean_exit_is_not_success(run):
 
 def test_cancel_kills_the_process_tree_once_and_reports_a_cancelled_run(run):
     worker, launcher, recorder, killed = run
+    assert worker.pid == FakeProcess.pid
     worker.cancel()
     assert killed == [FakeProcess.pid]
     launcher.on_exit(-15)
