@@ -13,6 +13,7 @@ from benchmarks.active_learning import (
     SimulationConfig,
     labels_to_reach,
     learning_curve,
+    markdown_table,
     normalised_auc,
     summarise,
     t_interval,
@@ -107,3 +108,5 @@ def test_target_verdict_needs_hybrid_interval_above_each_baseline_and_half_the_l
                                                               "coreset": True}
     assert verdict["labels_to_95pct"] == {"hybrid": 16, "random": None}
     assert verdict["hybrid_needs_at_most_half_of_random"] is None
+    table = markdown_table({"levels": {"slice": {**summary, "target": verdict}}})
+    assert "| hybrid | " in table and "| random | " in table and "not reached" in table
