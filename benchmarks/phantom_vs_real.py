@@ -15,6 +15,7 @@ gas, fat, soft tissue, enhanced tissue and bone, and write them next to the pict
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from AnomalyScoutLib.active.atomic import write_bytes_atomic  # noqa: E402
 from AnomalyScoutLib.io.geometry import axial_frame, to_canonical  # noqa: E402
 from AnomalyScoutLib.io.volume import read_volume  # noqa: E402
 from AnomalyScoutLib.phantom import make_phantom  # noqa: E402
@@ -117,11 +119,11 @@ def main(argv: list[str] | None = None) -> int:
         f"real CT ({args.real.name}) vs phantom (seed {args.seed}), window -250..350 HU", fontsize=10
     )
     figure.tight_layout()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(args.out, dpi=90)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
     plt.close(figure)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(stats, indent=2))
+    write_bytes_atomic(args.out, buffer.getvalue())
+    write_bytes_atomic(args.json, (json.dumps(stats, indent=2) + "\n").encode())
     print(json.dumps({k: v["fractions"] for k, v in stats.items()}, indent=1))
     return 0
 

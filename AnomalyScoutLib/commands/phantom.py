@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from AnomalyScoutLib.active.atomic import write_bytes_atomic
 from AnomalyScoutLib.errors import ConfigError
 from AnomalyScoutLib.io.volume import Volume, write_volume
 from AnomalyScoutLib.phantom import ANOMALY_CODES, LABEL_NAMES, PhantomCase, make_phantom
@@ -98,22 +97,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="HU",
         help="CT noise standard deviation (default: drawn per case, 8-21 HU)",
     )
+    parser.add_argument(
+        "--enhancement",
+        type=float,
+        default=None,
+        metavar="E",
+        help="contrast enhancement, 0 = none, 1 = portal-venous (default: drawn per case)",
+    )
     parser.add_argument("--format", choices=FORMATS, default="nii.gz", help="file format (default nii.gz)")
     parser.add_argument(
         "--preview", action="store_true", help="also write preview.png, a montage of the cases"
     )
     parser.set_defaults(func=run)
-
-
-def _write_json(data: dict[str, Any], path: Path) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(data, stream, indent=2)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def write_case(case: PhantomCase, folder: Path, stem: str, extension: str) -> dict[str, str]:
@@ -180,11 +175,20 @@ def run(args: argparse.Namespace) -> int:
         save_preview(cases, out / "preview.png")
     manifest = {
         "generator": "AnomalyScoutLib.phantom",
+        "arguments": {
+            "n": args.n,
+            "seed": args.seed,
+            "anomalies": list(args.anomalies),
+            "shape_xyz": list(args.shape),
+            "spacing_xyz": None if args.spacing is None else list(args.spacing),
+            "noise_hu": args.noise,
+            "enhancement": args.enhancement,
+        },
         "format": args.format,
         "label_names": {str(k): v for k, v in LABEL_NAMES.items()},
         "anomaly_codes": ANOMALY_CODES,
         "cases": entries,
     }
-    _write_json(manifest, out / "manifest.json")
+    write_bytes_atomic(out / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
     print(f"wrote {args.n} case(s) to {out}")
     return 0

@@ -12,8 +12,8 @@ Kinds and what their mask covers:
   lesion.
 - ``metal``: a surgical clip (anywhere in the abdominal cavity) or an aortic stent, ~3000 HU, with streak
   artefacts made by filtered back-projection of a beam-hardening and photon-starvation sinogram error; mask
-  = the metal plus every body voxel of its slices where the streaks change the value by more than 20 HU (the
-  artefact is soft-thresholded at 20 HU, so the streak region ends without a step).
+  = the metal plus every body voxel of its slices where the streaks change the value by more than 25 HU (the
+  artefact is soft-thresholded at 25 HU, so the streak region ends without a step).
 - ``ascites``: fluid (0-20 HU) in the peritoneal cavity: a layer along the abdominal wall, around the liver
   and spleen and deeper in the pelvis, replacing the fat and bowel it borders; mask = the fluid and its
   blurred edge.
@@ -40,7 +40,7 @@ __all__ = ["ANOMALY_CODES", "insert_anomaly"]
 ANOMALY_CODES: dict[str, int] = {"tumour": 1, "metal": 2, "ascites": 3, "blob": 4, "deformation": 5}
 
 METAL_HU = 3000.0
-STREAK_THRESHOLD_HU = 20.0
+STREAK_THRESHOLD_HU = 25.0
 
 Inserter = Callable[[np.ndarray, Anatomy, np.random.Generator, float], tuple[np.ndarray, dict[str, Any]]]
 
@@ -146,7 +146,7 @@ def _metal(hu: np.ndarray, anatomy: Anatomy, rng: np.random.Generator, noise_hu:
         fraction = (
             np.clip(1.0 - distance / max(voxel, 1.5), 0.0, 1.0) * 0.5 * (np.abs(z - centre[2]) < length / 2)
         )
-        strength = rng.uniform(100.0, 250.0)
+        strength = rng.uniform(60.0, 150.0)
         parameters = {"device": "stent", "centre_xyz_mm": list(centre), "length_mm": length}
     else:
         soft = anatomy.cavity & np.isin(anatomy.tissue, (Tissue.FAT, Tissue.GI_WALL, Tissue.LIVER))
@@ -155,7 +155,7 @@ def _metal(hu: np.ndarray, anatomy: Anatomy, rng: np.random.Generator, noise_hu:
         radii = (max(1.5, 0.5 * voxel), max(1.5, 0.5 * voxel), max(length / 2, 0.6 * grid.spacing_xyz[2]))
         level = _ellipsoid_level(grid, centre, radii)
         fraction = np.clip(1.5 - level, 0.0, 1.0)
-        strength = rng.uniform(150.0, 400.0)
+        strength = rng.uniform(100.0, 300.0)
         parameters = {"device": "clip", "centre_xyz_mm": list(centre), "length_mm": length}
     new = hu * (1.0 - fraction) + METAL_HU * fraction
     for k in np.flatnonzero(fraction.any(axis=(1, 2))):

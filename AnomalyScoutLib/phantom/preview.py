@@ -1,13 +1,12 @@
 """A PNG montage of phantom cases: what was made, and where the anomalies are.
 
-One row per case (at most ``max_cases``): slices at fixed relative positions through the anatomy, except that
-a case with anomalies shows its most anomalous slices instead, with the anomaly mask outlined in red.
+One row per case (at most ``max_cases``): for each anomaly the slice where it is largest, with the anomaly
+mask outlined in red, then slices at fixed relative positions through the anatomy.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,8 +14,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
-import numpy as np  # noqa: E402
 
+from AnomalyScoutLib.active.atomic import write_bytes_atomic  # noqa: E402
 from AnomalyScoutLib.phantom.case import PhantomCase  # noqa: E402
 
 __all__ = ["preview_slices", "save_preview"]
@@ -25,13 +24,19 @@ _POSITIONS = (0.08, 0.25, 0.45, 0.65, 0.8, 0.95)
 
 
 def preview_slices(case: PhantomCase, count: int = len(_POSITIONS)) -> list[int]:
-    """Slices worth showing: the ``count`` most anomalous ones (in order), else fixed positions p."""
+    """Slices worth showing, in order: for each anomaly the slice where its mask is largest, then slices at
+    fixed positions p through the anatomy, up to ``count``."""
     n = case.volume.array_zyx.shape[0]
-    per_slice = case.anomaly_mask.reshape(n, -1).astype(bool).sum(axis=1)
-    if per_slice.any():
-        chosen = np.argsort(-per_slice, kind="stable")[: min(count, int((per_slice > 0).sum()))]
-        return sorted(int(k) for k in chosen)
-    return [min(n - 1, int(p * n)) for p in _POSITIONS[:count]]
+    chosen: list[int] = []
+    for code in sorted({a.code for a in case.anomalies}):
+        per_slice = (case.anomaly_mask == code).reshape(n, -1).sum(axis=1)
+        if per_slice.any():
+            chosen.append(int(per_slice.argmax()))
+    for p in _POSITIONS:
+        k = min(n - 1, int(p * n))
+        if len(set(chosen)) < count and k not in chosen:
+            chosen.append(k)
+    return sorted(set(chosen))[:count]
 
 
 def save_preview(cases: Sequence[PhantomCase], path: Path, max_cases: int = 8) -> None:
@@ -55,13 +60,9 @@ def save_preview(cases: Sequence[PhantomCase], path: Path, max_cases: int = 8) -
                 f"seed {case.seed} k={k} p={(k + 0.5) / n:.2f}" + ("" if column else f"\n{kinds}"), fontsize=7
             )
     figure.tight_layout()
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(handle)
+    buffer = io.BytesIO()
     try:
-        figure.savefig(temporary, dpi=80)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+        figure.savefig(buffer, format="png", dpi=80)
     finally:
         plt.close(figure)
+    write_bytes_atomic(path, buffer.getvalue())
