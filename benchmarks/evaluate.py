@@ -15,8 +15,11 @@ Definitions (also in ``docs/benchmarks.md``):
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +28,7 @@ from AnomalyScoutLib import metrics
 from benchmarks.detectors import Detection, Detector
 from benchmarks.slices import SliceSet
 
-__all__ = ["MethodRun", "case_scores", "detection_metrics", "run_method"]
+__all__ = ["MethodRun", "case_scores", "detection_metrics", "method_entry", "run_method"]
 
 
 @dataclass(frozen=True)
@@ -41,20 +44,60 @@ class MethodRun:
     def slices_per_second(self) -> float:
         return len(self.detection.slice_scores) / max(self.detect_seconds, 1e-9)
 
+    def subset(self, keep: np.ndarray) -> MethodRun:
+        """The same run restricted to some slices (timings stay those of the whole run)."""
+        maps = None if self.detection.maps is None else self.detection.maps[keep]
+        return MethodRun(
+            self.name,
+            Detection(maps, self.detection.slice_scores[keep]),
+            self.fit_seconds,
+            self.detect_seconds,
+        )
 
-def run_method(detector: Detector, train: SliceSet, test: SliceSet) -> MethodRun:
-    """Fit ``detector`` on ``train`` and detect on ``test``, timing each step with the wall clock."""
+    def save(self, path: Path) -> None:
+        """Cache the run (maps as float16: they are only ranked and thresholded) in one atomic ``.npz``."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {
+            "scores": self.detection.slice_scores,
+            "timing": np.array([self.fit_seconds, self.detect_seconds]),
+        }
+        if self.detection.maps is not None:
+            arrays["maps"] = self.detection.maps.astype(np.float16)
+        fd, tmp = tempfile.mkstemp(suffix=".npz", dir=path.parent)
+        with os.fdopen(fd, "wb") as stream:
+            np.savez(stream, **arrays)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, name: str, path: Path) -> MethodRun:
+        with np.load(path) as data:
+            maps = data["maps"].astype(np.float32) if "maps" in data else None
+            fit_s, detect_s = (float(t) for t in data["timing"])
+            return cls(name, Detection(maps, data["scores"]), fit_s, detect_s)
+
+
+def run_method(detector: Detector, train: SliceSet, test: SliceSet, cache: Path | None = None) -> MethodRun:
+    """Fit ``detector`` on ``train`` and detect on ``test``, timing each step with the wall clock.
+
+    Args:
+        cache: If given, a finished run is read from / written to this file, so that a track can be rerun
+            (e.g. with a newer model) without repeating the methods that did not change. The caller makes
+            the name unique to the method's configuration and the data.
+    """
+    if cache is not None and cache.is_file():
+        return MethodRun.load(detector.name, cache)
     start = time.perf_counter()
     detector.fit(train)
     fitted = time.perf_counter()
     detection = detector.detect(test)
     done = time.perf_counter()
-    if detection.maps.shape != test.images.shape or detection.slice_scores.shape != (len(test),):
-        raise RuntimeError(
-            f"{detector.name} returned maps {detection.maps.shape} / scores "
-            f"{detection.slice_scores.shape} for {len(test)} slices of {test.images.shape[1:]}"
-        )
-    return MethodRun(detector.name, detection, fitted - start, done - fitted)
+    maps_ok = detection.maps is None or detection.maps.shape == test.images.shape
+    if not maps_ok or detection.slice_scores.shape != (len(test),):
+        raise RuntimeError(f"{detector.name} returned maps or scores of the wrong shape ({len(test)} slices)")
+    run = MethodRun(detector.name, detection, fitted - start, done - fitted)
+    if cache is not None:
+        run.save(cache)
+    return run
 
 
 def case_scores(slices: SliceSet, slice_scores: np.ndarray) -> np.ndarray:
@@ -106,3 +149,15 @@ def detection_metrics(slices: SliceSet, detection: Detection) -> dict[str, dict[
     result = {t: _group_metrics(slices, detection, (kinds == t) | (kinds == "normal")) for t in types}
     result["overall"] = _group_metrics(slices, detection, np.ones(len(slices), dtype=bool))
     return result
+
+
+def method_entry(run: MethodRun, slices: SliceSet, evaluated_on: str) -> dict[str, Any]:
+    """A method's record in a results file: where it was evaluated, its timings and its metrics."""
+    return {
+        "evaluated_on": evaluated_on,
+        "slices": len(slices),
+        "fit_s": round(run.fit_seconds, 2),
+        "detect_s": round(run.detect_seconds, 2),
+        "slices_per_s": round(run.slices_per_second, 3),
+        "metrics": detection_metrics(slices, run.detection),
+    }
