@@ -52,7 +52,7 @@ def heat_pixels(rgba: np.ndarray) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     from AnomalyScoutScene import SceneResults, read_score_report
-    from conftest import load_volume_node  # noqa: PLC0415 - the script shares the tests' scene set-up
+    from module_helpers import load_volume_node  # the script shares the tests' scene set-up
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("ct", type=Path)

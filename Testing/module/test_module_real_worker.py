@@ -17,7 +17,7 @@ import pytest
 import vtk
 from AnomalyScoutScene import SceneResults, read_score_report
 from AnomalyScoutWorkerRun import RunCallbacks, RunRequest, WorkerRun, blocking_launcher
-from conftest import load_volume_node
+from module_helpers import load_volume_node
 
 slicer = pytest.importorskip("slicer")
 

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import vtk
-from conftest import ANOMALY_SLICE, write_contract_outputs
+from module_helpers import ANOMALY_SLICE, write_contract_outputs
 
 slicer = pytest.importorskip("slicer")
 

@@ -17,7 +17,7 @@ from AnomalyScoutWorklist import (
     read_worklist,
     results_dir,
 )
-from conftest import write_contract_outputs
+from module_helpers import write_contract_outputs
 
 from AnomalyScoutLib.active.ranking import WorklistItem, write_worklist
 from AnomalyScoutLib.errors import AnomalyScoutError, ResultsError
