@@ -14,7 +14,6 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -22,18 +21,10 @@ from AnomalyScoutLib.scoring import ScoreConfig
 from benchmarks.data import WORK_DIR
 from benchmarks.evaluate import MethodRun
 from benchmarks.ours import GeneratorDetector, Reconstructions
+from benchmarks.results_io import file_digest
 from benchmarks.slices import SliceSet
 
-__all__ = ["GeneratorRun", "file_digest", "generator_run"]
-
-
-def file_digest(path: Path) -> str:
-    """First 16 hex digits of the file's SHA-256: identifies a model file's exact weights in cache names."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+__all__ = ["GeneratorRun", "generator_run"]
 
 
 @dataclass(frozen=True)

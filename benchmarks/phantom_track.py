@@ -27,17 +27,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from AnomalyScoutLib.inversion import DEFAULT_ACCURATE_STEPS, InversionConfig
-from AnomalyScoutLib.model_file import DEFAULT_MODEL_PATH, AnomalyModel
 from AnomalyScoutLib.preprocessing import HUWindow
 from AnomalyScoutLib.scoring import ScoreConfig
 from benchmarks import plots
@@ -47,9 +44,9 @@ from benchmarks.baselines.autoencoder import AutoencoderDetector
 from benchmarks.data import WORK_DIR, PhantomSplit, phantom_split
 from benchmarks.detectors import Detector
 from benchmarks.evaluate import MethodRun, detection_metrics, method_entry, run_method
-from benchmarks.generator_runs import file_digest, generator_run
+from benchmarks.generator_runs import generator_run
 from benchmarks.ours import GeneratorDetector
-from benchmarks.results_io import DOCS_PLOTS, RESULTS_DIR, write_json
+from benchmarks.results_io import TrackStart, add_common_arguments, write_json
 from benchmarks.slices import SliceSet
 
 __all__ = [
@@ -154,7 +151,7 @@ def _baseline_runs(
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH, help="conditional model (ours)")
+    add_common_arguments(parser, "phantom")
     parser.add_argument(
         "--unconditional-model",
         type=Path,
@@ -173,21 +170,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--projector-slices", type=int, default=16)
     parser.add_argument("--projector-steps", type=int, default=1000)
-    parser.add_argument("--ae-steps", type=int, default=600)
     parser.add_argument("--anomalib", nargs="*", default=["ganomaly"], choices=["ganomaly", "draem"])
     parser.add_argument("--anomalib-epochs", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "phantom.json")
-    parser.add_argument("--plots", type=Path, default=DOCS_PLOTS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    torch.set_num_threads(args.threads)
-    started = time.time()
-    model = AnomalyModel.load(args.model, "cpu")
+    track = TrackStart("phantom", args, argv)
+    model = track.model
     window = model.window
     split, train, test, data_key = phantom_data(args, window)
     unavailable: dict[str, str] = {}
@@ -251,24 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     proj_runs = projector_runs + [r.subset(projector_index) for r in core_runs]
 
     results: dict[str, Any] = {
-        "track": "phantom",
-        "command": " ".join(
-            ["python -m benchmarks.phantom_track", *(argv if argv is not None else sys.argv[1:])]
-        ),
-        "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "wall_s": round(time.time() - started, 1),
-        "machine": {
-            "cpu_threads": args.threads,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "note": "2 CPU cores shared with ~7 other engineers' jobs: timings are pessimistic",
-        },
-        "model": {
-            "path": str(args.model),
-            "model_id": model.model_id,
-            "sha256_16": file_digest(args.model),
-            "training": model.metadata.get("training", {}),
-        },
+        **track.header(),
         "split": split.as_dict(),
         "scale": {
             "train_slices": len(train),
@@ -297,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     write_json(results, args.out)
     _plots(args.plots, test, core_slices, full_runs, core_runs, accurate_runs, results)
-    print(f"[phantom] wrote {args.out} in {time.time() - started:.0f} s", flush=True)
+    print(f"[phantom] wrote {args.out} in {time.time() - track.started:.0f} s", flush=True)
     return 0
 
 

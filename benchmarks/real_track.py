@@ -32,12 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from AnomalyScoutLib.inversion import DEFAULT_ACCURATE_STEPS, InversionConfig
 from AnomalyScoutLib.io.geometry import axial_frame, to_canonical
 from AnomalyScoutLib.io.volume import read_label_map, read_volume
-from AnomalyScoutLib.model_file import DEFAULT_MODEL_PATH, AnomalyModel
 from AnomalyScoutLib.preprocessing import HUWindow
 from AnomalyScoutLib.scoring import ScoreConfig
 from benchmarks import plots
@@ -46,11 +44,11 @@ from benchmarks.baselines.atlas import PositionAtlas
 from benchmarks.baselines.autoencoder import AutoencoderDetector
 from benchmarks.data import volume_slices
 from benchmarks.evaluate import method_entry
-from benchmarks.generator_runs import file_digest, generator_run
+from benchmarks.generator_runs import generator_run
 from benchmarks.ours import GeneratorDetector
 from benchmarks.phantom_track import FAST_NAME, balanced_subset, baseline_run
 from benchmarks.real_anatomy import estimate_noise_hu, insert_real_anomaly, surrogate_anatomy
-from benchmarks.results_io import DOCS_PLOTS, RESULTS_DIR, write_json
+from benchmarks.results_io import TrackStart, add_common_arguments, file_digest, write_json
 from benchmarks.slices import CaseInfo, SliceSet, concatenate
 
 __all__ = ["REAL_CT", "REAL_LIVER", "REAL_TYPES", "main", "real_data"]
@@ -113,7 +111,7 @@ def real_data(
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH)
+    add_common_arguments(parser, "real")
     parser.add_argument("--ct", type=Path, default=REAL_CT)
     parser.add_argument("--liver", type=Path, default=REAL_LIVER)
     parser.add_argument("--per-type", type=int, default=3)
@@ -121,21 +119,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--core-per-type", type=int, default=12)
     parser.add_argument("--core-normal", type=int, default=36)
     parser.add_argument("--steps", type=int, default=DEFAULT_ACCURATE_STEPS)
-    parser.add_argument("--ae-steps", type=int, default=600)
     parser.add_argument("--anomalib", nargs="*", default=["ganomaly"], choices=["ganomaly", "draem"])
     parser.add_argument("--anomalib-epochs", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "real.json")
-    parser.add_argument("--plots", type=Path, default=DOCS_PLOTS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    torch.set_num_threads(args.threads)
-    started = time.time()
-    model = AnomalyModel.load(args.model, "cpu")
+    track = TrackStart("real", args, argv)
+    model = track.model
     train, test, provenance = real_data(
         args.ct, args.liver, REAL_TYPES, args.per_type, args.seed, args.resolution, model.window
     )
@@ -178,17 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     core_runs = [accurate] + [r.subset(core) for r in runs]
 
     results = {
-        "track": "real",
-        "command": " ".join(
-            ["python -m benchmarks.real_track", *(argv if argv is not None else sys.argv[1:])]
-        ),
-        "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "wall_s": round(time.time() - started, 1),
-        "model": {
-            "path": str(args.model),
-            "model_id": model.model_id,
-            "trained_on": "phantom normal cases only",
-        },
+        **track.header(),
         "data": {
             **provenance,
             "train_slices": len(train),
@@ -217,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         args.plots / "real_montage_ours.png",
         f"{accurate.name} on real anatomy: best and worst",
     )
-    print(f"[real] wrote {args.out} in {time.time() - started:.0f} s", flush=True)
+    print(f"[real] wrote {args.out} in {time.time() - track.started:.0f} s", flush=True)
     return 0
 
 

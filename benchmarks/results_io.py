@@ -1,17 +1,28 @@
-"""Where the benchmark's results and pictures go, and how they are written (atomically, readable JSON)."""
+"""What every track shares: its common options, where results and pictures go, and how they are written.
+
+Results are indented JSON written atomically; every file starts with the same header (track, command,
+finish time, wall time, model), so that a number in ``docs/benchmarks.md`` can be traced to its run.
+"""
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import json
 import math
 import os
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-__all__ = ["DOCS_PLOTS", "RESULTS_DIR", "write_json"]
+from AnomalyScoutLib.model_file import DEFAULT_MODEL_PATH, AnomalyModel
+
+__all__ = ["DOCS_PLOTS", "RESULTS_DIR", "TrackStart", "add_common_arguments", "file_digest", "write_json"]
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DOCS_PLOTS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
@@ -41,3 +52,53 @@ def write_json(data: dict[str, Any], path: Path) -> None:
         json.dump(_plain(data), stream, indent=1)
         stream.write("\n")
     os.replace(tmp, path)
+
+
+def file_digest(path: Path) -> str:
+    """First 16 hex digits of the file's SHA-256: identifies a model file's exact weights in cache names."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, results_name: str) -> None:
+    """``--model --ae-steps --seed --threads --out --plots``, the options every track has."""
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH, help="our (conditional) model file")
+    parser.add_argument("--ae-steps", type=int, default=600, help="autoencoder baseline training steps")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / f"{results_name}.json")
+    parser.add_argument("--plots", type=Path, default=DOCS_PLOTS, help="folder of the PNG pictures")
+
+
+class TrackStart:
+    """A track's start: threads set, model loaded, clock started; :meth:`header` opens its results."""
+
+    def __init__(self, track: str, args: argparse.Namespace, argv: list[str] | None) -> None:
+        torch.set_num_threads(args.threads)
+        self.track = track
+        self.argv = list(argv if argv is not None else sys.argv[1:])
+        self.started = time.time()
+        self.model_path = Path(args.model)
+        self.model = AnomalyModel.load(self.model_path, "cpu")
+
+    def header(self) -> dict[str, Any]:
+        return {
+            "track": self.track,
+            "command": " ".join([f"python -m benchmarks.{self.track}_track", *self.argv]),
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            "wall_s": round(time.time() - self.started, 1),
+            "machine": {
+                "cpu_threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "note": "2 CPU cores shared with ~7 other engineers' jobs: timings are pessimistic",
+            },
+            "model": {
+                "path": str(self.model_path),
+                "model_id": self.model.model_id,
+                "sha256_16": file_digest(self.model_path),
+                "training": self.model.metadata.get("training", {}),
+            },
+        }

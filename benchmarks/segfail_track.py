@@ -29,7 +29,6 @@ import hashlib
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,7 +37,6 @@ from scipy import ndimage
 
 from AnomalyScoutLib import metrics
 from AnomalyScoutLib.inversion import InversionConfig
-from AnomalyScoutLib.model_file import DEFAULT_MODEL_PATH, AnomalyModel
 from AnomalyScoutLib.scoring import ScoreConfig
 from AnomalyScoutLib.segmentation import UNet, predict_probabilities, train_segmenter
 from benchmarks import plots
@@ -48,7 +46,7 @@ from benchmarks.data import WORK_DIR
 from benchmarks.generator_runs import generator_run
 from benchmarks.ours import GeneratorDetector
 from benchmarks.phantom_track import FAST_NAME, add_data_arguments, baseline_run, phantom_data
-from benchmarks.results_io import DOCS_PLOTS, RESULTS_DIR, write_json
+from benchmarks.results_io import TrackStart, add_common_arguments, write_json
 from benchmarks.slices import SliceSet
 
 __all__ = ["failure_metrics", "liver_predictions", "main", "slice_dice"]
@@ -89,25 +87,19 @@ def failure_metrics(scores: np.ndarray, dice: np.ndarray, failure_dice: float) -
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH)
+    add_common_arguments(parser, "segfail")
     add_data_arguments(parser)
     parser.add_argument("--unet-steps", type=int, default=400)
     parser.add_argument("--min-liver-px", type=int, default=50)
     parser.add_argument("--dilate-px", type=int, default=4)
     parser.add_argument("--failure-dice", type=float, default=0.9)
-    parser.add_argument("--ae-steps", type=int, default=600)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "segfail.json")
-    parser.add_argument("--plots", type=Path, default=DOCS_PLOTS)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    torch.set_num_threads(args.threads)
-    started = time.time()
-    model = AnomalyModel.load(args.model, "cpu")
+    track = TrackStart("segfail", args, argv)
+    model = track.model
     split, train, test, data_key = phantom_data(args, model.window)
     print(f"[segfail] U-Net ({args.unet_steps} steps) on {len(train)} normal slices ...", flush=True)
     predicted = liver_predictions(train, test, args.unet_steps, args.seed, data_key) > 0.5
@@ -132,13 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     anomalous_case = test.case_anomaly != "normal"
     groups = {"all liver slices": scored, "liver slices of anomalous cases": scored & anomalous_case}
     results: dict[str, Any] = {
-        "track": "segfail",
-        "command": " ".join(
-            ["python -m benchmarks.segfail_track", *(argv if argv is not None else sys.argv[1:])]
-        ),
-        "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "wall_s": round(time.time() - started, 1),
-        "model": {"path": str(args.model), "model_id": model.model_id},
+        **track.header(),
         "split": split.as_dict(),
         "settings": {
             "unet_steps": args.unet_steps,
@@ -177,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         args.plots / "segfail_scatter.png",
         f"Anomaly score vs segmentation failure ({int(scored.sum())} liver slices)",
     )
-    print(f"[segfail] wrote {args.out} in {time.time() - started:.0f} s", flush=True)
+    print(f"[segfail] wrote {args.out} in {time.time() - track.started:.0f} s", flush=True)
     return 0
 
 
