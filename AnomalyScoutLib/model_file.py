@@ -16,16 +16,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
 from AnomalyScoutLib import __version__
+from AnomalyScoutLib.active.atomic import write_bytes_atomic
 from AnomalyScoutLib.errors import AnomalyScoutError, ConfigError, ModelFileError
 from AnomalyScoutLib.nets.architecture import ArchitectureConfig
 from AnomalyScoutLib.nets.discriminator import Discriminator
@@ -168,14 +168,7 @@ class AnomalyModel:
         digest = tensor_digest(tensors)
         self.metadata["model_id"] = f"anomalyscout-{self.resolution}-{digest[:12]}"
         header = {**self.metadata, "tensor_sha256": digest}
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(handle)
-        try:
-            save_file(tensors, temporary, metadata={METADATA_KEY: json.dumps(header)})
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        write_bytes_atomic(path, save(tensors, metadata={METADATA_KEY: json.dumps(header)}))
         return path
 
     @classmethod

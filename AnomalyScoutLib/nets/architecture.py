@@ -101,7 +101,7 @@ PRESETS: dict[str, ArchitectureConfig] = {
     "128": ArchitectureConfig(128, _widths(128, 16384, 512), z_dim=256, w_dim=256, mapping_layers=8),
     "256": ArchitectureConfig(256, _widths(256, 16384, 512), z_dim=512, w_dim=512, mapping_layers=8),
     "512": ArchitectureConfig(512, _widths(512, 16384, 512), z_dim=512, w_dim=512, mapping_layers=8),
-    "cpu-small": ArchitectureConfig(128, (128, 128, 64, 32, 16, 8), z_dim=128, w_dim=128, mapping_layers=4),
+    "cpu-small": ArchitectureConfig(128, (64, 64, 32, 16, 8, 8), z_dim=128, w_dim=128, mapping_layers=4),
 }
 
 

@@ -1,0 +1,89 @@
+"""``anomalyscout train-encoder``: train the encoder of a GAN run and write the one-file model.
+
+    anomalyscout train-encoder --gan RUN --out MODEL.safetensors [--data DIR_OR_LIST] [--kimg N] [--kappa K]
+
+The GAN run's EMA generator and discriminator stay frozen. --data defaults to the GAN's training data. The
+model file (generator + encoder + discriminator, float16 unless --float32) is written atomically at the end,
+also when --max-minutes stops training early; Ctrl-C writes nothing and exits with code 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from AnomalyScoutLib.commands.train_gan import EXIT_CANCELLED, add_runtime_arguments
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train-encoder",
+        help="train the encoder of a train-gan run and write the model file",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--gan", type=Path, required=True, help="train-gan run folder")
+    parser.add_argument("--out", type=Path, required=True, help="model file to write (.safetensors)")
+    parser.add_argument("--data", help="volumes (folder or list; default: the GAN's training data)")
+    parser.add_argument(
+        "--kimg", type=float, default=20.0, help="thousands of slices to train on (default 20)"
+    )
+    parser.add_argument("--batch", type=int, default=16, help="batch size (default 16)")
+    parser.add_argument("--lr", type=float, default=0.002, help="Adam learning rate (default 0.002)")
+    parser.add_argument(
+        "--kappa", type=float, default=1.0, help="weight of the D-feature residual (default 1)"
+    )
+    parser.add_argument("--latent-weight", type=float, default=0.01, help="weight of the latent regulariser")
+    parser.add_argument("--synthetic-weight", type=float, default=1.0, help="weight of the known-code loss")
+    parser.add_argument("--max-minutes", type=float, default=0.0, help="stop after this long (0 = no limit)")
+    parser.add_argument("--float32", action="store_true", help="store float32 weights (default float16)")
+    add_runtime_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from AnomalyScoutLib.cancellation import CancelFlag, cancel_on_signals
+    from AnomalyScoutLib.devices import select_device
+    from AnomalyScoutLib.errors import ConfigError
+    from AnomalyScoutLib.train.data import list_volumes, load_slices
+    from AnomalyScoutLib.train.encoder import EncoderOptions, EncoderTrainer, load_gan_run, training_metadata
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.out.parent.is_dir():
+        raise ConfigError(f"--out: folder {args.out.parent} does not exist")
+    options = EncoderOptions(
+        kimg=args.kimg,
+        batch=args.batch,
+        lr=args.lr,
+        kappa=args.kappa,
+        latent_weight=args.latent_weight,
+        synthetic_weight=args.synthetic_weight,
+        max_minutes=args.max_minutes,
+        seed=args.seed,
+    )
+    device = select_device(args.device)
+    gan = load_gan_run(args.gan)
+    data = load_slices(
+        list_volumes(args.data or gan.settings["data_source"]),
+        gan.model.resolution,
+        gan.model.window,
+        min_body_fraction=gan.settings.get("min_body_fraction", 0.05),
+        progress=not args.no_progress,
+    )
+    trainer = EncoderTrainer(gan.model, options, data, device)
+    with cancel_on_signals(CancelFlag()) as flag:
+        finished = trainer.train(flag, progress=not args.no_progress)
+    if not finished:
+        print("cancelled: no model file was written", file=sys.stderr)
+        return EXIT_CANCELLED
+    model = gan.model
+    model.metadata["training"] = training_metadata(gan, trainer, data)
+    model.save(args.out, half=not args.float32)
+    print(f"wrote {args.out} ({model.model_id}, {args.out.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
+    return 0

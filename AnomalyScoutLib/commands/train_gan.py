@@ -1,0 +1,183 @@
+"""``anomalyscout train-gan``: train the position-conditioned StyleGAN2 on normal CT volumes.
+
+    anomalyscout train-gan --data VOLUMES_DIR_OR_LIST --res 128 --out RUN [--config cpu-small] [--kimg N]
+    anomalyscout train-gan --out RUN --resume [--kimg N]          # continue (optionally longer)
+    torchrun --nproc_per_node 4 -m AnomalyScoutLib train-gan ...  # data-parallel on 4 GPUs (or CPU/gloo)
+
+RUN receives training_options.json, log.csv, samples/*.png and checkpoint.safetensors (every
+--checkpoint-every seconds and at the end). Ctrl-C writes a checkpoint and exits with code 130; --resume
+continues from it exactly. Then train the encoder: ``anomalyscout train-encoder --gan RUN --out MODEL``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from AnomalyScoutLib.errors import ConfigError
+from AnomalyScoutLib.nets.architecture import PRESETS, ArchitectureConfig, preset
+
+__all__ = ["add_runtime_arguments", "parse_window", "register", "run"]
+
+EXIT_CANCELLED = 130
+
+
+def parse_window(text: str) -> tuple[float, float]:
+    """``"-250,350"`` -> (-250.0, 350.0) for ``--hu-window``."""
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--hu-window must be LOW,HIGH in HU, got {text!r}") from None
+    return low, high
+
+
+def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options every training command shares: device, CPU threads, seed and the progress bar."""
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train-gan",
+        help="train the position-conditioned StyleGAN2 on normal CT volumes",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--data", help="folder of volumes (NIfTI/NRRD/MHA/DICOM folders) or a text list of paths"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="run folder (created; checkpoints and logs)")
+    parser.add_argument("--res", type=int, default=128, help="image resolution (default 128)")
+    parser.add_argument(
+        "--config",
+        help="architecture preset: 64, 128, 256, 512 or cpu-small (default: the one named by --res)",
+    )
+    parser.add_argument("--unconditional", action="store_true", help="ignore the slice position (baseline)")
+    parser.add_argument("--kimg", type=float, help="thousands of real images to train on (default 50)")
+    parser.add_argument("--batch", type=int, default=16, help="total batch size (default 16)")
+    parser.add_argument("--lr", type=float, default=0.002, help="Adam learning rate (default 0.002)")
+    parser.add_argument("--r1-gamma", type=float, default=1.0, help="R1 weight (default 1)")
+    parser.add_argument("--pl-weight", type=float, default=0.0, help="path-length weight (default 0 = off)")
+    parser.add_argument("--augment", default="color,translation,cutout", help="DiffAugment policy or 'none'")
+    parser.add_argument("--hu-window", type=parse_window, default=(-250.0, 350.0), help="LOW,HIGH (HU)")
+    parser.add_argument("--min-body-fraction", type=float, default=0.05, help="skip slices with less body")
+    parser.add_argument("--sample-every", type=float, default=2.0, help="kimg between sample grids")
+    parser.add_argument("--checkpoint-every", type=float, default=180.0, help="seconds between checkpoints")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    add_runtime_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def _architecture(config: str, *, conditional: bool) -> ArchitectureConfig:
+    """A preset by name, or an architecture JSON file (for experiments and tiny test networks)."""
+    if config in PRESETS:
+        return preset(config, conditional=conditional)
+    path = Path(config)
+    if not path.is_file():
+        raise ConfigError(f"--config {config!r} is neither a preset ({', '.join(PRESETS)}) nor a JSON file")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError(f"--config {path}: cannot read it as JSON ({error})") from None
+    return dataclasses.replace(ArchitectureConfig.from_dict(data), conditional=conditional)
+
+
+def _fresh_settings(args: argparse.Namespace) -> dict[str, Any]:
+    from AnomalyScoutLib.train.gan import GanOptions
+
+    if not args.data:
+        raise ConfigError("--data is required (unless --resume)")
+    architecture = _architecture(args.config or str(args.res), conditional=not args.unconditional)
+    if architecture.resolution != args.res:
+        raise ConfigError(
+            f"--config {args.config} is a {architecture.resolution} px model, not --res {args.res}"
+        )
+    options = GanOptions(
+        kimg=args.kimg or 50.0,
+        batch=args.batch,
+        lr=args.lr,
+        r1_gamma=args.r1_gamma,
+        pl_weight=args.pl_weight,
+        augment=args.augment,
+        sample_every_kimg=args.sample_every,
+        checkpoint_every_s=args.checkpoint_every,
+        seed=args.seed,
+    )
+    return {
+        "architecture": architecture.to_dict(),
+        "options": dataclasses.asdict(options),
+        "data_source": str(Path(args.data).resolve()),
+        "preprocessing": {"hu_window": list(args.hu_window), "position": "index"},
+        "min_body_fraction": args.min_body_fraction,
+    }
+
+
+def _saved_settings(args: argparse.Namespace) -> dict[str, Any]:
+    path = args.out / "training_options.json"
+    if not path.is_file():
+        raise ConfigError(f"--resume: {path} does not exist (is {args.out} a train-gan run folder?)")
+    settings = json.loads(path.read_text())
+    if args.kimg:
+        settings["options"]["kimg"] = args.kimg
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from AnomalyScoutLib.active.atomic import write_bytes_atomic
+    from AnomalyScoutLib.cancellation import CancelFlag, cancel_on_signals
+    from AnomalyScoutLib.devices import select_device
+    from AnomalyScoutLib.preprocessing import HUWindow
+    from AnomalyScoutLib.train.data import list_volumes, load_slices
+    from AnomalyScoutLib.train.ddp import init_distributed
+    from AnomalyScoutLib.train.gan import GanOptions, GanTrainer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = _saved_settings(args) if args.resume else _fresh_settings(args)
+    architecture = ArchitectureConfig.from_dict(settings["architecture"])
+    options = GanOptions(**settings["options"])
+    window = HUWindow.from_dict(settings["preprocessing"])
+    device = select_device(args.device)
+    info = init_distributed(device)
+    if device.type == "cuda" and info.active:
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    data = load_slices(
+        list_volumes(settings["data_source"]),
+        architecture.resolution,
+        window,
+        min_body_fraction=settings["min_body_fraction"],
+        progress=info.is_main and not args.no_progress,
+    )
+    trainer = GanTrainer(architecture, options, data, args.out, device, info)
+    if args.resume:
+        trainer.resume()
+    settings["data"] = data.summary()
+    if info.is_main:
+        write_bytes_atomic(args.out / "training_options.json", json.dumps(settings, indent=2).encode())
+        print(
+            f"train-gan: {len(data)} slices from {len(data.sources)} volumes, {architecture.resolution} px, "
+            f"device {device}, {info.world_size} process(es), {options.kimg} kimg",
+            file=sys.stderr,
+        )
+    with cancel_on_signals(CancelFlag()) as flag:
+        finished = trainer.train(flag, progress=not args.no_progress)
+    if not finished:
+        if info.is_main:
+            print(
+                f"interrupted at {trainer.images_seen / 1000:.1f} kimg: checkpoint written to {args.out}; "
+                "continue with --resume",
+                file=sys.stderr,
+            )
+        return EXIT_CANCELLED
+    return 0

@@ -1,0 +1,1 @@
+"""Training the GAN and the encoder: losses, augmentation, data, checkpoints and the two training loops."""

@@ -1,0 +1,201 @@
+"""Encoder training with the GAN frozen (f-AnoGAN's izi_f recipe, adapted to W+), and the final model file.
+
+Each step has two parts:
+
+* real slices: ``ws = E(x, p)``, ``x' = G(ws)`` with the frozen constant noise; loss = pixel MSE + kappa *
+  discriminator-feature MSE + a regulariser pulling ws towards the generator's mean latent at p;
+* generated slices with known codes (cheap, exact supervision): ``x = G(ws*)`` and MSE(E(x), ws*).
+
+The generator is the GAN run's EMA generator; the model file written at the end holds it with the encoder
+and the discriminator, ready for ``anomalyscout score``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from AnomalyScoutLib import __version__
+from AnomalyScoutLib.cancellation import CancelFlag
+from AnomalyScoutLib.errors import ConfigError
+from AnomalyScoutLib.model_file import AnomalyModel
+from AnomalyScoutLib.nets.architecture import ArchitectureConfig
+from AnomalyScoutLib.preprocessing import HUWindow
+from AnomalyScoutLib.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from AnomalyScoutLib.train.data import SliceSet
+from AnomalyScoutLib.train.losses import encoder_loss
+
+__all__ = ["EncoderOptions", "EncoderTrainer", "GanRun", "load_gan_run", "training_metadata"]
+
+
+@dataclass(frozen=True)
+class GanRun:
+    """A finished (or interrupted) ``train-gan`` run: its settings and a model holding its G (EMA) and D."""
+
+    settings: dict[str, Any]
+    model: AnomalyModel
+    summary: dict[str, Any]
+
+
+def load_gan_run(run_dir: str | Path) -> GanRun:
+    """Reads a run folder's options and checkpoint into an :class:`AnomalyModel` (encoder untrained).
+
+    Raises:
+        ConfigError: the folder is not a train-gan run or its checkpoint is unreadable.
+    """
+    run_dir = Path(run_dir)
+    options_path = run_dir / "training_options.json"
+    if not options_path.is_file():
+        raise ConfigError(f"--gan {run_dir} is not a train-gan run folder (no training_options.json)")
+    settings = json.loads(options_path.read_text())
+    checkpoint = load_checkpoint(run_dir / CHECKPOINT_NAME)
+    architecture = ArchitectureConfig.from_dict(settings["architecture"])
+    model = AnomalyModel.create(
+        architecture,
+        window=HUWindow.from_dict(settings["preprocessing"]),
+        position_method=settings["preprocessing"]["position"],
+    )
+    checkpoint.restore_module("G_ema", model.generator)
+    checkpoint.restore_module("D", model.discriminator)
+    model.encoder.anchor_to(model.generator)
+    state = checkpoint.state
+    summary = {
+        "kimg": state["images_seen"] / 1000,
+        "iterations": state["step"],
+        "wall_time_s": round(state["wall_s"], 1),
+        "images_per_s": round(state["images_seen"] / max(state["wall_s"], 1e-9), 2),
+        "options": state["options"],
+    }
+    return GanRun(settings, model, summary)
+
+
+@dataclass(frozen=True)
+class EncoderOptions:
+    """Hyper-parameters of encoder training.
+
+    Attributes:
+        kimg: thousands of real slices to train on.
+        batch: real slices per step (the generated half of a step has the same size).
+        lr: Adam learning rate (equalised-lr layers, so StyleGAN-like values).
+        kappa: weight of the discriminator-feature residual (f-AnoGAN: 1).
+        latent_weight: weight of ``mean ||ws - mean_w(p)||^2``.
+        synthetic_weight: weight of the known-code loss on generated slices (0 = off).
+        max_minutes: stop early after this much wall time (0 = no limit); the model is still written.
+        seed: data order and generated codes.
+    """
+
+    kimg: float = 20.0
+    batch: int = 16
+    lr: float = 0.002
+    kappa: float = 1.0
+    latent_weight: float = 0.01
+    synthetic_weight: float = 1.0
+    max_minutes: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kimg <= 0 or self.batch < 1 or self.lr <= 0:
+            raise ConfigError(
+                f"kimg, batch and lr must be positive, got {self.kimg}, {self.batch}, {self.lr}"
+            )
+        if min(self.kappa, self.latent_weight, self.synthetic_weight, self.max_minutes) < 0:
+            raise ConfigError("kappa, latent_weight, synthetic_weight and max_minutes must be >= 0")
+
+
+class EncoderTrainer:
+    """Trains ``model.encoder`` against the frozen ``model.generator`` and ``model.discriminator``."""
+
+    def __init__(
+        self, model: AnomalyModel, options: EncoderOptions, data: SliceSet, device: torch.device
+    ) -> None:
+        self.model, self.options, self.data, self.device = model, options, data, device
+        model.to(device)
+        for frozen in (model.generator, model.discriminator):
+            frozen.eval().requires_grad_(False)
+        model.encoder.train().requires_grad_(True)
+        self.optimizer = torch.optim.Adam(model.encoder.parameters(), lr=options.lr, betas=(0.9, 0.99))
+        self.sampler = torch.Generator().manual_seed(options.seed)
+        torch.manual_seed(options.seed)
+        self.step, self.images_seen, self.wall_s = 0, 0, 0.0
+        self.last: dict[str, float] = {}
+
+    def train_step(self) -> dict[str, float]:
+        generator, discriminator, encoder = self.model.generator, self.model.discriminator, self.model.encoder
+        n = self.options.batch
+        real, position = self.data.batch(n, self.sampler, self.device)
+        ws = encoder(real, position)
+        reconstruction = generator.synthesis(ws, noise_mode="const")
+        terms = encoder_loss(
+            real,
+            reconstruction,
+            discriminator.features(real, position),
+            discriminator.features(reconstruction, position),
+            ws,
+            encoder.mean_w(position),
+            kappa=self.options.kappa,
+            latent_weight=self.options.latent_weight,
+        )
+        total = terms["total"]
+        if self.options.synthetic_weight > 0:
+            with torch.no_grad():
+                known = generator.mapping(torch.randn(n, generator.z_dim, device=self.device), position)
+                synthetic = generator.synthesis(known, noise_mode="const")
+            terms["synthetic"] = F.mse_loss(encoder(synthetic, position), known)
+            total = total + self.options.synthetic_weight * terms["synthetic"]
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        self.step += 1
+        self.images_seen += n
+        return {name: value.item() for name, value in terms.items()}
+
+    def train(self, cancel: CancelFlag | None = None, progress: bool = True) -> bool:
+        """Trains until ``kimg`` or ``max_minutes``; False when cancelled."""
+        total = int(self.options.kimg * 1000)
+        deadline = (
+            time.monotonic() + self.options.max_minutes * 60 if self.options.max_minutes else float("inf")
+        )
+        bar = tqdm(total=total, unit="img", desc="train-encoder", disable=not progress, smoothing=0.05)
+        try:
+            while self.images_seen < total and time.monotonic() < deadline:
+                if cancel is not None and cancel.is_set:
+                    return False
+                start = time.monotonic()
+                self.last = self.train_step()
+                self.wall_s += time.monotonic() - start
+                bar.update(self.options.batch)
+                if self.step % 10 == 0:
+                    bar.set_postfix({k: f"{v:.4f}" for k, v in self.last.items() if k != "total"})
+        finally:
+            bar.close()
+        return True
+
+    def summary(self) -> dict[str, Any]:
+        """The encoder half of the model file's ``training`` metadata."""
+        return {
+            "kimg": self.images_seen / 1000,
+            "iterations": self.step,
+            "wall_time_s": round(self.wall_s, 1),
+            "images_per_s": round(self.images_seen / max(self.wall_s, 1e-9), 2),
+            "final_losses": {k: round(v, 5) for k, v in self.last.items()},
+            "options": asdict(self.options),
+        }
+
+
+def training_metadata(run: GanRun, trainer: EncoderTrainer, data: SliceSet) -> dict[str, Any]:
+    """The model file's ``training`` entry: data, GAN and encoder summaries, device and code version."""
+    return {
+        "data": {**run.settings.get("data", {}), "encoder_data": data.summary()},
+        "gan": run.summary,
+        "encoder": trainer.summary(),
+        "device": str(trainer.device),
+        "threads": torch.get_num_threads(),
+        "code_version": __version__,
+    }
