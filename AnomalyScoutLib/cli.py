@@ -38,6 +38,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "calibrate",
     "demo",
     "train_gan",
+    "train_encoder",
     "evaluate_gan",
 )
 
