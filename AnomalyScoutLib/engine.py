@@ -20,7 +20,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -175,7 +175,7 @@ class VolumeScorer:
         reconstruction_out: np.ndarray | None = None,
         listener: RunListener | None = None,
         cancel: CancelFlag | None = None,
-        release_pages: Any = None,
+        release_pages: Callable[[], None] | None = None,
     ) -> CaseScores:
         """Score every canonical slice of ``canonical_hu`` (k, rows, cols).
 
