@@ -74,11 +74,12 @@ class Tissue(enum.IntEnum):
     HEART = 23
     GALLBLADDER = 24
     TABLE = 25
+    FAT_STRAND = 26
 
 
 _TISSUE_LABEL = {
     Tissue.AIR: 0, Tissue.TABLE: 0,
-    Tissue.FAT: 1, Tissue.CSF: 1, Tissue.DISC: 1,
+    Tissue.FAT: 1, Tissue.FAT_STRAND: 1, Tissue.CSF: 1, Tissue.DISC: 1,
     Tissue.LIVER: 2, Tissue.LIVER_VESSEL: 2,
     Tissue.SPLEEN: 3,
     Tissue.KIDNEY_CORTEX: 4, Tissue.KIDNEY_MEDULLA: 4, Tissue.RENAL_SINUS: 4,
@@ -329,6 +330,8 @@ def build_anatomy(grid: PhantomGrid, rng: np.random.Generator) -> Anatomy:
     cavity_level = _level(x, y, 0.0, yc, a_c, b_c, ry_posterior=(y_vb + 20.0) - yc, exponent=2.15)
     cavity = pt.shape(cavity_level, 0.03) & wall
     pt.paint(cavity, Tissue.FAT)
+    # Fibrous septa and small vessels: thin soft-tissue strands through all fat.
+    pt.paint(np.abs(pt.fine - 1.0) < 0.1, Tissue.FAT_STRAND, where=pt.tissue == Tissue.FAT)
 
     _paint_bowel(pt, grid, cavity, a_c, b_c, yc)
     dome = _diaphragm(grid, h, a_c, b_c, yc)
@@ -336,6 +339,8 @@ def build_anatomy(grid: PhantomGrid, rng: np.random.Generator) -> Anatomy:
     _paint_vessels(pt, grid, h, y_vb - vb_ry, a_c, b_c, yc)
     _paint_lungs_and_heart(pt, grid, cavity, dome, a_c, b_c, yc, y_vb)
     _paint_back_muscles(pt, grid, body, y_vb, vb_rx, vb_ry, s)
+    # Intramuscular fat (marbling), as most adults' psoas, back and abdominal-wall muscles have.
+    pt.paint(pt.fine > 1.3, Tissue.FAT, where=pt.tissue == Tissue.MUSCLE)
     _paint_spine(pt, grid, h, y_vb, vb_rx, vb_ry)
     _paint_pelvis(pt, grid, a, b, yc, y_vb, s)
     _paint_ribs(pt, grid, a_c, b_c, yc, cavity)

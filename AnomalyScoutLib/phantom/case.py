@@ -38,8 +38,8 @@ _SCAN_LENGTH_MM = 330.0
 #: texture amplitude in HU). A case's contrast enhancement e in [0, 1] mixes the two means.
 TISSUE_HU: dict[Tissue, tuple[float, float, float, float]] = {
     Tissue.AIR: (-1000.0, -1000.0, 0.0, 0.0),
-    Tissue.FAT: (-100.0, -100.0, 6.0, 8.0),
-    Tissue.MUSCLE: (45.0, 55.0, 5.0, 6.0),
+    Tissue.FAT: (-100.0, -100.0, 6.0, 12.0),
+    Tissue.MUSCLE: (40.0, 50.0, 6.0, 14.0),
     Tissue.LIVER: (55.0, 110.0, 7.0, 6.0),
     Tissue.LIVER_VESSEL: (40.0, 170.0, 8.0, 6.0),
     Tissue.SPLEEN: (45.0, 115.0, 6.0, 5.0),
@@ -48,9 +48,9 @@ TISSUE_HU: dict[Tissue, tuple[float, float, float, float]] = {
     Tissue.RENAL_SINUS: (-60.0, -60.0, 10.0, 20.0),
     Tissue.PANCREAS: (40.0, 95.0, 7.0, 12.0),
     Tissue.GI_WALL: (35.0, 85.0, 8.0, 10.0),
-    Tissue.GI_FLUID: (15.0, 15.0, 8.0, 14.0),
-    Tissue.GI_GAS: (-950.0, -950.0, 20.0, 20.0),
-    Tissue.STOOL: (-40.0, -40.0, 20.0, 60.0),
+    Tissue.GI_FLUID: (10.0, 10.0, 8.0, 15.0),
+    Tissue.GI_GAS: (-990.0, -990.0, 10.0, 10.0),
+    Tissue.STOOL: (-30.0, -30.0, 20.0, 40.0),
     Tissue.BLADDER: (8.0, 8.0, 4.0, 2.0),
     Tissue.ARTERY: (42.0, 200.0, 15.0, 4.0),
     Tissue.VEIN: (40.0, 150.0, 12.0, 5.0),
@@ -63,6 +63,7 @@ TISSUE_HU: dict[Tissue, tuple[float, float, float, float]] = {
     Tissue.HEART: (40.0, 130.0, 10.0, 10.0),
     Tissue.GALLBLADDER: (10.0, 10.0, 4.0, 2.0),
     Tissue.TABLE: (200.0, 200.0, 40.0, 10.0),
+    Tissue.FAT_STRAND: (20.0, 50.0, 10.0, 10.0),
 }
 
 _STREAM_ANATOMY, _STREAM_RENDER, _STREAM_ANOMALY = 0, 1, 2
@@ -129,7 +130,7 @@ def _render(
     hu = means[anatomy.tissue] + textures[anatomy.tissue] * (0.5 * coarse + 0.85 * fine)
     # Partial volume: the scanner's in-plane PSF (~0.7 mm) and the slice profile (about half the thickness).
     sx, sy, _ = grid.spacing_xyz
-    sigma = (0.35, max(0.5, 0.7 / sy), max(0.5, 0.7 / sx))
+    sigma = (0.45, max(0.6, 0.7 / sy), max(0.6, 0.7 / sx))
     hu = ndimage.gaussian_filter(hu, sigma)
     if noise_hu is None:
         noise_hu = float(
