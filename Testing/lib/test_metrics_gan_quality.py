@@ -11,6 +11,7 @@ import scipy.stats
 
 from AnomalyScoutLib.errors import MetricError
 from AnomalyScoutLib.metrics import (
+    feature_statistics,
     frechet_distance,
     frechet_distance_from_statistics,
     kl_divergence,
@@ -62,10 +63,21 @@ def test_frechet_distance_stays_real_symmetric_and_non_negative_with_fewer_sampl
     assert forward == pytest.approx(backward, rel=1e-9)
 
 
+@pytest.mark.parametrize("n_samples", [(10, 12), (40, 50)])
+def test_frechet_distance_of_samples_equals_the_covariance_formula_with_fewer_or_more_samples_than_features(
+    n_samples,
+):
+    rng = np.random.default_rng(6)
+    a = rng.normal(size=(n_samples[0], 16)) @ rng.normal(size=(16, 16))
+    b = rng.normal(0.3, 1.0, size=(n_samples[1], 16)) @ rng.normal(size=(16, 16))
+    reference = frechet_distance_from_statistics(*feature_statistics(a), *feature_statistics(b))
+    assert frechet_distance(a, b) == pytest.approx(reference, rel=1e-8)
+
+
 def test_frechet_distance_refuses_a_single_sample_and_mismatched_widths():
     with pytest.raises(MetricError, match="at least 2 samples"):
         frechet_distance(np.zeros((1, 3)), np.zeros((5, 3)))
-    with pytest.raises(MetricError, match="do not match"):
+    with pytest.raises(MetricError, match="widths do not match"):
         frechet_distance(np.ones((4, 3)) * np.arange(4)[:, None], np.ones((4, 2)) * np.arange(4)[:, None])
 
 
