@@ -62,7 +62,7 @@ def volume_slices(
         raise ValueError("the masks must have the volume's shape")
     n, rows, cols = canonical_hu.shape
     grid = model_grid((rows, cols), spacing_kji[1:], resolution)
-    hu = torch.from_numpy(np.ascontiguousarray(canonical_hu, dtype=np.float32))
+    hu = torch.from_numpy(np.array(canonical_hu, dtype=np.float32))  # a copy: inputs may be read-only
 
     def resample(mask: np.ndarray, above: float) -> np.ndarray:
         return grid.to_model(torch.from_numpy(mask.astype(np.float32)), fill=0.0).numpy() > above
