@@ -151,6 +151,9 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.hide()
         self._fillModels()
         self.ui.deviceNoteLabel.text = "auto picks the GPU when one is found, else the CPU."
+        missing = install_plan()  # a look-up only: importing torch here would slow Slicer's start
+        if not missing.empty:
+            self.ui.statusLabel.text = "Some Python packages are missing; Run will offer to install them."
         self.ui.applyButton.connect("clicked(bool)", self.onApply)
         self.ui.addModelButton.connect("clicked(bool)", self.onAddModel)
         self.ui.opacitySlider.connect("valueChanged(double)", self.scene.set_opacity)
