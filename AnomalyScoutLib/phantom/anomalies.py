@@ -15,8 +15,9 @@ Kinds and what their mask covers:
   = the metal plus every body voxel of its slices where the streaks change the value by more than 25 HU (the
   artefact is soft-thresholded at 25 HU, so the streak region ends without a step).
 - ``ascites``: fluid (0-20 HU) in the peritoneal cavity: a layer along the abdominal wall, around the liver
-  and spleen and deeper in the pelvis, replacing the fat and bowel it borders; mask = the fluid and its
-  blurred edge.
+  and spleen and deeper in the pelvis; the intraperitoneal contents are first pushed inwards (by 0.7 x the
+  layer at the wall, fading to nothing at 2 layers' depth) so that the fluid borders displaced organs and
+  bowel; mask = the fluid, its blurred edge and every displaced voxel that changed.
 - ``blob``: MOOD-style intensity blob (+-50..300 HU) anywhere in the body; mask = the blob.
 - ``deformation``: MOOD-style local radial expansion or contraction of the anatomy in a ball of 15-40 mm;
   mask = the voxels the warp changed.
@@ -169,6 +170,30 @@ def _metal(hu: np.ndarray, anatomy: Anatomy, rng: np.random.Generator, noise_hu:
     return new, parameters
 
 
+def _push_inwards(
+    hu: np.ndarray, movable: np.ndarray, from_wall: np.ndarray, grid: PhantomGrid, shift_mm: float
+):
+    """Move the contents of ``movable`` towards each slice's centre, by ``shift_mm`` at the wall, fading to 0
+    at three times that depth: the fluid layer then borders organs and bowel pushed away from the wall, as
+    ascites does, instead of simply overwriting them."""
+    new = hu.copy()
+    k, j, i = np.nonzero(movable)
+    if k.size == 0:
+        return new
+    shift = shift_mm * np.clip(1.0 - from_wall[k, j, i] / (3.0 * shift_mm), 0.0, 1.0)
+    counts = np.bincount(k, minlength=grid.shape_zyx[0]).clip(min=1)
+    centre_j = (np.bincount(k, weights=j, minlength=grid.shape_zyx[0]) / counts)[k]
+    centre_i = (np.bincount(k, weights=i, minlength=grid.shape_zyx[0]) / counts)[k]
+    dy, dx = (j - centre_j) * grid.spacing_xyz[1], (i - centre_i) * grid.spacing_xyz[0]
+    length = np.maximum(np.hypot(dx, dy), 1e-6)
+    # Each voxel takes the value found further out: the contents move inwards.
+    source = np.stack(
+        [k, j + shift * dy / length / grid.spacing_xyz[1], i + shift * dx / length / grid.spacing_xyz[0]]
+    )
+    new[k, j, i] = ndimage.map_coordinates(hu, source, order=1, mode="nearest")
+    return new
+
+
 def _ascites(hu: np.ndarray, anatomy: Anatomy, rng: np.random.Generator, noise_hu: float):
     grid = anatomy.grid
     thickness = rng.uniform(6.0, 25.0)
@@ -183,13 +208,24 @@ def _ascites(hu: np.ndarray, anatomy: Anatomy, rng: np.random.Generator, noise_h
     from_organs = ndimage.distance_transform_edt(~organs, sampling=grid.spacing_zyx)
     pelvis_extra = np.where(grid.p < 0.3, 1.8, 1.0)
     fluid = peritoneal & ((from_wall < thickness * pelvis_extra) | (from_organs < 0.8 * thickness))
+    movable = (
+        anatomy.cavity
+        & ~retroperitoneum
+        & (grid.p > 0.03)
+        & ~np.isin(
+            anatomy.tissue,
+            (Tissue.BONE_CORTICAL, Tissue.BONE_CANCELLOUS, Tissue.LUNG, Tissue.LUNG_VESSEL, Tissue.HEART),
+        )
+    )
+    displaced = _push_inwards(hu, movable, from_wall, grid, 0.7 * thickness)
     weight = ndimage.gaussian_filter(fluid.astype(np.float32), (0.35, 0.6, 0.6))
     weight[weight < 0.05] = 0.0
     fluid_hu = rng.uniform(0.0, 20.0)
     noise = ct_noise(rng, grid.shape_zyx, grid.spacing_xyz[:2], noise_hu)
-    new = hu * (1.0 - weight) + weight * (fluid_hu + noise)
+    new = displaced * (1.0 - weight) + weight * (fluid_hu + noise)
     voxel_ml = float(np.prod(grid.spacing_xyz)) / 1000.0
-    return new, {"thickness_mm": thickness, "fluid_hu": fluid_hu, "volume_ml": float(fluid.sum() * voxel_ml)}
+    return new, {"thickness_mm": thickness, "displacement_mm": 0.7 * thickness, "fluid_hu": fluid_hu,
+                 "volume_ml": float(fluid.sum() * voxel_ml)}  # fmt: skip
 
 
 def _blob(hu: np.ndarray, anatomy: Anatomy, rng: np.random.Generator, noise_hu: float):
