@@ -318,7 +318,7 @@ class GanTrainer:
                 self.wall_s += time.monotonic() - step_start
                 window_images += options.batch
                 bar.update(options.batch)
-                if self.step % options.log_every == 0:
+                if self.step % options.log_every == 0 or self.images_seen >= total:
                     elapsed = time.monotonic() - window_start
                     row = {
                         key: float(np.mean([s[key] for s in window_stats if key in s] or [np.nan]))
