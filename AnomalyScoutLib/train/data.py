@@ -19,10 +19,10 @@ from tqdm import tqdm
 
 from AnomalyScoutLib.errors import ConfigError, VolumeError
 from AnomalyScoutLib.io.geometry import axial_frame, to_canonical
-from AnomalyScoutLib.io.volume import read_volume
+from AnomalyScoutLib.io.volume import Volume, read_volume
 from AnomalyScoutLib.preprocessing import HUWindow, body_mask, model_grid, slice_positions
 
-__all__ = ["VOLUME_SUFFIXES", "SliceSet", "list_volumes", "load_slices"]
+__all__ = ["VOLUME_SUFFIXES", "SliceSet", "list_volumes", "load_slices", "preprocess_volume"]
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 #: A slice whose body covers less of the image than this is air/table only and teaches the GAN nothing.
@@ -105,6 +105,31 @@ class SliceSet:
         }
 
 
+def preprocess_volume(
+    volume: Volume,
+    resolution: int,
+    window: HUWindow,
+    *,
+    position_method: str = "index",
+    min_body_fraction: float = DEFAULT_MIN_BODY_FRACTION,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One volume -> (images (n, 1, res, res) float16, positions (n,), number of slices skipped).
+
+    Positions are computed over the whole volume before any slice is dropped, so skipping an empty slice
+    never shifts its neighbours' positions.
+    """
+    if not 0.0 <= min_body_fraction < 1.0:
+        raise ConfigError(f"min_body_fraction must be in [0, 1), got {min_body_fraction}")
+    frame = axial_frame(volume)
+    canonical = to_canonical(volume.array_zyx, frame).astype(np.float32)
+    grid = model_grid(canonical.shape[1:], frame.spacing_kji[1:], resolution)
+    body = grid.to_model(body_mask(canonical).astype(np.float32), fill=0.0) > 0.5
+    keep = body.mean(axis=(1, 2)) >= min_body_fraction
+    images = grid.to_model(window.normalize(torch.from_numpy(canonical[keep])))
+    positions = torch.from_numpy(slice_positions(canonical, frame.spacing_kji, position_method)[keep])
+    return images.to(torch.float16)[:, None], positions, int((~keep).sum())
+
+
 def load_slices(
     paths: Iterable[Path],
     resolution: int,
@@ -114,31 +139,24 @@ def load_slices(
     min_body_fraction: float = DEFAULT_MIN_BODY_FRACTION,
     progress: bool = False,
 ) -> SliceSet:
-    """Reads, canonicalises and resamples every volume; keeps slices whose body fraction is large enough.
-
-    Positions are computed over each whole volume before any slice is dropped, so skipping an empty slice
-    never shifts its neighbours' positions.
+    """Reads and preprocesses every volume (:func:`preprocess_volume`) into one in-memory set.
 
     Raises:
         VolumeError: a volume cannot be read or is not CT, or no slice is left.
     """
-    if not 0.0 <= min_body_fraction < 1.0:
-        raise ConfigError(f"min_body_fraction must be in [0, 1), got {min_body_fraction}")
     paths = list(paths)
     images, positions, skipped = [], [], 0
     for path in tqdm(paths, desc="reading volumes", unit="vol", disable=not progress):
-        volume = read_volume(path)
-        frame = axial_frame(volume)
-        canonical = to_canonical(volume.array_zyx, frame).astype(np.float32)
-        grid = model_grid(canonical.shape[1:], frame.spacing_kji[1:], resolution)
-        body = grid.to_model(body_mask(canonical).astype(np.float32), fill=0.0) > 0.5
-        keep = body.mean(axis=(1, 2)) >= min_body_fraction
-        skipped += int((~keep).sum())
-        slices = grid.to_model(window.normalize(torch.from_numpy(canonical[keep])))
-        images.append(slices.to(torch.float16)[:, None])
-        positions.append(
-            torch.from_numpy(slice_positions(canonical, frame.spacing_kji, position_method)[keep])
+        volume_images, volume_positions, volume_skipped = preprocess_volume(
+            read_volume(path),
+            resolution,
+            window,
+            position_method=position_method,
+            min_body_fraction=min_body_fraction,
         )
-    if not images or sum(len(p) for p in positions) == 0:
+        images.append(volume_images)
+        positions.append(volume_positions)
+        skipped += volume_skipped
+    if sum(len(p) for p in positions) == 0:
         raise VolumeError(f"no slice with at least {min_body_fraction:.0%} body in {len(paths)} volume(s)")
     return SliceSet(torch.cat(images), torch.cat(positions), [str(p) for p in paths], skipped)

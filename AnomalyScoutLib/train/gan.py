@@ -16,7 +16,6 @@ import contextlib
 import copy
 import csv
 import dataclasses
-import io
 import math
 import os
 import time
@@ -24,13 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib.image
 import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from AnomalyScoutLib.active.atomic import write_bytes_atomic
 from AnomalyScoutLib.cancellation import CancelFlag
 from AnomalyScoutLib.errors import ConfigError
 from AnomalyScoutLib.nets.architecture import ArchitectureConfig
@@ -46,11 +43,10 @@ from AnomalyScoutLib.train.losses import (
     path_length_penalty,
     r1_penalty,
 )
+from AnomalyScoutLib.train.samples import write_sample_grid
 
-__all__ = ["SAMPLE_POSITIONS", "GanOptions", "GanTrainer", "write_sample_grid"]
+__all__ = ["GanOptions", "GanTrainer"]
 
-#: Rows of every sample grid: pelvis, lower abdomen, mid abdomen, upper abdomen, liver dome.
-SAMPLE_POSITIONS = (0.1, 0.3, 0.5, 0.7, 0.9)
 LOG_FIELDS = (
     "step",
     "kimg",
@@ -104,23 +100,6 @@ class GanOptions:
         if self.r1_interval < 1 or self.pl_interval < 1 or self.log_every < 1:
             raise ConfigError("r1_interval, pl_interval and log_every must be >= 1")
         parse_policy(self.augment)
-
-
-def write_sample_grid(
-    generator: Generator, path: Path, *, columns: int = 6, seed: int = 0, positions=SAMPLE_POSITIONS
-) -> None:
-    """PNG grid of ``generator`` samples: one row per position, the same z in each column (const noise)."""
-    device = next(generator.parameters()).device
-    z = torch.randn(columns, generator.z_dim, generator=torch.Generator().manual_seed(seed)).to(device)
-    rows = []
-    with torch.no_grad():
-        for position in positions:
-            images = generator(z, torch.full((columns,), position, device=device), noise_mode="const")
-            rows.append(torch.cat(list(images[:, 0].clamp(-1, 1).cpu()), dim=1))
-    grid = ((torch.cat(rows, dim=0).numpy() + 1.0) * 127.5).round().astype(np.uint8)
-    buffer = io.BytesIO()
-    matplotlib.image.imsave(buffer, grid, cmap="gray", vmin=0, vmax=255, format="png")
-    write_bytes_atomic(path, buffer.getvalue())
 
 
 class GanTrainer:
