@@ -164,10 +164,11 @@ def phantom_slices(
 # --- anomaly signals -------------------------------------------------------------------------------
 
 
-def oracle_signals(case: PhantomCase, noise: float = 0.02) -> Signals:
-    """Anomalous share of each slice's body plus noise, and an 8×8 thumbnail as the latent code.
+def oracle_signals(case: PhantomCase, noise: float = 1e-6) -> Signals:
+    """Anomalous share of each slice's body (plus a tie-breaking jitter), and an 8×8 thumbnail as the code.
 
-    A ceiling for the selection logic (a perfect detector), used to check the harness, never as the result.
+    A ceiling for the selection logic (a perfect detector: every anomalous slice outranks every normal one),
+    used to check the harness and to bound what anomaly-driven selection can gain, never as the result.
     """
     hu = case.volume.array_zyx
     share = (case.anomaly_mask > 0).sum(axis=(1, 2)) / np.maximum(body_mask(hu).sum(axis=(1, 2)), 1)
@@ -273,6 +274,7 @@ def learning_curve(
     chosen = [int(u) for u in rng.choice(len(units), initial, replace=False)]
     torch.manual_seed(seed)
     model = UNet(channels=config.channels, dropout=0.1)
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr)
     curve = Curve([], [], [], [])
     for round_index in range(rounds + 1):
         labelled = np.concatenate([units[u] for u in chosen])
@@ -283,8 +285,8 @@ def learning_curve(
             pool.organ[labelled],
             steps=steps,
             batch_size=config.batch_size,
-            lr=config.lr,
             seed=seed * 1000 + round_index,
+            optimiser=optimiser,
         )
         overall, anomalous = _evaluate(model, test)
         curve.labels.append(len(labelled))

@@ -62,11 +62,14 @@ def train_segmenter(
     batch_size: int = 16,
     lr: float = 1e-3,
     seed: int = 0,
+    optimiser: torch.optim.Optimizer | None = None,
 ) -> list[float]:
     """Train (or fine-tune, if ``model`` is already trained) on (slice, mask) pairs; returns each step's loss.
 
     Mini-batches are drawn with replacement by a generator seeded with ``seed``, so a run is reproducible and
-    a tiny labelled set still gets ``steps`` updates.
+    a tiny labelled set still gets ``steps`` updates. Fine-tuning round after round should pass the same
+    ``optimiser`` each time (``lr`` is then ignored): a fresh Adam's first steps move every weight by about
+    ``lr`` whatever its gradient, which can knock a trained model into predicting nothing.
     """
     if steps < 1 or batch_size < 1:
         raise ValueError(f"`steps` and `batch_size` must be positive, got {steps} and {batch_size}")
@@ -79,7 +82,8 @@ def train_segmenter(
     x_all = _as_batch(images, device)
     y_all = _as_batch(masks.astype(np.float32), device)
     generator = torch.Generator().manual_seed(seed)
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
+    if optimiser is None:
+        optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     losses = []
     for _ in range(steps):

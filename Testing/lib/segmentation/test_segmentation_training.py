@@ -92,3 +92,13 @@ def test_mc_dropout_samples_differ_so_the_entropy_differs_from_a_single_pass():
 def test_features_have_one_row_per_slice():
     images, _ = _discs(4)
     assert segmentation_features(_net(), images).shape == (4, 8)
+
+
+def test_fine_tuning_continues_the_given_optimiser_instead_of_restarting_it():
+    images, masks = _discs(4)
+    net = _net()
+    optimiser = torch.optim.Adam(net.parameters(), lr=1e-3)
+    train_segmenter(net, images, masks, steps=3, batch_size=2, optimiser=optimiser)
+    train_segmenter(net, images, masks, steps=2, batch_size=2, optimiser=optimiser)
+    steps = {float(state["step"]) for state in optimiser.state.values()}
+    assert steps == {5.0}
