@@ -128,7 +128,8 @@ def _streaks(
     for angle in angles:
         s_metal = x[cols] * np.cos(angle) + y[rows] * np.sin(angle)
         path, _ = np.histogram(s_metal, bins=bins, weights=weights)
-        error = ndimage.gaussian_filter1d(-(path**2) + 0.3 * path * rng.standard_normal(path.size), 1.0)
+        error = -(path**2) + 0.3 * path * rng.standard_normal(path.size)
+        error = ndimage.gaussian_filter1d(error, 0.8 / pixel)  # ~0.8 mm detector blur
         filtered = np.fft.ifft(np.fft.fft(error, 2 * centres.size) * ramp).real[: centres.size]
         s_image = x[None, :] * np.cos(angle) + y[:, None] * np.sin(angle)
         image += np.interp(s_image, centres, filtered)
@@ -167,9 +168,11 @@ def _metal(hu: np.ndarray, anatomy: Anatomy, rng: np.random.Generator, noise_hu:
         distance = ndimage.distance_transform_edt(fraction[k] == 0, sampling=voxel)
         ring = (distance > 10.0) & (distance < 50.0)
         scale = strength / max(float(np.percentile(np.abs(streaks[ring]), 99.0)), 1e-9)
-        streaks *= scale
-        # Streaks inside the patient only: in the air outside they would be clipped away or invisible anyway.
-        new[k] += np.sign(streaks) * np.maximum(np.abs(streaks) - STREAK_THRESHOLD_HU, 0.0) * anatomy.body[k]
+        # Capped near the metal: without it the dark band inside a stent would fall to air density.
+        streaks = np.clip(streaks * scale, -2.5 * strength, 2.5 * strength)
+        # Streaks inside the patient and around (not on) the metal, which stays at metal density.
+        where = anatomy.body[k] & (fraction[k] == 0)
+        new[k] += np.sign(streaks) * np.maximum(np.abs(streaks) - STREAK_THRESHOLD_HU, 0.0) * where
     parameters["streak_hu"] = float(strength)
     return new, parameters
 
