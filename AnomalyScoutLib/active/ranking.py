@@ -170,16 +170,17 @@ def write_worklist(items: Sequence[WorklistItem], csv_path: str, summary: dict[s
     """Write the worklist as CSV at ``csv_path`` and as JSON beside it (``.json``); returns the JSON's path.
 
     The JSON holds ``summary`` (strategy, model, failed cases, ...) plus ``"items"``. Both files are written
-    atomically, the JSON last, so a reader that sees the JSON also sees the matching CSV.
+    atomically, the JSON last, so a reader that sees the JSON also sees the matching CSV. An unknown value
+    (an uncalibrated percentile) is an empty CSV cell and a JSON null, as in ``scores.csv``/``scores.json``.
     """
+    rows = [{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in asdict(i).items()}
+            for i in items]
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    rows = [asdict(item) for item in items]
     writer.writerows(rows)
     json_path = str(Path(csv_path).with_suffix(".json"))
     write_bytes_atomic(csv_path, text.getvalue().encode())
-    document = {**summary, "items": [{k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                                      for k, v in row.items()} for row in rows]}
-    write_bytes_atomic(json_path, (json.dumps(document, indent=2) + "\n").encode())
+    document = {**summary, "items": rows}
+    write_bytes_atomic(json_path, (json.dumps(document, indent=2, allow_nan=False) + "\n").encode())
     return json_path

@@ -85,5 +85,6 @@ def test_writes_the_same_worklist_as_csv_and_json(tmp_path):
     assert json_path.endswith("worklist.json")
     assert [r["case"] for r in rows] == [i["case"] for i in document["items"]] == ["a", "b"]
     assert document["strategy"] == "anomaly" and document["items"][1]["percentile"] is None
+    assert rows[1]["percentile"] == ""
     assert set(rows[0]) == {"rank", "case", "slice_start", "slice_end", "score", "percentile", "reason"}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
