@@ -26,6 +26,14 @@ def model_and_data(tmp_path, tiny_phantom):
     return model_path, data
 
 
+@pytest.fixture()
+def two_identical_volumes(model_and_data, tiny_phantom):
+    """Two copies of one phantom: every real-vs-real figure must then be exactly that of identical sets."""
+    model_path, data = model_and_data
+    write_volume(tiny_phantom.volume, data / "case1.nrrd")
+    return model_path, data
+
+
 def test_writes_a_json_report_with_overall_and_per_bin_figures_and_prints_a_table(
     model_and_data, tmp_path, capsys
 ):
@@ -67,7 +75,7 @@ def test_more_slices_than_available_uses_all_of_them_and_says_so(model_and_data,
     model_path, data = model_and_data
     args = ["evaluate-gan", "--model", str(model_path), "--data", str(data), "--n", "5000", "--no-fid"]
     assert main([*args, "--device", "cpu"]) == 0
-    assert "all of them are used (asked for 5000)" in capsys.readouterr().out
+    assert "all are used (asked for 5000)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -89,3 +97,27 @@ def test_a_missing_model_file_is_refused_with_its_name(tmp_path, capsys):
     missing = tmp_path / "absent.safetensors"
     assert main(["evaluate-gan", "--model", str(missing), "--data", str(tmp_path), "--no-fid"]) == 1
     assert "absent.safetensors" in capsys.readouterr().err
+
+
+def test_with_two_volumes_the_real_vs_real_floor_is_reported_next_to_the_generated_figures(
+    two_identical_volumes, tmp_path, capsys
+):
+    model_path, data = two_identical_volumes
+    out = tmp_path / "report.json"
+    args = ["evaluate-gan", "--model", str(model_path), "--data", str(data), "--n", "10", "--bins", "2"]
+    assert main([*args, "--out", str(out), "--no-fid", "--device", "cpu"]) == 0
+    report = json.loads(out.read_text())
+    # the other volume is an exact copy, so each reference slice equals its real slice
+    assert report["reference"]["overall"]["wasserstein_hu"] == pytest.approx(0.0, abs=1e-6)
+    assert report["reference"]["overall"]["n"] == 10 and report["overall"]["wasserstein_hu"] > 0
+    printed = capsys.readouterr().out
+    assert "all real" in printed and "p 0.00-0.50 real" in printed
+
+
+def test_one_volume_says_the_floor_is_left_out_and_no_reference_skips_it_silently(model_and_data, capsys):
+    model_path, data = model_and_data
+    args = ["evaluate-gan", "--model", str(model_path), "--data", str(data), "--n", "4", "--no-fid"]
+    assert main([*args, "--device", "cpu"]) == 0
+    assert "needs two or more volumes" in capsys.readouterr().out
+    assert main([*args, "--device", "cpu", "--no-reference"]) == 0
+    assert "needs two or more volumes" not in capsys.readouterr().out
