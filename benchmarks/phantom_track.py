@@ -171,7 +171,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--projector-slices", type=int, default=16)
     parser.add_argument("--projector-steps", type=int, default=1000)
     parser.add_argument("--anomalib", nargs="*", default=["ganomaly"], choices=["ganomaly", "draem"])
-    parser.add_argument("--anomalib-epochs", type=int, default=3)
+    parser.add_argument("--anomalib-epochs", type=int, default=2)
     return parser
 
 

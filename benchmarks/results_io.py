@@ -66,7 +66,7 @@ def file_digest(path: Path) -> str:
 def add_common_arguments(parser: argparse.ArgumentParser, results_name: str) -> None:
     """``--model --ae-steps --seed --threads --out --plots``, the options every track has."""
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH, help="our (conditional) model file")
-    parser.add_argument("--ae-steps", type=int, default=600, help="autoencoder baseline training steps")
+    parser.add_argument("--ae-steps", type=int, default=400, help="autoencoder baseline training steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / f"{results_name}.json")

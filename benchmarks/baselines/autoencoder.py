@@ -64,14 +64,14 @@ class AutoencoderDetector:
     """Trains :class:`ConvAutoencoder` on the normal training slices; map = |x − AE(x)| inside the body.
 
     Args:
-        steps: Optimiser steps (batch ``batch_size``, Adam at ``lr``); a few CPU minutes at 128².
+        steps: Optimiser steps (batch ``batch_size``, Adam at ``lr``); under two CPU minutes at 128².
         seed: Seeds the initialisation and the batch order, so that the baseline is reproducible.
     """
 
     name = "autoencoder"
 
     def __init__(
-        self, steps: int = 1500, batch_size: int = 32, lr: float = 1e-3, seed: int = 0, width: int = 16
+        self, steps: int = 400, batch_size: int = 16, lr: float = 1e-3, seed: int = 0, width: int = 16
     ):
         if steps < 1 or batch_size < 1:
             raise ValueError("steps and batch_size must be at least 1")
