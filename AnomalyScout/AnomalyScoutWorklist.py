@@ -233,7 +233,7 @@ class BatchScoring:
             except ResultsError as error:
                 outcome = RunOutcome("failed", f"Failed: {error}", outcome.exit_code)
         if outcome.status == "failed":
-            self._failed.append({"case": str(case), "reason": outcome.message})
+            self._failed.append({"case": str(case), "error": outcome.message})
         self.progress.case_finished(case, outcome)
         self._next()
 
@@ -260,6 +260,9 @@ class BatchScoring:
         summary = {
             "producer": "AnomalyScout Slicer module (batch scoring)",
             "strategy": "anomaly",
+            "level": "case",
+            "cases": len(self.cases),
+            "scored": len(self._reports),
             "failed": self._failed,
             **{k: str(v) for k, v in self._options.items()},
         }

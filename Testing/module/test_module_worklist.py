@@ -131,7 +131,8 @@ def test_batch_scoring_ranks_cases_by_score_and_skips_a_failed_case(tmp_path):
     assert (entries[0].extra["slice_start"], entries[0].extra["slice_end"]) == ("5", "6")
     assert (results_dir(batch.out_root, cases[2]) / "residual.nrrd").is_file()
     summary = json.loads(batch.worklist_path.with_suffix(".json").read_text())
-    assert [f["case"] for f in summary["failed"]] == [str(cases[1])]
+    assert summary["failed"] == [{"case": str(cases[1]), "error": "Failed: not a CT"}]
+    assert (summary["cases"], summary["scored"], summary["level"]) == (3, 2, "case")
 
 
 def test_a_cancelled_batch_starts_no_further_case_and_writes_no_worklist(tmp_path):
