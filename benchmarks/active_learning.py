@@ -463,8 +463,8 @@ def _auroc_or_none(labels: np.ndarray, scores: np.ndarray) -> float | None:
     return float(roc_auc(labels, scores)) if 0 < labels.sum() < len(labels) else None
 
 
-def plot_curves(results: dict[str, Any], folder: Path) -> list[Path]:
-    """One figure per level: learning curves (overall, anomalous slices) with 95 % bands."""
+def plot_curves(results: dict[str, Any], folder: Path, stem: str = "active_learning") -> list[Path]:
+    """One figure per level, ``{stem}_{level}.png``: learning curves (all / anomalous slices), 95 % bands."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -493,7 +493,7 @@ def plot_curves(results: dict[str, Any], folder: Path) -> list[Path]:
             axis.grid(alpha=0.3)
         axes[1].legend(fontsize=8)
         figure.tight_layout()
-        path = folder / f"active_learning_{level}.png"
+        path = folder / f"{stem}_{level}.png"
         buffer = _png_bytes(figure)
         plt.close(figure)
         write_bytes_atomic(path, buffer)
@@ -598,7 +598,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["command"] = " ".join(["python -m benchmarks.active_learning", *(argv or sys.argv[1:])])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(args.out, (json.dumps(_json_safe(results), indent=1) + "\n").encode())
-    for path in plot_curves(results, args.plots):
+    for path in plot_curves(results, args.plots, args.out.stem):
         print(f"wrote {path}")
     print(f"wrote {args.out}")
     print(markdown_table(results))
