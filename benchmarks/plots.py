@@ -50,7 +50,9 @@ def plot_roc_per_type(slices: SliceSet, runs: Sequence[MethodRun], path: Path, t
     types = [t for t in sorted(set(kinds)) if t != "normal"] + ["overall"]
     columns = min(3, len(types))
     rows = -(-len(types) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 4.0 * rows), squeeze=False)
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(4.2 * columns, 4.0 * rows), squeeze=False, layout="constrained"
+    )
     for ax, kind in zip(axes.ravel(), types):
         keep = np.ones(len(slices), bool) if kind == "overall" else (kinds == kind) | (kinds == "normal")
         labels = slices.labels[keep]
@@ -76,7 +78,9 @@ def plot_score_along_slices(
 ) -> None:
     """Slice score against slice index for a few cases, anomalous slices shaded (scores min-max scaled per
     method over all slices so that methods share one axis)."""
-    figure, axes = plt.subplots(len(case_names), 1, figsize=(9, 2.2 * len(case_names)), squeeze=False)
+    figure, axes = plt.subplots(
+        len(case_names), 1, figsize=(9, 2.2 * len(case_names)), squeeze=False, layout="constrained"
+    )
     names = [c.name for c in slices.cases]
     for ax, case_name in zip(axes[:, 0], case_names):
         keep = slices.case == names.index(case_name)
@@ -111,7 +115,7 @@ def plot_montage(slices: SliceSet, run: MethodRun, path: Path, title: str, per_r
         "most missed (lowest-scoring anomalous)": ranked_pos[::-1][:per_row],
         "false alarms (highest-scoring normal)": [i for i in by_score[::-1] if i in set(negative)][:per_row],
     }
-    figure, axes = plt.subplots(3, per_row, figsize=(2.6 * per_row, 8.4), squeeze=False)
+    figure, axes = plt.subplots(3, per_row, figsize=(2.6 * per_row, 8.4), squeeze=False, layout="constrained")
     for r, (label, indices) in enumerate(rows.items()):
         for c in range(per_row):
             ax = axes[r, c]
@@ -149,7 +153,7 @@ def plot_curve(
     title: str,
 ) -> None:
     """A simple line plot of named (x, y) series, e.g. slice AUROC against refinement steps."""
-    figure, ax = plt.subplots(figsize=(5.5, 3.8))
+    figure, ax = plt.subplots(figsize=(5.5, 3.8), layout="constrained")
     for name, (x, y) in series.items():
         ax.plot(x, y, marker="o", label=name)
     ax.set_xlabel(xlabel)
@@ -164,7 +168,9 @@ def plot_scatter(
     series: Mapping[str, tuple[np.ndarray, np.ndarray]], highlight: np.ndarray, path: Path, title: str
 ) -> None:
     """One panel per named (x, y) series; points where ``highlight`` is True (anomalous slices) in red."""
-    figure, axes = plt.subplots(1, len(series), figsize=(4.6 * len(series), 4.0), squeeze=False)
+    figure, axes = plt.subplots(
+        1, len(series), figsize=(4.6 * len(series), 4.0), squeeze=False, layout="constrained"
+    )
     for ax, (name, (x, y)) in zip(axes[0], series.items()):
         ax.scatter(x[~highlight], y[~highlight], s=8, alpha=0.5, color="tab:blue", label="normal slice")
         ax.scatter(x[highlight], y[highlight], s=10, alpha=0.7, color="tab:red", label="anomalous slice")
