@@ -195,6 +195,14 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"**{throughput['slices_per_s']:.1f} slices/s** (target >= 100 on 2 cores at 128²).",
         "",
     ]
+    projector = results["modes"][-1]
+    if projector["steps"] != 1000:
+        lines.append(
+            f"The projector was timed over {projector['steps']} steps and its time scaled linearly to 1000 "
+            f"steps ({projector['slices_per_s_at_1000_steps']:.4f} slices/s); its AUROC is after "
+            f"{projector['steps']} steps (1000 steps on 2 shared CPU cores did not fit the session)."
+        )
+        lines.append("")
     for row in results["accurate_vs_projector"]:
         lines.append(
             f"- accurate K={row['steps']} is **{row['speedup']:.1f}x** faster than the projector "
@@ -238,7 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=4, help="held-out phantom cases (up to 6)")
     parser.add_argument("--per-case", type=int, default=12, help="slices per case (half anomalous)")
     parser.add_argument(
-        "--projector-steps", type=int, default=1000, help="projector steps (1000 as Woodland)"
+        "--projector-steps",
+        type=int,
+        default=1000,
+        help="projector steps (1000 as Woodland; fewer: time scaled)",
     )
     parser.add_argument("--memory-shape", default="512,512,600", help="x,y,z of the memory run ('' to skip)")
     parser.add_argument("--sweep", action="store_true", help="also sweep accurate's steps and learning rate")
@@ -291,10 +302,12 @@ def main(argv: list[str] | None = None) -> int:
         args.model, everything, InversionConfig(mode="fast"), args.batch_size
     )
     projector = results["modes"][-1]
+    # A projector step costs the same at every step, so time over fewer steps scales linearly to 1000.
+    projector["slices_per_s_at_1000_steps"] = round(projector["slices_per_s"] * projector["steps"] / 1000, 5)
     results["accurate_vs_projector"] = [
         {
             "steps": row["steps"],
-            "speedup": round(row["slices_per_s"] / projector["slices_per_s"], 1),
+            "speedup": round(row["slices_per_s"] / projector["slices_per_s_at_1000_steps"], 1),
             "auroc": row["auroc"],
             "projector_auroc": projector["auroc"],
         }
