@@ -17,7 +17,7 @@ import torch
 from AnomalyScoutLib.calibration import Calibration, calibration_key, fit_mode_calibration
 from AnomalyScoutLib.cancellation import CancelFlag
 from AnomalyScoutLib.engine import OUTPUT_FILES, ScoreOptions, VolumeScorer, canonical_view, score_file
-from AnomalyScoutLib.errors import CancelledError, UnreadableVolumeError
+from AnomalyScoutLib.errors import CancelledError, ConfigError, UnreadableVolumeError
 from AnomalyScoutLib.inversion import InversionConfig
 from AnomalyScoutLib.io.geometry import axial_frame, slice_centers_ras, to_canonical
 from AnomalyScoutLib.io.volume import Volume, write_volume
@@ -181,3 +181,43 @@ def test_canonical_view_is_a_writable_view_matching_to_canonical(oblique_ct):
     np.testing.assert_array_equal(view, to_canonical(target, frame))
     view[:] = to_canonical(volume.array_zyx, frame)
     np.testing.assert_array_equal(target, volume.array_zyx)
+
+
+def test_running_out_of_gpu_memory_halves_the_batch_with_the_same_scores(
+    tiny_architecture, tiny_phantom, monkeypatch
+):
+    model = AnomalyModel.create(tiny_architecture, seed=0)
+    scorer = VolumeScorer(
+        model, InversionConfig(mode="fast"), ScoreConfig(), torch.device("cpu"), batch_size=8
+    )
+    frame = axial_frame(tiny_phantom.volume)
+    canonical = to_canonical(tiny_phantom.volume.array_zyx, frame)
+    expected = scorer.score(canonical, frame.spacing_kji)
+    real = scorer.reconstructor.reconstruct
+
+    def small_gpu(x, *args, **kwargs):
+        if len(x) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(x, *args, **kwargs)
+
+    monkeypatch.setattr(scorer.reconstructor, "reconstruct", small_gpu)
+    recorder = Recorder()
+    result = scorer.score(canonical, frame.spacing_kji, listener=recorder)
+    np.testing.assert_allclose(result.scores, expected.scores, rtol=1e-4)
+    assert scorer.batch_size == 2
+    assert any(e[0] == "warning" and "out of memory" in e[1] for e in recorder.events)
+
+
+def test_out_of_memory_on_a_single_slice_is_a_clear_error(tiny_architecture, tiny_phantom, monkeypatch):
+    model = AnomalyModel.create(tiny_architecture, seed=0)
+    scorer = VolumeScorer(
+        model, InversionConfig(mode="fast"), ScoreConfig(), torch.device("cpu"), batch_size=1
+    )
+
+    def no_memory(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(scorer.reconstructor, "reconstruct", no_memory)
+    frame = axial_frame(tiny_phantom.volume)
+    with pytest.raises(ConfigError, match="out of memory on a single slice"):
+        scorer.score(to_canonical(tiny_phantom.volume.array_zyx, frame), frame.spacing_kji)
