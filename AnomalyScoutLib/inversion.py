@@ -137,6 +137,10 @@ def ssim_map(a: torch.Tensor, b: torch.Tensor, sigma_px: float = 1.5) -> torch.T
     return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
 
 
+def _never() -> None:
+    """The cancellation check when nobody can cancel."""
+
+
 def _lr_factor(t: float) -> float:
     """NVlabs projector learning-rate schedule at progress ``t`` in [0, 1]."""
     ramp = min(1.0, (1.0 - t) / _LR_RAMPDOWN)
@@ -190,15 +194,17 @@ class Reconstructor:
         """Reconstruct ``(N, H, W)`` slices in [-1, 1] at ``position`` (N,) with body ``mask``.
 
         Raises:
-            CancelledError: ``cancel`` was set (checked before every optimisation step).
+            CancelledError: ``cancel`` was set (checked between network passes and optimisation steps).
         """
         if x.ndim != 3 or mask.shape != x.shape or position.shape != (x.shape[0],):
             raise ValueError(
                 f"need x (N, H, W), mask like x, position (N,); got {tuple(x.shape)}, {tuple(mask.shape)}, "
                 f"{tuple(position.shape)}"
             )
+        check = cancel.raise_if_set if cancel is not None else _never
         with torch.no_grad():
             target_features = self._features(x, position)
+            check()
             if self.config.mode == "projector":
                 ws = self.generator.mean_w(position)[:, None].repeat(1, self.generator.num_ws, 1)
             else:
@@ -206,8 +212,10 @@ class Reconstructor:
                     ws = self.encoder(x[:, None], position).float()
         if self.config.resolved_steps > 0:
             ws = self._refine(ws, x, position, mask, target_features, cancel)
+        check()
         with torch.no_grad():
             images = self._synthesize(ws)
+            check()
             residual = feature_residual(target_features, self._features(images, position))
         return Reconstruction(images=images, feature_residual=residual)
 
