@@ -93,10 +93,19 @@ def _run(scorer: CaseScorer, cases: Sequence[str], jobs: int, scheduler: str | N
         with _dask_client(jobs, scheduler) as client:
             from distributed import as_completed
 
-            futures = [client.submit(score_case, scorer, case, pure=False) for case in cases]
+            futures = {client.submit(score_case, scorer, case, pure=False): case for case in cases}
             for future in as_completed(futures):
-                yield future.result()
+                yield _collect(future, futures[future])
                 bar.update()
+
+
+def _collect(future: Any, case: str) -> CaseOutcome:
+    """A finished task's outcome; a failure outside :func:`score_case` (a worker killed by the out-of-memory
+    killer, a result that cannot be sent back) fails only that case, like any other error."""
+    try:
+        return future.result()
+    except Exception as error:  # noqa: BLE001 - Dask re-raises whatever happened on the worker
+        return CaseOutcome(case, error=f"worker failed ({type(error).__name__}: {error})")
 
 
 def score_pool(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -67,3 +69,17 @@ def test_a_dask_local_cluster_of_two_workers_gives_the_local_ranking(tmp_path, m
     for level in ("case", "slice"):
         rankings = [build_worklist(s, "hybrid", 5, level=level) for s in scored]
         assert rankings[0] == rankings[1]
+
+
+def _unsendable(case: str):
+    """A "scorer" whose result cannot be pickled back from the worker (a generator)."""
+    return (x for x in [case])
+
+
+def test_a_task_that_fails_on_the_dask_worker_is_reported_not_raised(make_case):
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    cases = [make_case("a", [0.1])]
+    outcome = score_pool(cases, _unsendable, model_id="m", jobs=1, scheduler="local", progress=False)[0]
+    assert outcome.scores is None and outcome.error.startswith("worker failed")
