@@ -91,7 +91,7 @@ def test_the_extension_declares_its_metadata_and_depends_on_pytorch():
 
 
 def test_icon_and_screenshot_urls_point_at_files_of_this_repository():
-    for variable in ("ICONURL",):
+    for variable in ("ICONURL", "SCREENSHOTURLS"):
         url = re.search(rf'set\(EXTENSION_{variable} "([^"]+)"\)', TOP).group(1)
         assert (REPO / url.split("/main/", 1)[1]).is_file(), url
 

@@ -86,9 +86,9 @@ def write_contract_outputs(out_dir: Path, flagged=(ANOMALY_SLICE,)) -> dict:
     return report
 
 
-def load_volume_node(scene, path: Path, name: str):
-    """A scalar volume node read by Slicer's own NRRD reader (as "Add data" would)."""
-    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+def load_volume_node(scene, path: Path, name: str, class_name: str = "vtkMRMLScalarVolumeNode"):
+    """A volume node read by Slicer's own NRRD reader (as "Add data" would)."""
+    node = scene.AddNewNodeByClass(class_name, name)
     storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
     storage.SetFileName(str(path))
     node.SetAndObserveStorageNodeID(storage.GetID())

@@ -50,6 +50,15 @@ def heat_pixels(rgba: np.ndarray) -> np.ndarray:
     return red - blue > 40
 
 
+def crop_to_content(rgba: np.ndarray, margin: int = 12) -> np.ndarray:
+    """The picture cut to what is drawn (non-black), plus a margin: the field of view is often mostly air."""
+    rows, cols = np.nonzero(rgba[..., :3].max(axis=2) > 16)
+    if rows.size == 0:
+        return rgba
+    top, left = max(rows.min() - margin, 0), max(cols.min() - margin, 0)
+    return rgba[top : rows.max() + margin + 1, left : cols.max() + margin + 1]
+
+
 def main(argv: list[str] | None = None) -> int:
     from AnomalyScoutScene import SceneResults, read_score_report
     from module_helpers import load_volume_node  # the script shares the tests' scene set-up
@@ -58,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("ct", type=Path)
     parser.add_argument("results", type=Path, help="the worker's output folder for this CT")
     parser.add_argument("out", type=Path, help="PNG to write")
+    parser.add_argument("--truth", type=Path, help="label map of the true anomaly, drawn as an outline")
+    parser.add_argument("--slice", type=int, help="canonical slice to show (default: the highest score)")
     parser.add_argument("--size", type=int, default=512)
     args = parser.parse_args(argv)
 
@@ -76,9 +87,15 @@ def main(argv: list[str] | None = None) -> int:
     ct.GetDisplayNode().SetAutoWindowLevel(False)
     ct.GetDisplayNode().SetWindowLevel(400, 40)
     SceneResults(scene).show_results(ct, args.results, opacity=0.7)
+    if args.truth is not None:
+        truth = load_volume_node(scene, args.truth, "truth", "vtkMRMLLabelMapVolumeNode")
+        slice_logic.GetSliceCompositeNode().SetLabelVolumeID(truth.GetID())
+        slice_logic.GetSliceCompositeNode().SetLabelOpacity(1.0)
+        slice_logic.GetSliceNode().SetUseLabelOutline(True)
     report = read_score_report(args.results)
-    top = max(report.slices, key=lambda s: s.score)
-    rgba = render_axial(slice_logic, top.center_ras[2], args.size)
+    by_index = {s.slice_index: s for s in report.slices}
+    shown = by_index[args.slice] if args.slice is not None else max(report.slices, key=lambda s: s.score)
+    rgba = crop_to_content(render_axial(slice_logic, shown.center_ras[2], args.size))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -86,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
     plt.imsave(args.out, rgba[..., :3])
     tinted = heat_pixels(rgba).sum()
-    print(f"{args.out}: slice {top.slice_index} (score {top.score:.3g}), {tinted} tinted pixels")
+    print(f"{args.out}: slice {shown.slice_index} (score {shown.score:.3g}), {tinted} tinted pixels")
     return 0
 
 
