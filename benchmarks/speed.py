@@ -287,8 +287,9 @@ def main(argv: list[str] | None = None) -> int:
         InversionConfig(mode="projector", steps=args.projector_steps),
     ]
     for config in configs:  # warm-up: first calls pay for lazy initialisation, not the mode
-        measure_mode(
-            args.model, slices.subset(np.arange(2)), dataclasses.replace(config, steps=2), args.batch_size
+        warm_up = dataclasses.replace(config, steps=2)
+        GeneratorDetector("warm-up", args.model, warm_up, ScoreConfig()).reconstruct(
+            slices.subset(np.arange(2))
         )
     results["modes"] = []
     for config in configs:
