@@ -11,7 +11,7 @@ from AnomalyScoutLib.nets.architecture import ArchitectureConfig
 from AnomalyScoutLib.nets.generator import check_position
 from AnomalyScoutLib.nets.layers import EqualConv2d, EqualLinear, FourierPosition, downsample, minibatch_std
 
-__all__ = ["Discriminator", "ResidualDownBlock", "check_image"]
+__all__ = ["Discriminator", "ResidualDownBlock", "ResidualTrunk", "check_image"]
 
 
 def check_image(x: torch.Tensor, resolution: int) -> None:

@@ -8,7 +8,7 @@ from torch import nn
 from AnomalyScoutLib.nets.architecture import ArchitectureConfig
 from AnomalyScoutLib.nets.layers import EqualLinear, FourierPosition, ModulatedConv2d, ToGray, upsample
 
-__all__ = ["Generator", "MappingNetwork", "SynthesisNetwork"]
+__all__ = ["Generator", "MappingNetwork", "SynthesisNetwork", "check_position"]
 
 #: Number of z samples averaged by :meth:`Generator.mean_w`; fixed seed so the mean latent is reproducible.
 MEAN_W_SAMPLES = 256
