@@ -135,3 +135,11 @@ def test_two_ddp_processes_on_cpu_train_and_checkpoint(tmp_path, volume_folder, 
     state = load_checkpoint(run / CHECKPOINT_NAME).state
     assert state["step"] == 2 and state["images_seen"] == 16
     assert json.loads((run / "training_options.json").read_text())["options"]["batch"] == 8
+
+
+def test_path_length_regularisation_updates_its_running_mean(tmp_path):
+    trainer = _trainer(tmp_path, pl_weight=2.0, pl_interval=1)
+    assert trainer.mean_path_length.item() == 0.0
+    for _ in range(2):
+        trainer.train_step()
+    assert trainer.mean_path_length.item() > 0.0
