@@ -4,8 +4,8 @@ Needs nothing but the installed library and the shipped model: it makes a seeded
 tumour, a metal clip and a bright blob (:mod:`AnomalyScoutLib.phantom`), writes it to ``DIR/phantom_ct.nrrd``
 (with the true anomaly mask in ``DIR/phantom_truth.nrrd``), scores it like ``anomalyscout score`` and prints
 where the outputs are and how the flags match the truth: slice-level sensitivity, specificity and the AUROC of
-the slice scores. ``DIR/demo_report.json`` keeps those numbers. Offline, CPU, 128x128x48 voxels so that it
-finishes well within a minute.
+the slice scores divided by their position's flag threshold. ``DIR/demo_report.json`` keeps those numbers.
+Offline, CPU, 128x128x48 voxels so that it finishes well within a minute.
 """
 
 from __future__ import annotations
@@ -87,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
     print_summary(result, out)
     # The phantom is made in canonical order: slice k of the truth is scored slice k.
     truth = case.slice_labels
-    agreement = slice_agreement(truth, result.calibrated.flagged, result.case.scores)
+    # Ranked by score over its position's threshold: raw scores also vary with the body region.
+    ranking = result.case.scores / result.calibrated.threshold
+    agreement = slice_agreement(truth, result.calibrated.flagged, ranking)
     true_slices = [int(k) for k in np.flatnonzero(truth)]
     inserted = ", ".join(f"{a.kind} {list(a.slices)}" for a in case.anomalies)
     print(f"true anomalous slices: {true_slices} ({inserted})")
@@ -95,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         f"slice-level agreement: sensitivity {agreement['sensitivity']:.2f} "
         f"({agreement['true_positives']}/{agreement['anomalous_slices']}), "
         f"specificity {agreement['specificity']:.2f} ({agreement['false_positives']} false flags), "
-        f"AUROC of slice scores {agreement['auroc']:.3f}"
+        f"AUROC of slice scores (relative to their position's threshold) {agreement['auroc']:.3f}"
     )
     if not result.calibrated_by_model:
         print("note: the model has no calibration for this mode; flags are relative to this case alone")
