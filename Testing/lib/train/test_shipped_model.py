@@ -9,7 +9,7 @@ from AnomalyScoutLib.model_file import DEFAULT_MODEL_PATH, AnomalyModel
 from AnomalyScoutLib.phantom import make_phantom
 from AnomalyScoutLib.train.data import preprocess_volume
 
-#: The shipped model was trained on phantom seeds 1000-1029; this one is held out.
+#: The shipped model was trained on phantom seeds 1000-1013 (models/README.md); this one is held out.
 HELD_OUT_SEED = 4242
 
 
