@@ -37,7 +37,7 @@ def save_figure(figure: plt.Figure, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
     os.close(fd)
     try:
-        figure.savefig(tmp, dpi=110, bbox_inches="tight")
+        figure.savefig(tmp, dpi=90, bbox_inches="tight")
         os.replace(tmp, path)
     finally:
         plt.close(figure)
@@ -86,8 +86,9 @@ def plot_score_along_slices(
         keep = slices.case == names.index(case_name)
         k = slices.slice_index[keep]
         order = np.argsort(k)
+        step = float(np.median(np.diff(np.sort(k)))) if k.size > 1 else 1.0  # slices kept (stride)
         for index in np.flatnonzero(slices.labels[keep]):
-            ax.axvspan(k[index] - 0.5, k[index] + 0.5, color="tab:red", alpha=0.15, lw=0)
+            ax.axvspan(k[index] - step / 2, k[index] + step / 2, color="tab:red", alpha=0.15, lw=0)
         for run in runs:
             all_scores = run.detection.slice_scores
             low, high = np.min(all_scores), np.max(all_scores)
