@@ -57,6 +57,7 @@ __all__ = [
     "main",
     "phantom_data",
     "score_sweep",
+    "sweep_summary",
 ]
 
 FAST_NAME = "f-AnoGAN style (fast: encoder only)"
@@ -97,7 +98,7 @@ def phantom_data(args: argparse.Namespace, window: HUWindow) -> tuple[PhantomSpl
     return split, train, test, json.dumps([split.as_dict(), args.stride, args.resolution])
 
 
-def _summary(metrics_by_type: dict[str, dict[str, Any]]) -> dict[str, float]:
+def sweep_summary(metrics_by_type: dict[str, dict[str, Any]]) -> dict[str, float]:
     """The two numbers a sweep is judged by: overall slice AUROC and the worst type's slice AUROC."""
     per_type = [m["slice_auroc"] for t, m in metrics_by_type.items() if t != "overall"]
     return {
@@ -119,7 +120,7 @@ def score_sweep(run, slices: SliceSet) -> list[dict[str, Any]]:  # noqa: ANN001 
                     config = ScoreConfig(
                         method=method, kappa=kappa, top_fraction=top_fraction, smoothing_px=smoothing
                     )
-                    summary = _summary(detection_metrics(slices, run.method_run(config).detection))
+                    summary = sweep_summary(detection_metrics(slices, run.method_run(config).detection))
                     rows.append({**config.as_dict(), **summary})
     return rows
 
@@ -263,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             r.name: method_entry(r, projector_slices, "projector subset") for r in proj_runs
         },
         "steps_sweep": {
-            str(k): _summary(detection_metrics(core_slices, run.method_run().detection))
+            str(k): sweep_summary(detection_metrics(core_slices, run.method_run().detection))
             | {"seconds_per_slice": run.seconds / max(1, len(core_slices))}
             for k, run in accurate_runs.items()
         },

@@ -43,10 +43,10 @@ from benchmarks.baselines.anomalib_runner import AnomalibDetector, AnomalibUnava
 from benchmarks.baselines.atlas import PositionAtlas
 from benchmarks.baselines.autoencoder import AutoencoderDetector
 from benchmarks.data import volume_slices
-from benchmarks.evaluate import method_entry
+from benchmarks.evaluate import detection_metrics, method_entry
 from benchmarks.generator_runs import generator_run
 from benchmarks.ours import GeneratorDetector
-from benchmarks.phantom_track import FAST_NAME, balanced_subset, baseline_run
+from benchmarks.phantom_track import FAST_NAME, balanced_subset, baseline_run, sweep_summary
 from benchmarks.real_anatomy import estimate_noise_hu, insert_real_anomaly, surrogate_anatomy
 from benchmarks.results_io import TrackStart, add_common_arguments, file_digest, write_json
 from benchmarks.slices import CaseInfo, SliceSet, concatenate
@@ -57,6 +57,13 @@ _DATA = Path(__file__).resolve().parent.parent / "Testing" / "Data" / "totalsegm
 REAL_CT = _DATA / "example_ct.nii.gz"
 REAL_LIVER = _DATA / "example_ct_liver.nii.gz"
 REAL_TYPES: tuple[str, ...] = ("tumour", "metal", "ascites")
+#: Score settings checked on real anatomy: the engine's default and the phantom sweep's best ones.
+SCORE_CANDIDATES: tuple[ScoreConfig, ...] = (
+    ScoreConfig(),
+    ScoreConfig(method="wasserstein", kappa=10.0, top_fraction=0.01),
+    ScoreConfig(method="topk", kappa=10.0, top_fraction=0.01),
+    ScoreConfig(method="topk", kappa=10.0, top_fraction=0.05),
+)
 
 
 def real_data(
@@ -157,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     core = balanced_subset(test, args.core_per_type, args.core_normal, args.seed)
     core_slices = test.subset(core)
     print(f"[real] accurate K={args.steps} on {len(core)} core slices ...", flush=True)
-    accurate = generator_run(
+    accurate_run = generator_run(
         GeneratorDetector(
             f"ours (accurate, K={args.steps})",
             args.model,
@@ -166,8 +173,17 @@ def main(argv: list[str] | None = None) -> int:
         ),
         core_slices,
         json.dumps([data_key, core.tolist()]),
-    ).method_run()
+    )
+    accurate = accurate_run.method_run()
     core_runs = [accurate] + [r.subset(core) for r in runs]
+    # The phantom track's score sweep chooses settings in-sample; this checks them on other data.
+    score_check = [
+        {
+            **config.as_dict(),
+            **sweep_summary(detection_metrics(core_slices, accurate_run.method_run(config).detection)),
+        }
+        for config in SCORE_CANDIDATES
+    ]
 
     results = {
         **track.header(),
@@ -182,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         "unavailable": unavailable,
         "full_test": {r.name: method_entry(r, test, "all odd slices") for r in runs},
         "core_subset": {r.name: method_entry(r, core_slices, "core subset") for r in core_runs},
+        "score_check": score_check,
     }
     write_json(results, args.out)
     plots.plot_roc_per_type(

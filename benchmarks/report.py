@@ -140,6 +140,18 @@ def _real(results: dict[str, Any]) -> list[str]:
     lines += _detection_table(results["core_subset"], _TYPES)
     lines += ["", "**All test slices**:", ""]
     lines += _detection_table(results["full_test"], _TYPES)
+    lines += [
+        "",
+        "Score settings of the phantom sweep, checked on these reconstructions (accurate mode, core subset):",
+        "",
+        "| method | κ | top fraction | overall AUROC | worst type | mean of types |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in results.get("score_check", []):
+        lines.append(
+            f"| {row['method']} | {row['kappa']} | {row['top_fraction']} | {_number(row['slice_auroc'])} | "
+            f"{_number(row['worst_type_auroc'])} | {_number(row['mean_type_auroc'])} |"
+        )
     for name, reason in results.get("unavailable", {}).items():
         lines += ["", f"- *{name}*: not run — {reason.splitlines()[0]}"]
     return lines
