@@ -8,7 +8,7 @@ The poster's motivation: a segmentation network trained on normal anatomy fails 
 anomaly score should say where. Set-up:
 
 - the project's small 2-D U-Net (:mod:`AnomalyScoutLib.segmentation`) is trained on the liver labels of the
-  phantom track's normal training slices (``--unet-steps`` steps, seeded);
+  phantom track's normal training slices (``--unet-steps`` steps of ``--unet-batch`` slices, seeded);
 - it segments the phantom track's test slices (anomalous cases and controls, the same slices and cache as
   ``benchmarks.phantom_track``); per slice, Dice of the thresholded prediction (0.5) against the true liver;
 - only slices where the true liver covers at least ``--min-liver-px`` model pixels are scored (Dice on a few
@@ -52,15 +52,21 @@ from benchmarks.slices import SliceSet
 __all__ = ["failure_metrics", "liver_predictions", "main", "slice_dice"]
 
 
-def liver_predictions(train: SliceSet, test: SliceSet, steps: int, seed: int, data_key: str) -> np.ndarray:
+def liver_predictions(
+    train: SliceSet, test: SliceSet, steps: int, batch_size: int, seed: int, data_key: str
+) -> np.ndarray:
     """Liver probability per test pixel from a U-Net trained on the training slices (cached by settings)."""
-    key = hashlib.sha256(json.dumps([data_key, steps, seed, len(train)]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([data_key, steps, batch_size, seed, len(train)]).encode()).hexdigest()[
+        :16
+    ]
     path = WORK_DIR / "segfail" / f"unet-probabilities-{key}.npy"
     if path.is_file():
         return np.load(path)
     torch.manual_seed(seed)
     model = UNet()
-    train_segmenter(model, train.images, train.organ.astype(np.float32), steps=steps, seed=seed)
+    train_segmenter(
+        model, train.images, train.organ.astype(np.float32), steps=steps, batch_size=batch_size, seed=seed
+    )
     probabilities = predict_probabilities(model, test.images).astype(np.float16)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npy")
@@ -89,7 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_arguments(parser, "segfail")
     add_data_arguments(parser)
-    parser.add_argument("--unet-steps", type=int, default=400)
+    parser.add_argument("--unet-steps", type=int, default=250)
+    parser.add_argument("--unet-batch", type=int, default=4, help="U-Net batch (2.4 CPU-s per step at 16)")
     parser.add_argument("--min-liver-px", type=int, default=50)
     parser.add_argument("--dilate-px", type=int, default=4)
     parser.add_argument("--failure-dice", type=float, default=0.9)
@@ -102,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     model = track.model
     split, train, test, data_key = phantom_data(args, model.window)
     print(f"[segfail] U-Net ({args.unet_steps} steps) on {len(train)} normal slices ...", flush=True)
-    predicted = liver_predictions(train, test, args.unet_steps, args.seed, data_key) > 0.5
+    predicted = liver_predictions(train, test, args.unet_steps, args.unet_batch, args.seed, data_key) > 0.5
     dice = slice_dice(predicted, test.organ)
     scored = test.organ.reshape(len(test), -1).sum(axis=1) >= args.min_liver_px
     region = np.stack(
@@ -128,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         "split": split.as_dict(),
         "settings": {
             "unet_steps": args.unet_steps,
+            "unet_batch": args.unet_batch,
             "min_liver_px": args.min_liver_px,
             "dilate_px": args.dilate_px,
             "failure_dice": args.failure_dice,
