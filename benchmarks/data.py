@@ -143,7 +143,7 @@ class PhantomSplit:
     """Seeds of the phantom track: normal training cases and held-out test cases, disjoint by construction.
 
     Training seeds are ``train_first .. train_first + n_train - 1`` (by default the first of the seeds the
-    shipped model was trained on, 1000-1029, so that the baselines learn from the same normal slices); test
+    shipped model was trained on, 1000-1013, so that the baselines learn from the same normal slices); test
     seeds start at ``test_first`` (far from any training seed the project uses), one block of ``per_type``
     seeds per anomaly type and one for controls.
     """
