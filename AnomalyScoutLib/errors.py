@@ -1,9 +1,9 @@
 """The errors AnomalyScout raises on purpose.
 
-Every error a user can cause (a wrong file, a wrong model, a cancelled run) is an :class:`AnomalyScoutError` whose
-message names the problem in words a person can act on. The CLI and the worker print that message on one line and
-exit with the error's ``exit_code``; anything else is a bug and is reported as such.
-"""
+Every error a user can cause (a wrong file, a wrong model, a cancelled run) is an
+:class:`AnomalyScoutError` whose message names the problem in words a person can act on. The CLI and the
+worker print that message on one line and exit with the error's ``exit_code``; anything else is a bug and
+is reported as such."""
 
 from __future__ import annotations
 

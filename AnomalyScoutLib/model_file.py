@@ -25,7 +25,7 @@ from safetensors.torch import save
 from torch import nn
 
 from AnomalyScoutLib import __version__
-from AnomalyScoutLib.active.atomic import write_bytes_atomic
+from AnomalyScoutLib.atomic import write_bytes_atomic
 from AnomalyScoutLib.errors import AnomalyScoutError, ConfigError, ModelFileError
 from AnomalyScoutLib.nets.architecture import ArchitectureConfig
 from AnomalyScoutLib.nets.discriminator import Discriminator

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from AnomalyScoutLib.active.atomic import write_bytes_atomic
+from AnomalyScoutLib.atomic import write_bytes_atomic
 from AnomalyScoutLib.active.strategies import STRATEGIES, PoolSignals, select
 from AnomalyScoutLib.metrics import dice
 from AnomalyScoutLib.phantom import PhantomCase, make_phantom

@@ -26,7 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from AnomalyScoutLib.active.atomic import write_bytes_atomic  # noqa: E402
+from AnomalyScoutLib.atomic import write_bytes_atomic  # noqa: E402
 from AnomalyScoutLib.io.geometry import axial_frame, to_canonical  # noqa: E402
 from AnomalyScoutLib.io.volume import read_volume  # noqa: E402
 from AnomalyScoutLib.phantom import make_phantom  # noqa: E402

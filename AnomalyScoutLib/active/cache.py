@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from AnomalyScoutLib.active.atomic import write_bytes_atomic
 from AnomalyScoutLib.active.ranking import CaseScores
+from AnomalyScoutLib.atomic import write_bytes_atomic
 from AnomalyScoutLib.errors import ConfigError, UnreadableVolumeError
 
 __all__ = ["ScoreCache", "content_hash", "default_cache_dir"]

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from AnomalyScoutLib.active.atomic import write_bytes_atomic
 from AnomalyScoutLib.active.strategies import PoolSignals, Selection, select
+from AnomalyScoutLib.atomic import write_bytes_atomic
 from AnomalyScoutLib.errors import ConfigError
 
 __all__ = [

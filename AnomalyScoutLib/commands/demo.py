@@ -14,14 +14,13 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from AnomalyScoutLib.atomic import write_bytes_atomic
 from AnomalyScoutLib.cancellation import CancelFlag, cancel_on_signals
 from AnomalyScoutLib.commands.score import TqdmListener, add_device_arguments, device_from_args, print_summary
 from AnomalyScoutLib.engine import ScoreRun, VolumeScorer, score_file
@@ -58,12 +57,8 @@ def slice_agreement(truth: np.ndarray, flagged: np.ndarray, scores: np.ndarray) 
 
 
 def _write_report(path: Path, report: dict[str, Any]) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        json.dump(
-            {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in report.items()}, stream
-        )
-    os.replace(temporary, path)
+    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in report.items()}
+    write_bytes_atomic(path, json.dumps(clean).encode("utf-8"))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from AnomalyScoutLib.active.atomic import write_bytes_atomic
+from AnomalyScoutLib.atomic import write_bytes_atomic
 from AnomalyScoutLib.devices import select_device
 from AnomalyScoutLib.errors import ConfigError, MetricError
 from AnomalyScoutLib.metrics.gan_evaluation import (

@@ -21,7 +21,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from AnomalyScoutLib.active.atomic import write_bytes_atomic
+from AnomalyScoutLib.atomic import write_bytes_atomic
 from AnomalyScoutLib.errors import ConfigError
 from AnomalyScoutLib.io.volume import Volume, write_volume
 from AnomalyScoutLib.phantom import ANOMALY_CODES, LABEL_NAMES, PhantomCase, make_phantom

@@ -132,7 +132,7 @@ def _saved_settings(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from AnomalyScoutLib.active.atomic import write_bytes_atomic
+    from AnomalyScoutLib.atomic import write_bytes_atomic
     from AnomalyScoutLib.cancellation import CancelFlag, cancel_on_signals
     from AnomalyScoutLib.devices import select_device
     from AnomalyScoutLib.preprocessing import HUWindow

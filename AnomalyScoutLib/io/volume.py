@@ -36,6 +36,7 @@ from typing import Union
 import numpy as np
 import SimpleITK as sitk
 
+from AnomalyScoutLib.atomic import atomic_destination
 from AnomalyScoutLib.errors import ConfigError, NotCTError, UnreadableVolumeError, VolumeError
 
 __all__ = [
@@ -463,12 +464,5 @@ def write_volume(volume: Volume, path: PathLike) -> None:
     image.SetSpacing(volume.spacing_xyz)
     image.SetOrigin(volume.origin_xyz)
     image.SetDirection(volume.direction)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(handle)
-    try:
-        sitk.WriteImage(image, temporary, useCompression=suffix != ".nii")
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
+    with atomic_destination(path, suffix=f".tmp{suffix}") as temporary:
+        sitk.WriteImage(image, str(temporary), useCompression=suffix != ".nii")

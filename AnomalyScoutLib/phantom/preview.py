@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
-from AnomalyScoutLib.active.atomic import write_bytes_atomic  # noqa: E402
+from AnomalyScoutLib.atomic import write_bytes_atomic  # noqa: E402
 from AnomalyScoutLib.phantom.case import PhantomCase  # noqa: E402
 
 __all__ = ["preview_slices", "save_preview"]

@@ -18,7 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 from torch import nn
 
-from AnomalyScoutLib.active.atomic import write_bytes_atomic
+from AnomalyScoutLib.atomic import write_bytes_atomic
 from AnomalyScoutLib.errors import ConfigError
 
 __all__ = ["CHECKPOINT_NAME", "Checkpoint", "load_checkpoint", "save_checkpoint"]

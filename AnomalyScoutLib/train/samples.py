@@ -14,7 +14,7 @@ import matplotlib.image
 import numpy as np
 import torch
 
-from AnomalyScoutLib.active.atomic import write_bytes_atomic
+from AnomalyScoutLib.atomic import write_bytes_atomic
 from AnomalyScoutLib.nets.generator import Generator
 from AnomalyScoutLib.train.data import SliceSet
 
