@@ -45,8 +45,8 @@ import numpy as np
 import torch
 from scipy import stats
 
-from AnomalyScoutLib.atomic import write_bytes_atomic
 from AnomalyScoutLib.active.strategies import STRATEGIES, PoolSignals, select
+from AnomalyScoutLib.atomic import write_bytes_atomic
 from AnomalyScoutLib.metrics import dice
 from AnomalyScoutLib.phantom import PhantomCase, make_phantom
 from AnomalyScoutLib.preprocessing import HUWindow, body_mask
