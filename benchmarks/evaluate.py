@@ -15,8 +15,6 @@ Definitions (also in ``docs/benchmarks.md``):
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from AnomalyScoutLib import metrics
+from AnomalyScoutLib.atomic import atomic_destination
 from benchmarks.detectors import Detection, Detector
 from benchmarks.slices import SliceSet
 
@@ -63,10 +62,8 @@ class MethodRun:
         }
         if self.detection.maps is not None:
             arrays["maps"] = self.detection.maps.astype(np.float16)
-        fd, tmp = tempfile.mkstemp(suffix=".npz", dir=path.parent)
-        with os.fdopen(fd, "wb") as stream:
+        with atomic_destination(path, suffix=".npz") as temporary, temporary.open("wb") as stream:
             np.savez(stream, **arrays)
-        os.replace(tmp, path)
 
     @classmethod
     def load(cls, name: str, path: Path) -> MethodRun:

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from AnomalyScoutLib.atomic import atomic_destination
 from AnomalyScoutLib.scoring import ScoreConfig
 from benchmarks.data import WORK_DIR
 from benchmarks.evaluate import MethodRun
@@ -72,13 +71,11 @@ def generator_run(detector: GeneratorDetector, slices: SliceSet, selection_key: 
     reconstructions = detector.reconstruct(slices)
     seconds = time.perf_counter() - start
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=path.parent)
-    with os.fdopen(fd, "wb") as stream:
+    with atomic_destination(path, suffix=".npz") as temporary, temporary.open("wb") as stream:
         np.savez(
             stream,
             images=reconstructions.images,
             feature_residual=reconstructions.feature_residual,
             seconds=seconds,
         )
-    os.replace(tmp, path)
     return GeneratorRun(detector, slices, reconstructions, seconds)

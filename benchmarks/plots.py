@@ -6,8 +6,6 @@ harness runs headless and a failed plot never leaves half a picture in ``docs/be
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 import numpy as np  # noqa: E402
 
 from AnomalyScoutLib import metrics  # noqa: E402
+from AnomalyScoutLib.atomic import atomic_destination
 from benchmarks.evaluate import MethodRun  # noqa: E402
 from benchmarks.slices import SliceSet  # noqa: E402
 
@@ -34,14 +33,11 @@ __all__ = [
 def save_figure(figure: plt.Figure, path: Path) -> None:
     """Write ``figure`` to ``path`` atomically and close it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        figure.savefig(tmp, dpi=90, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_destination(path, suffix=".png") as temporary:
+            figure.savefig(temporary, dpi=90, bbox_inches="tight")
     finally:
         plt.close(figure)
-        Path(tmp).unlink(missing_ok=True)
 
 
 def plot_roc_per_type(slices: SliceSet, runs: Sequence[MethodRun], path: Path, title: str) -> None:

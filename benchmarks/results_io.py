@@ -10,9 +10,7 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from AnomalyScoutLib.atomic import atomic_destination
 from AnomalyScoutLib.model_file import DEFAULT_MODEL_PATH, AnomalyModel
 
 __all__ = ["DOCS_PLOTS", "RESULTS_DIR", "TrackStart", "add_common_arguments", "file_digest", "write_json"]
@@ -47,11 +46,8 @@ def _plain(value: Any) -> Any:
 def write_json(data: dict[str, Any], path: Path) -> None:
     """Write ``data`` as indented JSON to ``path`` atomically (temporary name in the folder, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".json", dir=path.parent)
-    with os.fdopen(fd, "w") as stream:
-        json.dump(_plain(data), stream, indent=1)
-        stream.write("\n")
-    os.replace(tmp, path)
+    with atomic_destination(path, suffix=".json") as temporary:
+        temporary.write_text(json.dumps(_plain(data), indent=1) + "\n")
 
 
 def file_digest(path: Path) -> str:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
+
+from AnomalyScoutLib.atomic import atomic_destination
 
 __all__ = ["CaseInfo", "SliceSet", "concatenate"]
 
@@ -106,14 +107,8 @@ class SliceSet:
         path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "cases"}
         arrays["cases_json"] = np.array(json.dumps([vars(c) for c in self.cases]))
-        fd, tmp = tempfile.mkstemp(suffix=".npz", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as stream:
-                np.savez_compressed(stream, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_destination(path, suffix=".npz") as temporary, temporary.open("wb") as stream:
+            np.savez_compressed(stream, **arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SliceSet:

@@ -36,6 +36,7 @@ import psutil
 import SimpleITK as sitk
 import torch
 
+from AnomalyScoutLib.atomic import atomic_destination
 from AnomalyScoutLib.inversion import DEFAULT_ACCURATE_LR, DEFAULT_ACCURATE_STEPS, InversionConfig
 from AnomalyScoutLib.metrics import roc_auc
 from AnomalyScoutLib.model_file import DEFAULT_MODEL_PATH, AnomalyModel
@@ -157,11 +158,8 @@ def measure_memory(model_path: Path, shape_xyz: tuple[int, int, int], threads: i
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        json.dump(data, stream, indent=1)
-        stream.write("\n")
-    os.replace(temporary, path)
+    with atomic_destination(path, suffix=".json") as temporary:
+        temporary.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
 
 
 def compare_with_projector(modes: list[dict[str, Any]]) -> list[dict[str, Any]]:
