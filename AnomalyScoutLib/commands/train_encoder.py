@@ -1,10 +1,13 @@
 """``anomalyscout train-encoder``: train the encoder of a GAN run and write the one-file model.
 
     anomalyscout train-encoder --gan RUN --out MODEL.safetensors [--data DIR_OR_LIST] [--kimg N] [--kappa K]
+                               [--init OLD_MODEL.safetensors]
 
 The GAN run's EMA generator and discriminator stay frozen. --data defaults to the GAN's training data. The
 model file (generator + encoder + discriminator, float16 unless --float32) is written atomically at the end,
-also when --max-minutes stops training early; Ctrl-C writes nothing and exits with code 130.
+also when --max-minutes stops training early; Ctrl-C writes nothing and exits with code 130. --init starts
+from the encoder of an earlier model of the same architecture (after the GAN trained further), which needs
+far fewer steps than a fresh encoder.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--latent-weight", type=float, default=0.01, help="weight of the latent regulariser")
     parser.add_argument("--synthetic-weight", type=float, default=1.0, help="weight of the known-code loss")
     parser.add_argument("--max-minutes", type=float, default=0.0, help="stop after this long (0 = no limit)")
+    parser.add_argument(
+        "--init", type=Path, help="start from this model file's encoder (same architecture), not a fresh one"
+    )
     parser.add_argument("--float32", action="store_true", help="store float32 weights (default float16)")
     add_runtime_arguments(parser)
     parser.set_defaults(func=run)
@@ -51,7 +57,13 @@ def run(args: argparse.Namespace) -> int:
     from AnomalyScoutLib.devices import select_device
     from AnomalyScoutLib.errors import ConfigError
     from AnomalyScoutLib.train.data import list_volumes, load_slices
-    from AnomalyScoutLib.train.encoder import EncoderOptions, EncoderTrainer, load_gan_run, training_metadata
+    from AnomalyScoutLib.train.encoder import (
+        EncoderOptions,
+        EncoderTrainer,
+        load_gan_run,
+        training_metadata,
+        warm_start_encoder,
+    )
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -76,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         min_body_fraction=gan.settings.get("min_body_fraction", 0.05),
         progress=not args.no_progress,
     )
+    initial = warm_start_encoder(gan.model, args.init) if args.init else None
     trainer = EncoderTrainer(gan.model, options, data, device)
     with cancel_on_signals(CancelFlag()) as flag:
         finished = trainer.train(flag, progress=not args.no_progress)
@@ -84,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_CANCELLED
     model = gan.model
     model.metadata["training"] = training_metadata(gan, trainer, data)
+    if initial is not None:
+        model.metadata["training"]["encoder"]["initialised_from"] = initial
     model.save(args.out, half=not args.float32)
     print(f"wrote {args.out} ({model.model_id}, {args.out.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
     return 0

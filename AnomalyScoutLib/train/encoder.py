@@ -32,7 +32,14 @@ from AnomalyScoutLib.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from AnomalyScoutLib.train.data import SliceSet
 from AnomalyScoutLib.train.losses import encoder_loss
 
-__all__ = ["EncoderOptions", "EncoderTrainer", "GanRun", "load_gan_run", "training_metadata"]
+__all__ = [
+    "EncoderOptions",
+    "EncoderTrainer",
+    "GanRun",
+    "load_gan_run",
+    "training_metadata",
+    "warm_start_encoder",
+]
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,30 @@ def load_gan_run(run_dir: str | Path) -> GanRun:
         "options": state["options"],
     }
     return GanRun(settings, model, summary)
+
+
+def warm_start_encoder(model: AnomalyModel, init_path: str | Path) -> str:
+    """Copies the encoder of an existing model file into ``model`` and re-anchors it to ``model``'s generator.
+
+    After a GAN has trained further, its latent space has moved, but the encoder's image features are still
+    good: starting from the old encoder needs a fraction of the steps of a fresh one. The mean-latent table
+    is re-tabulated from the new generator, so the encoder's offsets start from the right origin.
+
+    Returns:
+        The id of the model the encoder came from (recorded in the training metadata).
+
+    Raises:
+        ConfigError: the file's architecture differs from the GAN's.
+    """
+    source = AnomalyModel.load(init_path, "cpu")
+    if source.architecture != model.architecture:
+        raise ConfigError(
+            f"--init {init_path}: its architecture {source.architecture.to_dict()} differs from the GAN "
+            f"run's {model.architecture.to_dict()}"
+        )
+    model.encoder.load_state_dict(source.encoder.state_dict())
+    model.encoder.anchor_to(model.generator)
+    return source.model_id
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import TINY
 
@@ -119,6 +120,29 @@ def test_the_commands_train_resume_and_write_a_loadable_model(tmp_path, volume_f
     model = AnomalyModel.load(model_path)
     assert model.resolution == 16 and model.metadata["training"]["gan"]["kimg"] == 0.048
     assert model.metadata["training"]["encoder"]["iterations"] == 2
+
+    # Warm start: the new file's encoder starts from the old one's weights (not a fresh initialisation).
+    warm_path = tmp_path / "warm.safetensors"
+    assert (
+        main(["train-encoder", "--gan", str(run), "--out", str(warm_path), "--kimg", "0.008",
+              "--init", str(model_path), "--lr", "1e-12", *common])
+        == 0
+    )  # fmt: skip
+    warm = AnomalyModel.load(warm_path)
+    assert warm.metadata["training"]["encoder"]["initialised_from"] == model.model_id
+    for name, tensor in model.encoder.state_dict().items():
+        if name != "mean_w_table":
+            torch.testing.assert_close(warm.encoder.state_dict()[name], tensor, atol=1e-3, rtol=1e-3)
+
+
+def test_train_encoder_refuses_an_init_model_of_another_architecture(tiny_model_file):
+    from AnomalyScoutLib.errors import ConfigError
+    from AnomalyScoutLib.model_file import AnomalyModel
+    from AnomalyScoutLib.train.encoder import warm_start_encoder
+
+    other = AnomalyModel.create(ArchitectureConfig(16, (8, 8, 8), z_dim=8, w_dim=8, mapping_layers=1))
+    with pytest.raises(ConfigError, match="--init .* architecture"):
+        warm_start_encoder(other, tiny_model_file)
 
 
 def test_two_ddp_processes_on_cpu_train_and_checkpoint(tmp_path, volume_folder, tiny_config_file):
