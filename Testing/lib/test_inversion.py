@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from AnomalyScoutLib.cancellation import CancelFlag
 from AnomalyScoutLib.errors import CancelledError, ConfigError
+from AnomalyScoutLib import inversion
 from AnomalyScoutLib.inversion import InversionConfig, Reconstructor, ssim_map
 from AnomalyScoutLib.nets.architecture import ArchitectureConfig
 from AnomalyScoutLib.nets.discriminator import Discriminator
@@ -92,6 +95,23 @@ def test_pixels_outside_the_mask_do_not_steer_the_refinement(nets, batch):
     ):
         torch.testing.assert_close(a, b)  # the encoder sees the whole slice; the loss only the body
     assert _l1(a, b).max() < _l1(x, changed).max()
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"mode": "fast"}, {"mode": "accurate", "steps": 4}, {"mode": "projector", "steps": 4}]
+)
+def test_channels_last_networks_reconstruct_like_the_default_layout(nets, batch, monkeypatch, kwargs):
+    x, position, mask = batch
+    channels_last = Reconstructor(*copy.deepcopy(nets), InversionConfig(**kwargs), torch.device("cpu"))
+    conv_weight = channels_last.encoder.trunk.blocks[0].conv0.weight
+    assert conv_weight.is_contiguous(memory_format=torch.channels_last) and not conv_weight.is_contiguous()
+    monkeypatch.setattr(inversion, "_memory_format", lambda device: torch.contiguous_format)
+    default = Reconstructor(*copy.deepcopy(nets), InversionConfig(**kwargs), torch.device("cpu"))
+    assert default.encoder.trunk.blocks[0].conv0.weight.is_contiguous()
+    expected = default.reconstruct(x, position, mask)
+    result = channels_last.reconstruct(x, position, mask)
+    torch.testing.assert_close(result.images, expected.images, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(result.feature_residual, expected.feature_residual, atol=1e-5, rtol=1e-4)
 
 
 def test_a_set_cancel_flag_stops_the_refinement(nets, batch):
