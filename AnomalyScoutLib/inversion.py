@@ -16,8 +16,8 @@ summed over slices and Adam is element-wise, so each slice's result does not dep
 batch size changes speed, not results.
 
 The networks run in ``torch.channels_last`` memory format on CPU and CUDA: the same numbers (up to float
-rounding, ~1e-6) at roughly 1.5-2x the speed of the default layout on CPU, where oneDNN's convolutions, average
-pooling and bilinear upsampling all have NHWC kernels. Fast mode, which never needs gradients, runs under
+rounding, ~1e-5) at 1.4-1.6x the speed of the default layout on CPU, where oneDNN's convolutions, average
+pooling and bilinear upsampling have NHWC kernels. Fast mode, which never needs gradients, runs under
 ``torch.inference_mode``.
 """
 

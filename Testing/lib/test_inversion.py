@@ -7,9 +7,9 @@ import copy
 import pytest
 import torch
 
+from AnomalyScoutLib import inversion
 from AnomalyScoutLib.cancellation import CancelFlag
 from AnomalyScoutLib.errors import CancelledError, ConfigError
-from AnomalyScoutLib import inversion
 from AnomalyScoutLib.inversion import InversionConfig, Reconstructor, ssim_map
 from AnomalyScoutLib.nets.architecture import ArchitectureConfig
 from AnomalyScoutLib.nets.discriminator import Discriminator
