@@ -71,8 +71,11 @@ class HUWindow:
 
     def normalize(self, hu: ArrayT) -> ArrayT:
         """Hounsfield units → [-1, 1] (numpy array or torch tensor, same type out)."""
-        scaled = (hu - self.low) * (2.0 / self.width) - 1.0
-        return scaled.clamp(-1.0, 1.0) if isinstance(scaled, torch.Tensor) else np.clip(scaled, -1.0, 1.0)
+        scaled = hu - self.low
+        if isinstance(scaled, torch.Tensor):
+            # In place on the fresh difference: the same float operations, one allocation instead of four.
+            return scaled.mul_(2.0 / self.width).sub_(1.0).clamp_(-1.0, 1.0)
+        return np.clip(scaled * (2.0 / self.width) - 1.0, -1.0, 1.0)
 
     def denormalize(self, x: ArrayT) -> ArrayT:
         """[-1, 1] → Hounsfield units; exact inverse of :meth:`normalize` inside the window."""
@@ -219,29 +222,43 @@ def body_mask(array_hu: np.ndarray, threshold_hu: float = BODY_THRESHOLD_HU) -> 
     array_hu = np.asarray(array_hu)
     if array_hu.ndim != 3:
         raise VolumeError(f"body_mask needs a (slices, rows, cols) array, got shape {array_hu.shape}")
-    labels, count = ndimage.label(array_hu > threshold_hu)
+    foreground = array_hu > threshold_hu
+    labels, count = ndimage.label(foreground)
     if count == 0:
         return np.zeros(array_hu.shape, dtype=bool)
+    if count == 1:
+        return _fill_holes_per_slice(foreground)
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    keep = sizes >= BODY_MIN_PART * sizes.max()
-    return _fill_holes_per_slice(keep[labels])
+    keep = np.flatnonzero(sizes >= BODY_MIN_PART * sizes.max())
+    # One kept part (the usual case: body plus table) is a comparison, 4x faster than a lookup per voxel.
+    return _fill_holes_per_slice(labels == keep[0] if len(keep) == 1 else np.isin(labels, keep))
 
 
 def _fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
     """Fill each slice's holes: background not connected in-plane to the slice's border becomes foreground.
 
     One labelling of the background with in-plane connectivity does all slices at once; it is an order of
-    magnitude faster than ``binary_fill_holes`` slice by slice (iterated dilations) on 512² slices.
+    magnitude faster than ``binary_fill_holes`` slice by slice (iterated dilations) on 512² slices. Only the
+    in-plane bounding box of the mask (over all slices) plus a one-pixel margin is labelled: background
+    outside that box touches the border anyway, and the margin, all background, connects whatever reaches
+    the box's edge to it, so the result is the same as labelling the whole slice, in about half the time.
     """
+    rows, cols = np.flatnonzero(mask.any(axis=(0, 2))), np.flatnonzero(mask.any(axis=(0, 1)))
+    if len(rows) == 0:
+        return mask.copy()
+    top, bottom = max(rows[0] - 1, 0), min(rows[-1] + 2, mask.shape[1])
+    left, right = max(cols[0] - 1, 0), min(cols[-1] + 2, mask.shape[2])
     in_plane = np.zeros((3, 3, 3), dtype=bool)
     in_plane[1] = ndimage.generate_binary_structure(2, 1)
-    background, _ = ndimage.label(~mask, structure=in_plane)
+    background, count = ndimage.label(~mask[:, top:bottom, left:right], structure=in_plane)
     edges = (background[:, 0, :], background[:, -1, :], background[:, :, 0], background[:, :, -1])
-    outside = np.zeros(int(background.max()) + 1, dtype=bool)
+    outside = np.zeros(count + 1, dtype=bool)
     outside[np.concatenate([edge.ravel() for edge in edges])] = True
     outside[0] = False  # label 0 is the mask itself
-    return ~outside[background]
+    filled = mask.copy()
+    filled[:, top:bottom, left:right] = ~outside[background]
+    return filled
 
 
 def slice_positions(

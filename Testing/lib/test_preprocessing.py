@@ -164,6 +164,18 @@ def test_the_body_mask_keeps_both_legs_drops_the_table_and_fills_the_gas():
     assert not thighs_only[:, 58].any()
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_the_body_mask_equals_the_largest_parts_with_each_slices_holes_filled(seed):
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(n) for n in rng.integers(1, 14, 3))
+    hu = np.where(rng.random(shape) < rng.uniform(0.2, 0.9), 0.0, -1000.0)
+    labels, count = ndimage.label(hu > -500.0)
+    sizes = np.bincount(labels.ravel())[1:]
+    parts = np.isin(labels, 1 + np.flatnonzero(sizes >= 0.25 * sizes.max())) if count else labels > 0
+    expected = np.stack([ndimage.binary_fill_holes(part) for part in parts])
+    np.testing.assert_array_equal(body_mask(hu), expected)
+
+
 def test_the_body_mask_of_pure_air_is_empty_and_2d_input_is_refused():
     assert not body_mask(np.full((2, 16, 16), -1000.0)).any()
     with pytest.raises(VolumeError, match="slices, rows, cols"):
