@@ -36,7 +36,7 @@ from AnomalyScoutLib.io.geometry import AxialFrame, axial_frame, slice_centers_r
 from AnomalyScoutLib.io.volume import read_label_map, read_volume
 from AnomalyScoutLib.montage import MontagePanel, most_anomalous, write_montage
 from AnomalyScoutLib.outputs import AtomicOutputDir, NrrdVolumeWriter
-from AnomalyScoutLib.preprocessing import body_mask, model_grid, slice_positions
+from AnomalyScoutLib.preprocessing import ModelGrid, body_mask, model_grid, slice_positions
 from AnomalyScoutLib.scoring import ScoreConfig, case_score, residual_maps, score_slices
 
 if TYPE_CHECKING:
@@ -165,6 +165,10 @@ class VolumeScorer:
                 torch.cat([p.images for p in parts]), torch.cat([p.feature_residual for p in parts])
             )
 
+    def _mask_to_model(self, grid: ModelGrid, mask: np.ndarray) -> torch.Tensor:
+        """A boolean canonical mask batch on the model grid (on :attr:`device`): resampled, then > 0.5."""
+        return grid.to_model(torch.from_numpy(mask.astype(np.float32)), fill=0.0).to(self.device) > 0.5
+
     def score(
         self,
         canonical_hu: np.ndarray,
@@ -203,8 +207,8 @@ class VolumeScorer:
             body = body_mask(hu)
             area = body if region is None else body & region[k0:k1]
             x = grid.to_model(model.window.normalize(torch.from_numpy(hu))).to(self.device)
-            body_m = grid.to_model(torch.from_numpy(body.astype(np.float32)), fill=0.0).to(self.device) > 0.5
-            area_m = grid.to_model(torch.from_numpy(area.astype(np.float32)), fill=0.0).to(self.device) > 0.5
+            body_m = self._mask_to_model(grid, body)
+            area_m = body_m if region is None else self._mask_to_model(grid, area)
             position = torch.from_numpy(positions[k0:k1]).to(self.device)
             result = self._reconstruct(x, position, body_m, cancel, listener)
             residual = residual_maps(x, result.images, area_m, self.score_config.smoothing_px)
