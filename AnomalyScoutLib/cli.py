@@ -2,7 +2,10 @@
 
 Each sub-command lives in its own module under :mod:`AnomalyScoutLib.commands` and exposes
 ``register(subparsers)``, which adds its parser and sets ``func(args) -> int`` as the parser default.
-This file only assembles them and turns expected failures into one readable line and a documented exit code:
+This file only assembles them and turns expected failures into one readable line and a documented exit code.
+Only the module of the sub-command being run is imported: the modules import torch, SciPy, SimpleITK and
+the networks, seconds of start-up that ``anomalyscout --help`` or ``anomalyscout phantom`` do not need.
+The other sub-commands are listed with their one-line help from :data:`COMMANDS`.
 
 ====  =====================================================================
 code  meaning
@@ -27,39 +30,62 @@ from collections.abc import Sequence
 from AnomalyScoutLib import __version__
 from AnomalyScoutLib.errors import AnomalyScoutError
 
-__all__ = ["COMMAND_MODULES", "build_parser", "main"]
+__all__ = ["COMMANDS", "COMMAND_MODULES", "build_parser", "command_name", "main"]
 
+#: Sub-command module -> the line ``--help`` shows for it (the same text as the module's own ``register``
+#: gives; Testing/lib/commands/test_cli.py keeps them equal), in the order ``--help`` lists them.
+COMMANDS: dict[str, str] = {
+    "phantom": "write synthetic abdominal CT cases (with optional anomalies) and a manifest",
+    "info": "describe a CT volume: size, spacing, orientation, HU range, series, slice positions",
+    "rank": "rank a pool of CT cases for annotation (active learning worklist)",
+    "score": "score one CT: residual heatmap, slice and case anomaly scores",
+    "calibrate": "store normal score distributions in a model file",
+    "demo": "score a phantom with known anomalies and report how well it was found",
+    "train_gan": "train the position-conditioned StyleGAN2 on normal CT volumes",
+    "train_encoder": "train the encoder of a train-gan run and write the model file",
+    "evaluate_gan": (
+        "FID, encoder/discriminator Fréchet distances and HU-distribution distances of generated slices"
+    ),
+}
 #: Sub-command modules, in the order ``--help`` lists them.
-COMMAND_MODULES: tuple[str, ...] = (
-    "phantom",
-    "info",
-    "rank",
-    "score",
-    "calibrate",
-    "demo",
-    "train_gan",
-    "train_encoder",
-    "evaluate_gan",
-)
+COMMAND_MODULES: tuple[str, ...] = tuple(COMMANDS)
 
 EXIT_INTERNAL_ERROR = 3
 EXIT_CANCELLED = 130
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_name(module: str) -> str:
+    """The sub-command a module registers (``train_gan``: ``train-gan``)."""
+    return module.replace("_", "-")
+
+
+def _chosen_module(argv: Sequence[str]) -> str | None:
+    """The module of the sub-command in ``argv``: its first word that is not an option, as argparse reads
+    it (no top-level option takes a value). None for ``--help``, ``--version`` or an unknown word."""
+    word = next((arg for arg in argv if not arg.startswith("-")), None)
+    return next((module for module in COMMANDS if command_name(module) == word), None)
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser for ``argv`` (default ``sys.argv[1:]``): the full parser of the sub-command it names, a
+    placeholder with the one-line help for every other one (never reached by that ``argv``)."""
     parser = argparse.ArgumentParser(
         prog="anomalyscout",
         description="Find CT slices unlike the normal anatomy a position-conditioned StyleGAN2 has learned.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(f"AnomalyScoutLib.commands.{name}").register(subparsers)
+    chosen = _chosen_module(sys.argv[1:] if argv is None else argv)
+    for module, help_text in COMMANDS.items():
+        if module == chosen:
+            importlib.import_module(f"AnomalyScoutLib.commands.{module}").register(subparsers)
+        else:
+            subparsers.add_parser(command_name(module), help=help_text)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except AnomalyScoutError as error:

@@ -16,8 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 __all__ = ["MontagePanel", "most_anomalous", "write_montage"]
 
@@ -54,6 +52,11 @@ def write_montage(
 
     ``spacing_rc_mm`` keeps anatomy in proportion when rows and columns have different pixel sizes.
     """
+    # matplotlib is imported here, not with the module: importing it costs about a second, which every
+    # importer of the engine (the worker, ``anomalyscout score`` before its first slice) would pay up front.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     if not panels:
         raise ValueError("a montage needs at least one slice")
     columns = min(4, len(panels))
