@@ -221,8 +221,8 @@ class VolumeScorer:
             if residual_out is not None:
                 residual_out[k0:k1] = grid.from_model(residual.cpu()).numpy() * area
             if reconstruction_out is not None:
-                images_hu = model.window.denormalize(grid.from_model(result.images.cpu()).numpy())
-                reconstruction_out[k0:k1] = np.where(body, images_hu, hu)
+                images_hu = model.window.denormalize(grid.from_model(result.images.cpu()))
+                reconstruction_out[k0:k1] = np.where(body, images_hu.numpy(), hu)
             if release_pages is not None:
                 release_pages()
             elapsed = time.perf_counter() - start

@@ -79,7 +79,10 @@ class HUWindow:
 
     def denormalize(self, x: ArrayT) -> ArrayT:
         """[-1, 1] → Hounsfield units; exact inverse of :meth:`normalize` inside the window."""
-        return (x + 1.0) * (self.width / 2.0) + self.low
+        shifted = x + 1.0
+        if isinstance(shifted, torch.Tensor):
+            return shifted.mul_(self.width / 2.0).add_(self.low)  # in place, as in normalize
+        return shifted * (self.width / 2.0) + self.low
 
     def to_dict(self) -> dict[str, list[float]]:
         """The model file's form, ``{"hu_window": [low, high]}``, part of ``metadata["preprocessing"]``."""
