@@ -207,6 +207,30 @@ def _speed(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _model_selection(results: dict[str, Any]) -> list[str]:
+    validation = results["validation"]
+    lines = [
+        f"Run: `{results['command']}` ({results['finished']}). Validation: {validation['slices']} slices "
+        f"({validation['anomalous_slices']} anomalous) of phantoms with seeds {validation['first_seed']}+; "
+        f"accurate mode on a balanced subset of {validation['accurate_subset']}. Criterion: "
+        f"{results['criterion']}.",
+        "",
+        "| model | GAN kimg | encoder kimg | fast: mean of types | fast: worst type "
+        "| accurate: mean of types | accurate: worst type | accurate: overall | chosen |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for c in results["candidates"]:
+        fast, accurate = c["fast"], c["accurate"]
+        lines.append(
+            f"| `{Path(c['path']).name}` ({c['model_id']}) | {_number(c['gan_kimg'], 1)} | "
+            f"{_number(c['encoder_kimg'], 1)} | {_number(fast['mean_type_auroc'])} | "
+            f"{_number(fast['worst_type_auroc'])} | {_number(accurate['mean_type_auroc'])} | "
+            f"{_number(accurate['worst_type_auroc'])} | {_number(accurate['slice_auroc'])} | "
+            f"{'**yes**' if c['path'] == results['chosen'] else ''} |"
+        )
+    return lines
+
+
 #: Table name -> (results file, renderer).
 TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
     "phantom": ("phantom", _phantom),
@@ -214,6 +238,7 @@ TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
     "real": ("real", _real),
     "segfail": ("segfail", _segfail),
     "speed": ("phantom", _speed),
+    "model-selection": ("model_selection", _model_selection),
 }
 
 

@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+from AnomalyScoutLib.commands.calibrate import DEFAULT_PHANTOM_SEED
 from AnomalyScoutLib.preprocessing import HUWindow
 from benchmarks.baselines.atlas import PositionAtlas
 from benchmarks.baselines.autoencoder import AutoencoderDetector
-from benchmarks.data import LIVER_LABEL, volume_slices
+from benchmarks.data import LIVER_LABEL, PhantomSplit, volume_slices
 from benchmarks.detectors import Detection
 from benchmarks.evaluate import MethodRun, case_scores, detection_metrics
+from benchmarks.model_selection import validation_cases
 from benchmarks.phantom_track import balanced_subset
 from benchmarks.real_anatomy import insert_real_anomaly, surrogate_anatomy
 from benchmarks.report import fill
@@ -162,3 +164,13 @@ def test_the_report_replaces_only_its_generated_blocks():
     text = "intro\n<!-- generated:real -->\nold numbers\n<!-- /generated:real -->\nprose\n"
     filled = fill(text)
     assert filled.startswith("intro\n") and filled.endswith("prose\n") and "old numbers" not in filled
+
+
+def test_model_selection_validates_on_phantoms_no_other_part_uses():
+    cases = validation_cases(per_type=3, n_normal=4)
+    seeds = [seed for seed, _ in cases]
+    assert len(set(seeds)) == len(seeds) == 5 * 3 + 4
+    assert {kind for _, kind in cases} == {"tumour", "metal", "ascites", "blob", "deformation", "normal"}
+    split = PhantomSplit(n_train=14, per_type=10, n_normal=10)  # the shipped model's training seeds and more
+    used = set(split.train_seeds) | {seed for seed, _ in split.test_cases}
+    assert not used & set(seeds) and min(seeds) < DEFAULT_PHANTOM_SEED

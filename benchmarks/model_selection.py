@@ -1,0 +1,139 @@
+"""Model selection on held-out synthetic anomalies: which trained model file should ship?
+
+Usage (repository root)::
+
+    python -m benchmarks.model_selection --models models/default.safetensors runs/candidate.safetensors
+
+The issue's rule is to select checkpoints with held-out synthetic anomalies, not with FID: FID rewards
+samples that look right, while the product needs reconstructions whose residual separates anomalous from
+normal slices. Every candidate scores the same **validation** phantoms, seeds 7000+ (disjoint from the
+training seeds 1000-1013, the phantom track's test seeds 9000+ and the calibration seeds 900000+), one case
+of each anomaly type and two normal controls, every 2nd slice:
+
+- ``fast`` (encoder only) on all validation slices;
+- ``accurate`` (encoder + the default refinement) on a seeded balanced subset of them.
+
+The chosen model is the one with the highest mean over anomaly types of the accurate-mode slice AUROC (a
+mean over types, so that one easy type cannot carry a model). Writes
+``benchmarks/results/model_selection.json``; ``python -m benchmarks.report`` turns it into the table in
+``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from AnomalyScoutLib.inversion import InversionConfig
+from AnomalyScoutLib.model_file import AnomalyModel
+from AnomalyScoutLib.scoring import ScoreConfig
+from benchmarks.data import ANOMALY_TYPES, phantom_case
+from benchmarks.evaluate import detection_metrics
+from benchmarks.generator_runs import generator_run
+from benchmarks.ours import GeneratorDetector
+from benchmarks.phantom_track import balanced_subset, sweep_summary
+from benchmarks.results_io import RESULTS_DIR, file_digest, write_json
+from benchmarks.slices import SliceSet, concatenate
+
+__all__ = ["VALIDATION_FIRST_SEED", "main", "validation_cases", "validation_slices"]
+
+#: First seed of the validation phantoms (one block of 100 seeds per anomaly type, as the test split).
+VALIDATION_FIRST_SEED = 7000
+
+
+def validation_cases(per_type: int, n_normal: int) -> list[tuple[int, str]]:
+    """``(seed, kind)`` of the validation phantoms: 100 seeds per anomaly type, then the controls."""
+    blocks = [*((kind, per_type) for kind in ANOMALY_TYPES), ("normal", n_normal)]
+    return [
+        (VALIDATION_FIRST_SEED + 100 * b + i, kind)
+        for b, (kind, count) in enumerate(blocks)
+        for i in range(count)
+    ]
+
+
+def validation_slices(per_type: int, n_normal: int, model: AnomalyModel) -> SliceSet:
+    """Every 2nd slice of the :func:`validation_cases`, on ``model``'s grid and HU window."""
+    cases = [
+        phantom_case(seed, kind, model.resolution, model.window)
+        for seed, kind in validation_cases(per_type, n_normal)
+    ]
+    slices = concatenate(cases)
+    return slices.subset(slices.slice_index % 2 == 0)
+
+
+def _candidate(path: Path, slices: SliceSet, core: np.ndarray, data_key: str) -> dict[str, Any]:
+    model = AnomalyModel.load(path, "cpu")
+    training = model.metadata.get("training", {})
+    entry: dict[str, Any] = {
+        "path": str(path),
+        "model_id": model.model_id,
+        "sha256_16": file_digest(path),
+        "gan_kimg": training.get("gan", {}).get("kimg"),
+        "encoder_kimg": training.get("encoder", {}).get("kimg"),
+    }
+    core_slices = slices.subset(core)
+    for mode, selection, key in (("fast", slices, data_key), ("accurate", core_slices, data_key + "-core")):
+        print(f"[model-selection] {path.name}: {mode} on {len(selection)} slices ...", flush=True)
+        detector = GeneratorDetector(mode, path, InversionConfig(mode=mode), ScoreConfig())
+        run = generator_run(detector, selection, key)
+        metrics = detection_metrics(selection, run.method_run().detection)
+        entry[mode] = {
+            **sweep_summary(metrics),
+            "per_type": {t: m["slice_auroc"] for t, m in metrics.items() if t != "overall"},
+            "slices_per_s": len(selection) / max(run.seconds, 1e-9),
+        }
+    return entry
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", type=Path, nargs="+", required=True, help="candidate model files")
+    parser.add_argument("--per-type", type=int, default=1, help="validation cases per anomaly type")
+    parser.add_argument("--normal-cases", type=int, default=2, help="normal validation controls")
+    parser.add_argument(
+        "--core-per-type", type=int, default=6, help="accurate mode: anomalous slices per type"
+    )
+    parser.add_argument("--core-normal", type=int, default=30, help="accurate mode: normal slices")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "model_selection.json")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    started = time.time()
+    first = AnomalyModel.load(args.models[0], "cpu")
+    slices = validation_slices(args.per_type, args.normal_cases, first)
+    core = balanced_subset(slices, args.core_per_type, args.core_normal, args.seed)
+    data_key = json.dumps(["validation", VALIDATION_FIRST_SEED, args.per_type, args.normal_cases, args.seed,
+                           args.core_per_type, args.core_normal])  # fmt: skip
+    candidates = [_candidate(path, slices, core, data_key) for path in args.models]
+    chosen = max(candidates, key=lambda c: c["accurate"]["mean_type_auroc"])
+    write_json(
+        {
+            "track": "model_selection",
+            "command": " ".join(["python -m benchmarks.model_selection", *(argv or sys.argv[1:])]),
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            "wall_s": round(time.time() - started, 1),
+            "validation": {"first_seed": VALIDATION_FIRST_SEED, "slices": len(slices),
+                           "anomalous_slices": int(slices.labels.sum()), "accurate_subset": int(core.size)},
+            "criterion": "highest mean over anomaly types of the accurate-mode slice AUROC",
+            "candidates": candidates,
+            "chosen": chosen["path"],
+        },
+        args.out,
+    )  # fmt: skip
+    for c in candidates:
+        fast, accurate = c["fast"]["mean_type_auroc"], c["accurate"]["mean_type_auroc"]
+        print(f"{c['path']}: mean AUROC over types: fast {fast:.3f}, accurate {accurate:.3f}")
+    print(f"chosen: {chosen['path']} -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
