@@ -75,6 +75,9 @@ def write_montage(
             f"slice {panel.slice_index}: {panel.score:.3g}{percentile}",
             color="red" if panel.flagged else "white",
             fontsize=9,
+            # A fixed height skips matplotlib's search for tick labels above the axes (there are none: the
+            # axes are off), which took a third of the drawing time; the title lands where it did.
+            y=1.0,
         )
         axes.set_axis_off()
     colorbar = figure.colorbar(image, ax=figure.axes, shrink=0.6)
