@@ -20,7 +20,6 @@ from AnomalyScoutLib.scoring import ScoreConfig
 from benchmarks.data import WORK_DIR
 from benchmarks.evaluate import MethodRun
 from benchmarks.ours import GeneratorDetector, Reconstructions
-from benchmarks.results_io import file_digest
 from benchmarks.slices import SliceSet
 
 __all__ = ["GeneratorRun", "generator_run"]
@@ -51,11 +50,13 @@ def generator_run(detector: GeneratorDetector, slices: SliceSet, selection_key: 
             different selections never share a cache file.
     """
     parameters = {
-        "model": file_digest(detector.model_path),
+        # The weights' digest, not the file's: calibrating a model rewrites its metadata, not what it
+        # reconstructs, so its cached reconstructions stay valid.
+        "model": detector.model.model_id,
         "inversion": repr(detector.inversion),
         "slices": selection_key,
         "n": len(slices),
-        "version": 1,
+        "version": 2,
     }
     key = hashlib.sha256(json.dumps(parameters, sort_keys=True).encode()).hexdigest()[:16]
     path = WORK_DIR / "reconstructions" / f"{detector.inversion.mode}-{key}.npz"
