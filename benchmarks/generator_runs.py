@@ -41,6 +41,13 @@ class GeneratorRun:
         detection = self.detector.detection_from(self.slices, self.reconstructions, score, region)
         return MethodRun(name or self.detector.name, detection, 0.0, self.seconds)
 
+    def calibrated_run(self) -> MethodRun | None:
+        """The detector's scores relative to the model's calibrated thresholds (``None``: not calibrated)."""
+        if not self.detector.is_calibrated():
+            return None
+        detection = self.detector.calibrated(self.slices, self.method_run().detection)
+        return MethodRun(f"{self.detector.name}, calibrated", detection, 0.0, self.seconds)
+
 
 def generator_run(detector: GeneratorDetector, slices: SliceSet, selection_key: str) -> GeneratorRun:
     """Reconstruct ``slices`` with ``detector``, or read the reconstructions from the cache.

@@ -195,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         GeneratorDetector(FAST_NAME, args.model, InversionConfig(mode="fast"), score), test, data_key
     )
     full_runs.append(fast.method_run())
+    full_runs += [r for r in [fast.calibrated_run()] if r is not None]
 
     core = balanced_subset(test, args.core_per_type, args.core_normal, args.seed)
     core_slices = test.subset(core)
@@ -238,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
 
     default_steps = DEFAULT_ACCURATE_STEPS if DEFAULT_ACCURATE_STEPS in accurate_runs else max(accurate_runs)
     ours = accurate_runs[default_steps].method_run()
-    core_runs = [ours] + [r.subset(core) for r in full_runs]
+    core_runs = [ours] + [r for r in [accurate_runs[default_steps].calibrated_run()] if r is not None]
+    core_runs += [r.subset(core) for r in full_runs]
     core_runs += [accurate_runs[k].method_run() for k in accurate_runs if k != default_steps]
     proj_runs = projector_runs + [r.subset(projector_index) for r in core_runs]
 
