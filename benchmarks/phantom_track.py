@@ -51,6 +51,7 @@ from benchmarks.slices import SliceSet
 
 __all__ = [
     "FAST_NAME",
+    "UNCONDITIONAL_MODEL",
     "add_data_arguments",
     "baseline_run",
     "balanced_subset",
@@ -61,6 +62,8 @@ __all__ = [
 ]
 
 FAST_NAME = "f-AnoGAN style (fast: encoder only)"
+#: The poster's baseline: an unconditional GAN of the shipped model's architecture and training budget.
+UNCONDITIONAL_MODEL = Path(__file__).resolve().parent / "models" / "poster-unconditional.safetensors"
 
 
 def balanced_subset(slices: SliceSet, per_type: int, n_normal: int, seed: int) -> np.ndarray:
@@ -156,8 +159,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--unconditional-model",
         type=Path,
-        default=None,
-        help="unconditional model for the poster's baseline (projector); omitted: not run",
+        default=UNCONDITIONAL_MODEL if UNCONDITIONAL_MODEL.is_file() else None,
+        help="unconditional model for the poster's baseline (projector; default: the one in "
+        "benchmarks/models/ if present, else not run)",
     )
     add_data_arguments(parser)
     parser.add_argument("--core-per-type", type=int, default=12)
@@ -185,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     unavailable: dict[str, str] = {}
     if args.unconditional_model is None:
         unavailable["poster (unconditional StyleGAN2 + projector)"] = (
-            "no unconditional model was trained: the two shared CPU cores could not train a second GAN "
-            "at the shipped model's budget in this session"
+            f"no unconditional model ({UNCONDITIONAL_MODEL.name} is missing and no --unconditional-model "
+            "was given)"
         )
 
     full_runs = _baseline_runs(args, train, test, data_key, unavailable)
