@@ -123,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         "ours fast, whole slice": fast.method_run().detection.slice_scores,
         "ours fast, U-Net liver mask": fast.method_run(region=region).detection.slice_scores,
     }
+    calibrated = fast.calibrated_run()
+    if calibrated is not None:
+        scores["ours fast, whole slice, calibrated"] = calibrated.detection.slice_scores
     for detector in (PositionAtlas(), AutoencoderDetector(steps=args.ae_steps, seed=args.seed)):
         scores[f"{detector.name}, whole slice"] = baseline_run(
             detector, train, test, data_key
