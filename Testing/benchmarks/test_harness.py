@@ -174,3 +174,10 @@ def test_model_selection_validates_on_phantoms_no_other_part_uses():
     split = PhantomSplit(n_train=14, per_type=10, n_normal=10)  # the shipped model's training seeds and more
     used = set(split.train_seeds) | {seed for seed, _ in split.test_cases}
     assert not used & set(seeds) and min(seeds) < DEFAULT_PHANTOM_SEED
+
+
+def test_a_method_runs_subset_keeps_its_slices_per_second():
+    run = MethodRun("m", Detection(None, np.arange(10.0)), fit_seconds=3.0, detect_seconds=5.0)
+    part = run.subset(np.arange(10) < 4)
+    assert list(part.detection.slice_scores) == [0.0, 1.0, 2.0, 3.0]
+    assert part.slices_per_second == pytest.approx(run.slices_per_second) and part.fit_seconds == 3.0
