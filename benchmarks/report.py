@@ -127,12 +127,21 @@ def _sweeps(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _trained_on(model: dict[str, Any]) -> str:
+    """What the model's GAN saw, from its file's training metadata (e.g. ``14 volumes, case_000...``)."""
+    sources = model.get("training", {}).get("data", {}).get("sources", [])
+    if not sources:
+        return "training data not recorded"
+    listed = ", ".join(sources[:2]) + (", ..." if len(sources) > 2 else "")
+    return f"GAN data: {len(sources)} volume{'s' if len(sources) > 1 else ''}, {listed}"
+
+
 def _real(results: dict[str, Any]) -> list[str]:
     data = results["data"]
     lines = [
         f"Run: `{results['command']}` ({results['finished']}), model `{results['model']['model_id']}` "
-        f"(trained on phantoms only). {data['train_slices']} training slices, {data['test_slices']} test "
-        f"slices ({data['test_anomalous_slices']} anomalous).",
+        f"({_trained_on(results['model'])}). {data['train_slices']} training slices, {data['test_slices']} "
+        f"test slices ({data['test_anomalous_slices']} anomalous).",
         "",
         f"**Core subset** ({data['core_slices']} slices):",
         "",
@@ -239,6 +248,7 @@ TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], list[str]]]] = {
     "segfail": ("segfail", _segfail),
     "speed": ("phantom", _speed),
     "model-selection": ("model_selection", _model_selection),
+    "real-finetuned": ("real_finetuned", _real),
 }
 
 
