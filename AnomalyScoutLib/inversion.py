@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -176,14 +175,8 @@ class Reconstructor:
         discriminator: Discriminator,
         config: InversionConfig,
         device: torch.device,
-        workers: int | None = None,
     ) -> None:
-        if workers is not None and workers < 1:
-            raise ConfigError(f"workers must be >= 1, got {workers}")
         self.generator, self.encoder, self.discriminator = generator, encoder, discriminator
-        # On CPU, one part of each batch per torch thread the caller asked for (--threads); elsewhere the
-        # device parallelises by itself.
-        self.workers = (workers or torch.get_num_threads()) if device.type == "cpu" else 1
         self.config = config
         self.device = device
         self._memory_format = _memory_format(device)
@@ -218,12 +211,6 @@ class Reconstructor:
     ) -> Reconstruction:
         """Reconstruct ``(N, H, W)`` slices in [-1, 1] at ``position`` (N,) with body ``mask``.
 
-        With ``workers`` > 1 (CPU; default: torch's thread count) the batch is split into that many parts,
-        reconstructed by as many Python threads while torch runs one thread per operation: the networks'
-        small convolutions use two cores poorly inside one operation (1.4-1.6x slower than one part per
-        core, measured on 2 cores), and torch releases the GIL while it computes. Slices stay independent
-        of each other, so the split changes speed, not results (up to float rounding).
-
         Raises:
             CancelledError: ``cancel`` was set (checked between network passes and optimisation steps).
         """
@@ -232,27 +219,6 @@ class Reconstructor:
                 f"need x (N, H, W), mask like x, position (N,); got {tuple(x.shape)}, {tuple(mask.shape)}, "
                 f"{tuple(position.shape)}"
             )
-        workers = min(self.workers, x.shape[0])
-        if workers < 2:
-            return self._reconstruct_part(x, position, mask, cancel)
-        parts = [chunk.tolist() for chunk in torch.arange(x.shape[0]).tensor_split(workers)]
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            with ThreadPoolExecutor(workers) as pool:
-                results = list(
-                    pool.map(lambda i: self._reconstruct_part(x[i], position[i], mask[i], cancel), parts)
-                )
-        finally:
-            torch.set_num_threads(threads)
-        return Reconstruction(
-            images=torch.cat([r.images for r in results]),
-            feature_residual=torch.cat([r.feature_residual for r in results]),
-        )
-
-    def _reconstruct_part(
-        self, x: torch.Tensor, position: torch.Tensor, mask: torch.Tensor, cancel: CancelFlag | None
-    ) -> Reconstruction:
         check = cancel.raise_if_set if cancel is not None else _never
         refine = self.config.resolved_steps > 0
         # inference_mode skips autograd's bookkeeping entirely, but its tensors can never enter a graph, so

@@ -114,25 +114,6 @@ def test_channels_last_networks_reconstruct_like_the_default_layout(nets, batch,
     torch.testing.assert_close(result.feature_residual, expected.feature_residual, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("kwargs", [{"mode": "fast"}, {"mode": "accurate", "steps": 4}])
-def test_splitting_a_batch_over_cpu_threads_changes_nothing_but_speed(nets, batch, kwargs):
-    x, position, mask = batch
-    one = Reconstructor(*nets, InversionConfig(**kwargs), torch.device("cpu"), workers=1)
-    two = Reconstructor(*nets, InversionConfig(**kwargs), torch.device("cpu"), workers=2)
-    expected, result = one.reconstruct(x, position, mask), two.reconstruct(x, position, mask)
-    torch.testing.assert_close(result.images, expected.images, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(result.feature_residual, expected.feature_residual, atol=1e-5, rtol=1e-4)
-    assert torch.get_num_threads() == 1  # the module's setting, restored after the threaded call
-
-
-def test_a_cancel_flag_set_for_threaded_parts_stops_them(nets, batch):
-    flag = CancelFlag()
-    flag.set()
-    reconstructor = Reconstructor(*nets, InversionConfig("accurate", steps=5), torch.device("cpu"), workers=2)
-    with pytest.raises(CancelledError):
-        reconstructor.reconstruct(*batch, cancel=flag)
-
-
 def test_a_set_cancel_flag_stops_the_refinement(nets, batch):
     flag = CancelFlag()
     flag.set()
