@@ -33,6 +33,7 @@ __all__ = [
     "ModeCalibration",
     "ScoreDistribution",
     "calibration_key",
+    "calibration_settings",
     "check_fpr",
     "fit_mode_calibration",
     "self_calibrated",
@@ -53,6 +54,12 @@ def check_fpr(fpr: float) -> float:
 def calibration_key(mode: str, method: str) -> str:
     """Calibrations are filed by reconstruction mode and score method, e.g. ``"accurate/topk"``."""
     return f"{mode}/{method}"
+
+
+def calibration_settings(score_config: Mapping[str, Any], steps: int) -> dict[str, Any]:
+    """What a calibration depends on besides the mode: the score definition and the optimisation steps. A
+    stored calibration is used only for a run with exactly these settings."""
+    return {**score_config, "steps": steps}
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 
-from AnomalyScoutLib.calibration import CalibratedScores, Calibration, check_fpr, self_calibrated
+from AnomalyScoutLib.calibration import (
+    CalibratedScores,
+    Calibration,
+    calibration_settings,
+    check_fpr,
+    self_calibrated,
+)
 from AnomalyScoutLib.cancellation import CancelFlag
 from AnomalyScoutLib.errors import ConfigError, VolumeError
 from AnomalyScoutLib.inversion import InversionConfig, Reconstruction, Reconstructor
@@ -134,8 +140,8 @@ class VolumeScorer:
         )
 
     def calibration_settings(self) -> dict[str, Any]:
-        """What a calibration depends on besides the mode: the score definition and the optimisation steps."""
-        return {**self.score_config.as_dict(), "steps": self.inversion.resolved_steps}
+        """This run's :func:`~AnomalyScoutLib.calibration.calibration_settings`."""
+        return calibration_settings(self.score_config.as_dict(), self.inversion.resolved_steps)
 
     def _reconstruct(
         self,

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from AnomalyScoutLib.calibration import Calibration, ModeCalibration
+from AnomalyScoutLib.calibration import Calibration, ModeCalibration, calibration_settings
 from AnomalyScoutLib.inversion import InversionConfig, Reconstructor
 from AnomalyScoutLib.model_file import AnomalyModel
 from AnomalyScoutLib.scoring import ScoreConfig, residual_maps, score_slices
@@ -118,21 +118,25 @@ class GeneratorDetector:
         """Whether the model file holds a calibration made with exactly this inversion and score."""
         return self._calibration() is not None
 
-    def _calibration(self) -> ModeCalibration | None:
+    def _calibration(self) -> tuple[ModeCalibration, float] | None:
         """The stored calibration the engine would use for this inversion and score (same mode, score
-        definition and steps), or ``None``."""
-        found = Calibration.from_json(self.model.calibration).get(self.inversion.mode, self.score.key())
-        settings = {**self.score.as_dict(), "steps": self.inversion.resolved_steps}
-        return found if found is not None and dict(found.score_config) == settings else None
+        definition and steps) and the model's default false-positive rate, or ``None``."""
+        stored = Calibration.from_json(self.model.calibration)
+        found = stored.get(self.inversion.mode, self.score.key())
+        settings = calibration_settings(self.score.as_dict(), self.inversion.resolved_steps)
+        if found is None or dict(found.score_config) != settings:
+            return None
+        return found, stored.default_fpr
 
     def calibrated(self, slices: SliceSet, detection: Detection) -> Detection:
-        """Slice scores divided by the calibrated threshold at their position (1 % false positives on
-        normal slices): the ranking behind the product's flags (above 1 = flagged), which removes the
-        part of a raw score that only says where in the body a slice lies."""
+        """Slice scores divided by the calibrated threshold at their position (the model's default false-
+        positive rate on normal slices): the ranking behind the product's flags (above 1 = flagged), which
+        removes the part of a raw score that only says where in the body a slice lies."""
         calibration = self._calibration()
         if calibration is None:
             raise ValueError(f"{self.model_path} has no calibration for {self.inversion} with {self.score}")
-        thresholds = calibration.apply(detection.slice_scores, slices.positions, 0.0, 0.01).threshold
+        mode_calibration, fpr = calibration
+        thresholds = mode_calibration.apply(detection.slice_scores, slices.positions, 0.0, fpr).threshold
         return Detection(maps=detection.maps, slice_scores=detection.slice_scores / thresholds)
 
     def detect(self, slices: SliceSet) -> Detection:
