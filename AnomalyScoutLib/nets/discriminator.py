@@ -25,14 +25,16 @@ class ResidualDownBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
+        # The sum's sqrt(1/2) is folded into both branches' last layer (nets.layers: no extra pass).
         self.conv0 = EqualConv2d(in_channels, in_channels, 3)
-        self.conv1 = EqualConv2d(in_channels, out_channels, 3)
-        self.skip = EqualConv2d(in_channels, out_channels, 1, bias=False, activation="linear")
+        self.conv1 = EqualConv2d(in_channels, out_channels, 3, output_scale=math.sqrt(0.5))
+        self.skip = EqualConv2d(
+            in_channels, out_channels, 1, bias=False, activation="linear", output_scale=math.sqrt(0.5)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skip = self.skip(downsample(x))
-        x = downsample(self.conv1(self.conv0(x)))
-        return (x + skip) * math.sqrt(0.5)
+        return downsample(self.conv1(self.conv0(x))) + skip
 
 
 class ResidualTrunk(nn.Module):
@@ -54,7 +56,19 @@ class ResidualTrunk(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_image(x, self.resolution)
-        return self.blocks(self.from_gray(x))
+        # A one-channel image is NCHW- and NHWC-contiguous at once, so from_gray's convolution cannot tell
+        # which layout the caller chose and returns NCHW. Put its output in the layout of the blocks'
+        # weights (channels_last when inversion.Reconstructor chose it), or every full-resolution layer
+        # after it runs on the slower path and pays a conversion.
+        return self.blocks(self.from_gray(x).contiguous(memory_format=self._layout()))
+
+    def _layout(self) -> torch.memory_format:
+        if len(self.blocks) == 0:
+            return torch.contiguous_format
+        weight = self.blocks[0].conv0.weight
+        if weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous():
+            return torch.channels_last
+        return torch.contiguous_format
 
 
 class Discriminator(nn.Module):

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from AnomalyScoutLib.errors import ConfigError
 from AnomalyScoutLib.nets.architecture import PRESETS, ArchitectureConfig, preset
-from AnomalyScoutLib.nets.discriminator import Discriminator
+from AnomalyScoutLib.nets.discriminator import Discriminator, ResidualDownBlock, ResidualTrunk
 from AnomalyScoutLib.nets.encoder import Encoder
 from AnomalyScoutLib.nets.generator import Generator
+from AnomalyScoutLib.nets.layers import EqualConv2d, ModulatedConv2d
 
 torch.set_num_threads(1)
 
@@ -121,3 +124,53 @@ def test_wrong_input_shapes_are_refused_with_the_expected_shape():
         Discriminator(config)(torch.zeros(2, 1, 32, 32), torch.zeros(2))
     with pytest.raises(ValueError, match="position"):
         Generator(config).mapping(torch.zeros(2, 8), torch.zeros(3))
+
+
+def test_layers_with_folded_gains_compute_the_textbook_formulas():
+    """The leaky ReLU gain, the residual sqrt(1/2) and the modulation are folded into weights or reordered for
+    speed (nets.layers); written out plainly, the same layers must give the same numbers."""
+    torch.manual_seed(0)
+    gain = math.sqrt(2.0)
+    x = torch.randn(3, 4, 16, 16)
+    conv = EqualConv2d(4, 6, 3, output_scale=0.5)
+    with torch.no_grad():
+        conv.bias.normal_()
+    plain = F.conv2d(x, conv.weight / math.sqrt(4 * 9), conv.bias, padding=1)
+    torch.testing.assert_close(conv(x), F.leaky_relu(plain, 0.2) * gain * 0.5, rtol=1e-5, atol=1e-5)
+
+    modulated = ModulatedConv2d(4, 6, w_dim=5, resolution=32, up=True)
+    with torch.no_grad():
+        modulated.noise_strength.fill_(0.3)
+        modulated.bias.normal_()
+    w = torch.randn(3, 5)
+    styles = modulated.affine(w)
+    weight = modulated.weight[None] * styles[:, None, :, None, None] / math.sqrt(4 * 9)  # (N, out, in, 3, 3)
+    demod = weight.square().sum(dim=(2, 3, 4)).add(1e-8).rsqrt()
+    upsampled = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
+    per_sample = torch.cat([F.conv2d(upsampled[i : i + 1], weight[i], padding=1) for i in range(3)])
+    expected = per_sample * demod[:, :, None, None] + 0.3 * modulated.noise_const
+    expected = expected + modulated.bias[:, None, None]
+    expected = F.leaky_relu(expected, 0.2) * gain
+    torch.testing.assert_close(modulated(x, w, noise_mode="const"), expected, rtol=1e-5, atol=1e-5)
+
+    block = ResidualDownBlock(4, 6)
+
+    def conv_lrelu(layer: EqualConv2d, h: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(F.conv2d(h, layer.weight / math.sqrt(h.shape[1] * 9), layer.bias, padding=1), 0.2)
+
+    main = F.avg_pool2d(conv_lrelu(block.conv1, conv_lrelu(block.conv0, x) * gain) * gain, 2)
+    expected = (main + F.conv2d(F.avg_pool2d(x, 2), block.skip.weight / 2.0)) * math.sqrt(0.5)
+    torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+def test_the_trunk_keeps_the_layout_its_weights_were_put_in(layout, monkeypatch):
+    """A one-channel image is both NCHW- and NHWC-contiguous, so from_gray returns NCHW whatever was chosen;
+    the trunk must hand its blocks the layout of their weights, or every full-resolution layer runs slowly."""
+    trunk = ResidualTrunk(tiny(32)).to(memory_format=layout)
+    seen = []
+    monkeypatch.setattr(trunk.blocks[0], "forward", lambda x: seen.append(x) or x)
+    with torch.no_grad():
+        trunk(torch.randn(2, 1, 32, 32).contiguous(memory_format=layout))
+    assert seen[0].is_contiguous(memory_format=layout)
+    assert seen[0].is_contiguous() == (layout == torch.contiguous_format)
