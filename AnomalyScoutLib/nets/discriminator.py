@@ -56,10 +56,10 @@ class ResidualTrunk(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_image(x, self.resolution)
-        # A one-channel image is NCHW- and NHWC-contiguous at once, so from_gray's convolution cannot tell
-        # which layout the caller chose and returns NCHW. Put its output in the layout of the blocks'
-        # weights (channels_last when inversion.Reconstructor chose it), or every full-resolution layer
-        # after it runs on the slower path and pays a conversion.
+        # A one-channel image is NCHW- and NHWC-contiguous at once, so from_gray cannot tell which layout
+        # the caller chose (it returns NHWC). Put its output in the layout of the blocks' weights
+        # (channels_last when inversion.Reconstructor chose it), or every full-resolution layer after it
+        # runs on the slower path and pays a conversion.
         return self.blocks(self.from_gray(x).contiguous(memory_format=self._layout()))
 
     def _layout(self) -> torch.memory_format:

@@ -114,8 +114,22 @@ class EqualConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias * self.output_gain
-        x = F.conv2d(x, self.weight * self.weight_gain, bias, padding=self.padding)
+        if self.weight.shape[1:] == (1, 1, 1):
+            x = self._per_channel_affine(x, bias)
+        else:
+            x = F.conv2d(x, self.weight * self.weight_gain, bias, padding=self.padding)
         return F.leaky_relu(x, 0.2, inplace=True) if self.activation == "lrelu" else x
+
+    def _per_channel_affine(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """A 1x1 convolution of a one-channel image (FromGray): pixel value times a weight per output channel.
+
+        Broadcast over the pixels in NHWC order it is ~10x faster on CPU than oneDNN's convolution for this
+        shape, and the result is channels_last memory (callers that want NCHW convert it).
+        """
+        y = x.permute(0, 2, 3, 1) * (self.weight * self.weight_gain).view(-1)
+        if bias is not None:
+            y = y + bias
+        return y.permute(0, 3, 1, 2)
 
 
 class ModulatedConv2d(nn.Module):

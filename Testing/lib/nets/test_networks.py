@@ -137,6 +137,11 @@ def test_layers_with_folded_gains_compute_the_textbook_formulas():
         conv.bias.normal_()
     plain = F.conv2d(x, conv.weight / math.sqrt(4 * 9), conv.bias, padding=1)
     torch.testing.assert_close(conv(x), F.leaky_relu(plain, 0.2) * gain * 0.5, rtol=1e-5, atol=1e-5)
+    from_gray, gray = EqualConv2d(1, 6, 1), torch.randn(3, 1, 16, 16)  # computed as a broadcast, not a conv
+    with torch.no_grad():
+        from_gray.bias.normal_()
+    plain = F.conv2d(gray, from_gray.weight, from_gray.bias)
+    torch.testing.assert_close(from_gray(gray), F.leaky_relu(plain, 0.2) * gain, rtol=1e-5, atol=1e-5)
 
     modulated = ModulatedConv2d(4, 6, w_dim=5, resolution=32, up=True)
     with torch.no_grad():
