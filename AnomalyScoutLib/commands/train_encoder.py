@@ -41,6 +41,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--latent-weight", type=float, default=0.01, help="weight of the latent regulariser")
     parser.add_argument("--synthetic-weight", type=float, default=1.0, help="weight of the known-code loss")
+    parser.add_argument(
+        "--generator-lr",
+        type=float,
+        default=0.0,
+        help="also tune the generator's synthesis network on the reconstruction loss at this learning rate "
+        "(default 0: frozen generator)",
+    )
     parser.add_argument("--max-minutes", type=float, default=0.0, help="stop after this long (0 = no limit)")
     parser.add_argument(
         "--init", type=Path, help="start from this model file's encoder (same architecture), not a fresh one"
@@ -76,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         kappa=args.kappa,
         latent_weight=args.latent_weight,
         synthetic_weight=args.synthetic_weight,
+        generator_lr=args.generator_lr,
         max_minutes=args.max_minutes,
         seed=args.seed,
     )

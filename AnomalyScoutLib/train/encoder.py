@@ -118,6 +118,12 @@ class EncoderOptions:
         kappa: weight of the discriminator-feature residual (f-AnoGAN: 1).
         latent_weight: weight of ``mean ||ws - mean_w(p)||^2``.
         synthetic_weight: weight of the known-code loss on generated slices (0 = off).
+        generator_lr: Adam learning rate of the generator's synthesis network, trained together with the
+            encoder on the real-slice reconstruction loss (0 = frozen generator, the f-AnoGAN recipe). A GAN
+            that stopped early (or partly collapsed) renders only a few "typical" slices; tuning it teaches
+            it to render the anatomy of every normal training slice, which is what a pseudo-normal
+            reconstruction needs. The mapping network stays frozen, so the encoder's mean-latent anchors
+            and the generated half of each step stay valid.
         max_minutes: stop early after this much wall time (0 = no limit); the model is still written.
         seed: data order and generated codes.
     """
@@ -128,6 +134,7 @@ class EncoderOptions:
     kappa: float = 1.0
     latent_weight: float = 0.01
     synthetic_weight: float = 1.0
+    generator_lr: float = 0.0
     max_minutes: float = 0.0
     seed: int = 0
 
@@ -136,12 +143,18 @@ class EncoderOptions:
             raise ConfigError(
                 f"kimg, batch and lr must be positive, got {self.kimg}, {self.batch}, {self.lr}"
             )
-        if min(self.kappa, self.latent_weight, self.synthetic_weight, self.max_minutes) < 0:
-            raise ConfigError("kappa, latent_weight, synthetic_weight and max_minutes must be >= 0")
+        if (
+            min(self.kappa, self.latent_weight, self.synthetic_weight, self.generator_lr, self.max_minutes)
+            < 0
+        ):
+            raise ConfigError(
+                "kappa, latent_weight, synthetic_weight, generator_lr and max_minutes must be >= 0"
+            )
 
 
 class EncoderTrainer:
-    """Trains ``model.encoder`` against the frozen ``model.generator`` and ``model.discriminator``."""
+    """Trains ``model.encoder`` against the frozen ``model.discriminator`` and the generator (frozen, or its
+    synthesis network tuned along with the encoder when ``options.generator_lr`` > 0)."""
 
     def __init__(
         self, model: AnomalyModel, options: EncoderOptions, data: SliceSet, device: torch.device
@@ -151,7 +164,13 @@ class EncoderTrainer:
         for frozen in (model.generator, model.discriminator):
             frozen.eval().requires_grad_(False)
         model.encoder.train().requires_grad_(True)
-        self.optimizer = torch.optim.Adam(model.encoder.parameters(), lr=options.lr, betas=(0.9, 0.99))
+        groups = [{"params": list(model.encoder.parameters()), "lr": options.lr}]
+        if options.generator_lr > 0:
+            model.generator.synthesis.requires_grad_(True)
+            groups.append(
+                {"params": list(model.generator.synthesis.parameters()), "lr": options.generator_lr}
+            )
+        self.optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99))
         self.sampler = torch.Generator().manual_seed(options.seed)
         torch.manual_seed(options.seed)
         self.step, self.images_seen, self.wall_s = 0, 0, 0.0

@@ -167,3 +167,25 @@ def test_path_length_regularisation_updates_its_running_mean(tmp_path):
     for _ in range(2):
         trainer.train_step()
     assert trainer.mean_path_length.item() > 0.0
+
+
+@pytest.mark.parametrize("generator_lr", [0.0, 0.01])
+def test_encoder_training_tunes_the_synthesis_network_only_when_asked(generator_lr):
+    """--generator-lr trains G's synthesis network with the encoder on the reconstruction loss; the mapping
+    network (whose mean latents anchor the encoder) and the discriminator never move."""
+    from AnomalyScoutLib.model_file import AnomalyModel
+    from AnomalyScoutLib.train.encoder import EncoderOptions, EncoderTrainer
+
+    torch.manual_seed(0)
+    model = AnomalyModel.create(MICRO)
+    before = {name: t.clone() for name, t in model.state_tensors().items()}
+    options = EncoderOptions(kimg=0.04, batch=8, generator_lr=generator_lr)
+    trainer = EncoderTrainer(model, options, _disk_data(), torch.device("cpu"))
+    for _ in range(3):
+        trainer.train_step()
+    after = model.state_tensors()
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert any(name.startswith("encoder.") for name in changed)
+    synthesis = {name for name in changed if name.startswith("generator.synthesis.")}
+    assert bool(synthesis) == (generator_lr > 0)
+    assert not any(name.startswith(("generator.mapping.", "discriminator.")) for name in changed)
