@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", action="store_true", help="also sweep accurate's steps and learning rate")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--batch-size", type=int, default=16, help="slices per batch")
-    parser.add_argument("--repeats", type=int, default=5, help="timed passes of the fast throughput (median)")
+    parser.add_argument("--repeats", type=int, default=11, help="timed passes of fast throughput (median)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON")
     parser.add_argument("--doc", type=Path, default=DOC, help="markdown summary")
     args = parser.parse_args(argv)
