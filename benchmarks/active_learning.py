@@ -115,7 +115,11 @@ SignalSource = Callable[[PhantomCase], Signals]
 
 
 def _case_slices(
-    seed: int, anomalies: Sequence[str], config: SimulationConfig, name: str, stride: int,
+    seed: int,
+    anomalies: Sequence[str],
+    config: SimulationConfig,
+    name: str,
+    stride: int,
     signals: SignalSource | None,
 ) -> tuple[SliceSet, Signals | None]:
     """The liver slices (with margin) of one phantom case on the model grid, and their signals."""
@@ -124,8 +128,9 @@ def _case_slices(
     liver = case.labels == LIVER_LABEL
     sx, sy, sz = case.volume.spacing_xyz
     info = CaseInfo(name, anomalies[0] if anomalies else "normal", seed)
-    every_slice = volume_slices(hu, (sz, sy, sx), case.anomaly_mask > 0, liver, info, config.resolution,
-                                HUWindow())
+    every_slice = volume_slices(
+        hu, (sz, sy, sx), case.anomaly_mask > 0, liver, info, config.resolution, HUWindow()
+    )
     liver_slices = np.flatnonzero(liver.any(axis=(1, 2)))
     first, last = liver_slices[0] - config.margin, liver_slices[-1] + config.margin
     keep = np.arange(max(0, first), min(len(hu), last + 1), stride)
@@ -422,7 +427,10 @@ def run_simulation(
         full_pool_futures = [executor.submit(full_pool_dice, pool, test, config, seed) for seed in seeds]
         futures = {
             executor.submit(learning_curve, strategy, level, pool, test, scores, latents, config, seed): (
-                level, strategy, seed)
+                level,
+                strategy,
+                seed,
+            )
             for level, strategy, seed in runs
         }
         done: dict[tuple[str, str, int], Curve] = {}
@@ -430,9 +438,12 @@ def run_simulation(
             key = futures[future]
             done[key] = future.result()
             if progress:
-                print(f"[{time.perf_counter() - started:7.0f} s] {key[0]:5s} {key[1]:11s} seed {key[2]}: "
-                      f"final Dice {done[key].dice[-1]:.3f} / anomalous {done[key].dice_anomalous[-1]:.3f}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"[{time.perf_counter() - started:7.0f} s] {key[0]:5s} {key[1]:11s} seed {key[2]}: "
+                    f"final Dice {done[key].dice[-1]:.3f} / anomalous {done[key].dice_anomalous[-1]:.3f}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         full_pool = [future.result() for future in full_pool_futures]
     results: dict[str, Any] = {}
     for level in config.levels:

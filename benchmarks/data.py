@@ -116,7 +116,11 @@ def phantom_case(
 
 
 def volume_file_case(
-    ct_path: str | Path, labels_path: str | Path, organ_label: int, info: CaseInfo, resolution: int,
+    ct_path: str | Path,
+    labels_path: str | Path,
+    organ_label: int,
+    info: CaseInfo,
+    resolution: int,
     window: HUWindow,
 ) -> SliceSet:
     """A normal CT file (any orientation the engine reads) with its label map, as a one-case slice set.
@@ -124,8 +128,15 @@ def volume_file_case(
     Used for the real fixture and for phantom volumes another part already wrote to disk (the shipped
     model's training cases), which saves the minutes of making them again.
     """
-    parameters = {"name": info.name, "ct": str(ct_path), "labels": str(labels_path), "organ": organ_label,
-                  "resolution": resolution, "window": [window.low, window.high], "version": 1}
+    parameters = {
+        "name": info.name,
+        "ct": str(ct_path),
+        "labels": str(labels_path),
+        "organ": organ_label,
+        "resolution": resolution,
+        "window": [window.low, window.high],
+        "version": 1,
+    }
     path = _cache_path("files", parameters)
     if path.is_file():
         return SliceSet.load(path)
@@ -133,8 +144,9 @@ def volume_file_case(
     frame = axial_frame(volume)
     hu = to_canonical(volume.array_zyx, frame)
     organ = to_canonical(read_label_map(labels_path, volume), frame) == organ_label
-    slices = volume_slices(hu, frame.spacing_kji, np.zeros(hu.shape, dtype=bool), organ, info, resolution,
-                           window)
+    slices = volume_slices(
+        hu, frame.spacing_kji, np.zeros(hu.shape, dtype=bool), organ, info, resolution, window
+    )
     slices.save(path)
     return slices
 

@@ -57,8 +57,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar=("P0", "P1"),
         help="phantom positions of the real scan's first and last slice (default 0.06 0.93)",
     )
-    parser.add_argument("--enhancement", type=float, default=0.1,
-                        help="phantom contrast enhancement (default 0.1: the liver of the example is ~46 HU)")
+    parser.add_argument(
+        "--enhancement",
+        type=float,
+        default=0.1,
+        help="phantom contrast enhancement (default 0.1: the liver of the example is ~46 HU)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "phantom_vs_real.png")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "phantom_vs_real.json")
     args = parser.parse_args(argv)

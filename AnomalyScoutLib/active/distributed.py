@@ -80,8 +80,9 @@ def _dask_client(jobs: int, scheduler: str | None) -> Iterator[Any]:
         yield client
 
 
-def _run(scorer: CaseScorer, cases: Sequence[str], jobs: int, scheduler: str | None,
-         progress: bool) -> Iterator[CaseOutcome]:
+def _run(
+    scorer: CaseScorer, cases: Sequence[str], jobs: int, scheduler: str | None, progress: bool
+) -> Iterator[CaseOutcome]:
     """Yield outcomes as they complete: in this process when ``jobs == 1`` and no scheduler, else on Dask."""
     bar = tqdm(total=len(cases), unit="case", desc="scoring", disable=not progress or not cases)
     with bar:

@@ -42,8 +42,14 @@ def _volume_scorer(model_path: str, device: str, mode: str, batch_size: int) -> 
 
 
 @torch.no_grad()
-def slice_latents(model: AnomalyModel, canonical_hu: np.ndarray, spacing_kji: tuple[float, float, float],
-                  positions: np.ndarray, device: torch.device, batch_size: int = 16) -> np.ndarray:
+def slice_latents(
+    model: AnomalyModel,
+    canonical_hu: np.ndarray,
+    spacing_kji: tuple[float, float, float],
+    positions: np.ndarray,
+    device: torch.device,
+    batch_size: int = 16,
+) -> np.ndarray:
     """The encoder's code of every canonical slice, averaged over its W+ layers: (n_slices, w_dim).
 
     The average keeps the coarse, anatomy-level content shared by all layers and gives one vector per slice
@@ -52,15 +58,16 @@ def slice_latents(model: AnomalyModel, canonical_hu: np.ndarray, spacing_kji: tu
     grid = model_grid(canonical_hu.shape[1:], spacing_kji[1:], model.resolution)
     codes = []
     for k0 in range(0, len(canonical_hu), batch_size):
-        hu = torch.from_numpy(np.array(canonical_hu[k0:k0 + batch_size], dtype=np.float32))
+        hu = torch.from_numpy(np.array(canonical_hu[k0 : k0 + batch_size], dtype=np.float32))
         x = grid.to_model(model.window.normalize(hu)).to(device)[:, None]
-        position = torch.as_tensor(positions[k0:k0 + batch_size], dtype=torch.float32, device=device)
+        position = torch.as_tensor(positions[k0 : k0 + batch_size], dtype=torch.float32, device=device)
         codes.append(model.encoder(x, position).mean(dim=1).cpu())
     return torch.cat(codes).numpy()
 
 
-def score_canonical(scorer: VolumeScorer, canonical_hu: np.ndarray,
-                    spacing_kji: tuple[float, float, float]) -> CaseScores:
+def score_canonical(
+    scorer: VolumeScorer, canonical_hu: np.ndarray, spacing_kji: tuple[float, float, float]
+) -> CaseScores:
     """Scores, calibrated percentiles (NaN without calibration) and latent codes of a canonical volume."""
     raw = scorer.score(canonical_hu, spacing_kji)
     value = case_score(raw.scores, scorer.score_config)
@@ -71,10 +78,17 @@ def score_canonical(scorer: VolumeScorer, canonical_hu: np.ndarray,
         percentiles, case_percentile = calibrated.percentile, calibrated.case_percentile
     else:
         percentiles, case_percentile = np.full(len(raw.scores), math.nan), math.nan
-    latents = slice_latents(scorer.model, canonical_hu, spacing_kji, raw.positions.astype(np.float32),
-                            scorer.device, scorer.batch_size)
-    return CaseScores(raw.scores, np.asarray(percentiles, dtype=np.float64), value, float(case_percentile),
-                      latents)
+    latents = slice_latents(
+        scorer.model,
+        canonical_hu,
+        spacing_kji,
+        raw.positions.astype(np.float32),
+        scorer.device,
+        scorer.batch_size,
+    )
+    return CaseScores(
+        raw.scores, np.asarray(percentiles, dtype=np.float64), value, float(case_percentile), latents
+    )
 
 
 @dataclass(frozen=True)
@@ -96,8 +110,9 @@ class ModelCaseScorer:
         return score_canonical(scorer, to_canonical(volume.array_zyx, frame), frame.spacing_kji)
 
 
-def model_case_scorer(model: str | None, device: str = "auto",
-                      mode: str = "fast") -> tuple[ModelCaseScorer, str]:
+def model_case_scorer(
+    model: str | None, device: str = "auto", mode: str = "fast"
+) -> tuple[ModelCaseScorer, str]:
     """The scorer for ``model`` (default: the shipped model) and the model's id.
 
     The model is loaded here once, so that a missing or invalid model file fails before any case is touched

@@ -67,11 +67,17 @@ class CaseScores:
 
     def __post_init__(self) -> None:
         n = len(self.slice_scores)
-        if n == 0 or np.shape(self.slice_percentiles) != (n,) or np.ndim(self.latents) != 2 \
-                or len(self.latents) != n:
-            raise ConfigError(f"inconsistent case scores: {n} slice scores, percentiles of shape "
-                              f"{np.shape(self.slice_percentiles)}, latents of shape "
-                              f"{np.shape(self.latents)}")
+        if (
+            n == 0
+            or np.shape(self.slice_percentiles) != (n,)
+            or np.ndim(self.latents) != 2
+            or len(self.latents) != n
+        ):
+            raise ConfigError(
+                f"inconsistent case scores: {n} slice scores, percentiles of shape "
+                f"{np.shape(self.slice_percentiles)}, latents of shape "
+                f"{np.shape(self.latents)}"
+            )
 
 
 #: Scores one case given its path (file or DICOM folder); raises an AnomalyScoutError for a bad case.
@@ -145,16 +151,21 @@ def build_worklist(
     if level not in LEVELS:
         raise ConfigError(f"unknown level {level!r}; choose one of {', '.join(LEVELS)}")
     if strategy not in RANK_STRATEGIES:
-        raise ConfigError(f"strategy {strategy!r} cannot rank a pool from anomaly scores alone; choose one "
-                          f"of {', '.join(RANK_STRATEGIES)}")
+        raise ConfigError(
+            f"strategy {strategy!r} cannot rank a pool from anomaly scores alone; choose one "
+            f"of {', '.join(RANK_STRATEGIES)}"
+        )
     if not cases:
         return []
     if level == "case":
         items = [(name, *hot_range(s.slice_scores), s.case_score, s.case_percentile) for name, s in cases]
         latents = np.stack([s.latents.mean(axis=0) for _, s in cases])
     else:
-        items = [(name, k, k, float(s.slice_scores[k]), float(s.slice_percentiles[k]))
-                 for name, s in cases for k in range(len(s.slice_scores))]
+        items = [
+            (name, k, k, float(s.slice_scores[k]), float(s.slice_percentiles[k]))
+            for name, s in cases
+            for k in range(len(s.slice_scores))
+        ]
         latents = np.concatenate([s.latents for _, s in cases])
     scores = np.array([item[3] for item in items], dtype=np.float64)
     percentiles = np.array([item[4] for item in items], dtype=np.float64)
@@ -173,8 +184,10 @@ def write_worklist(items: Sequence[WorklistItem], csv_path: str, summary: dict[s
     atomically, the JSON last, so a reader that sees the JSON also sees the matching CSV. An unknown value
     (an uncalibrated percentile) is an empty CSV cell and a JSON null, as in ``scores.csv``/``scores.json``.
     """
-    rows = [{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in asdict(i).items()}
-            for i in items]
+    rows = [
+        {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in asdict(i).items()}
+        for i in items
+    ]
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()

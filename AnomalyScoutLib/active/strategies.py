@@ -77,8 +77,10 @@ class PoolSignals:
                 continue
             value = np.asarray(value, dtype=np.float64)
             if value.ndim != ndim or len(value) != self.size:
-                raise ConfigError(f"signal `{name}` must have {ndim} dimension(s) and {self.size} rows, "
-                                  f"got shape {value.shape}")
+                raise ConfigError(
+                    f"signal `{name}` must have {ndim} dimension(s) and {self.size} rows, "
+                    f"got shape {value.shape}"
+                )
             object.__setattr__(self, name, value)
 
 
@@ -98,8 +100,9 @@ def _ranked_weights(scores: np.ndarray, alpha: float) -> np.ndarray:
     return quantile**alpha
 
 
-def _k_center_greedy(points: np.ndarray, taken: np.ndarray, budget: int, weights: np.ndarray,
-                     first: int) -> Selection:
+def _k_center_greedy(
+    points: np.ndarray, taken: np.ndarray, budget: int, weights: np.ndarray, first: int
+) -> Selection:
     """Greedy weighted k-center: repeatedly take the free item maximising weight × distance to the taken set.
 
     ``first`` is the pick used when nothing is taken yet (no distance is defined then).
@@ -166,8 +169,9 @@ def select(
     taken = np.zeros(signals.size, dtype=bool)
     labelled = np.asarray(list(labelled), dtype=np.int64)
     if labelled.size and (labelled.min() < 0 or labelled.max() >= signals.size):
-        raise ConfigError(f"labelled indices must lie in [0, {signals.size}), "
-                          f"got {labelled.min()}..{labelled.max()}")
+        raise ConfigError(
+            f"labelled indices must lie in [0, {signals.size}), got {labelled.min()}..{labelled.max()}"
+        )
     taken[labelled] = True
     budget = min(budget, int((~taken).sum()))
     rng = np.random.default_rng(seed)

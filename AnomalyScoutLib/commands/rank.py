@@ -64,13 +64,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--level", choices=LEVELS, default="case", help="rank whole cases or single slices")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes on this machine (default 1)")
     parser.add_argument("--scheduler", help="'local' or the address of a running Dask scheduler")
-    parser.add_argument("--cache-dir", type=Path, default=None,
-                        help=f"score cache (default {default_cache_dir()})")
+    parser.add_argument(
+        "--cache-dir", type=Path, default=None, help=f"score cache (default {default_cache_dir()})"
+    )
     parser.add_argument("--no-cache", action="store_true", help="score every case, keep nothing")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mps (default auto)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random and diversity strategies")
-    parser.add_argument("--alpha", type=float, default=1.0,
-                        help="hybrid: weight of the anomaly rank (0 = pure diversity; default 1)")
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        default=1.0,
+        help="hybrid: weight of the anomaly rank (0 = pure diversity; default 1)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -87,22 +92,39 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out: the folder {args.out.parent} does not exist")
     scorer, model_id = load_case_scorer(args.model, args.device)
     cache = None if args.no_cache else ScoreCache(args.cache_dir or default_cache_dir())
-    outcomes = score_pool(cases, scorer, model_id=model_id, cache=cache, jobs=args.jobs,
-                          scheduler=args.scheduler, progress=not args.no_progress)
+    outcomes = score_pool(
+        cases,
+        scorer,
+        model_id=model_id,
+        cache=cache,
+        jobs=args.jobs,
+        scheduler=args.scheduler,
+        progress=not args.no_progress,
+    )
     scored = [(o.case, o.scores) for o in outcomes if o.scores is not None]
     failed = [{"case": o.case, "error": o.error} for o in outcomes if o.error is not None]
-    items = build_worklist(scored, args.strategy, args.budget, level=args.level, seed=args.seed,
-                           alpha=args.alpha)
+    items = build_worklist(
+        scored, args.strategy, args.budget, level=args.level, seed=args.seed, alpha=args.alpha
+    )
     summary = {
-        "strategy": args.strategy, "level": args.level, "budget": args.budget, "seed": args.seed,
-        "alpha": args.alpha, "model_id": model_id, "cases": len(cases), "scored": len(scored),
-        "from_cache": sum(o.cached for o in outcomes), "failed": failed,
+        "strategy": args.strategy,
+        "level": args.level,
+        "budget": args.budget,
+        "seed": args.seed,
+        "alpha": args.alpha,
+        "model_id": model_id,
+        "cases": len(cases),
+        "scored": len(scored),
+        "from_cache": sum(o.cached for o in outcomes),
+        "failed": failed,
     }
     json_path = write_worklist(items, str(args.out), summary)
     for failure in failed:
         print(f"skipped {failure['case']}: {failure['error']}", file=sys.stderr)
-    print(f"{len(items)} {args.level}(s) listed from {len(scored)} of {len(cases)} cases "
-          f"({summary['from_cache']} from cache, {len(failed)} failed): {args.out}, {json_path}")
+    print(
+        f"{len(items)} {args.level}(s) listed from {len(scored)} of {len(cases)} cases "
+        f"({summary['from_cache']} from cache, {len(failed)} failed): {args.out}, {json_path}"
+    )
     if not scored:
         raise AnomalyScoutError(f"none of the {len(cases)} cases could be scored (see {json_path})")
     return 0

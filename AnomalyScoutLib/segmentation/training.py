@@ -98,11 +98,12 @@ def train_segmenter(
 
 
 @torch.no_grad()
-def _map_batches(model: nn.Module, images: np.ndarray, fn: Callable[[torch.Tensor], torch.Tensor],
-                 batch_size: int) -> np.ndarray:
+def _map_batches(
+    model: nn.Module, images: np.ndarray, fn: Callable[[torch.Tensor], torch.Tensor], batch_size: int
+) -> np.ndarray:
     """Apply ``fn`` to ``images`` in batches and concatenate the results as a numpy array."""
     x_all = _as_batch(images, _device_of(model))
-    return torch.cat([fn(x_all[i:i + batch_size]).cpu() for i in range(0, len(x_all), batch_size)]).numpy()
+    return torch.cat([fn(x_all[i : i + batch_size]).cpu() for i in range(0, len(x_all), batch_size)]).numpy()
 
 
 def predict_probabilities(model: nn.Module, images: np.ndarray, *, batch_size: int = 64) -> np.ndarray:

@@ -86,8 +86,9 @@ class UNet(nn.Module):
         if x.ndim != 4:
             raise ValueError(f"expected input of shape (N, C, H, W), got {tuple(x.shape)}")
         if x.shape[-1] % self.size_multiple or x.shape[-2] % self.size_multiple:
-            raise ValueError(f"input height and width must be multiples of {self.size_multiple}, got "
-                             f"{tuple(x.shape[-2:])}")
+            raise ValueError(
+                f"input height and width must be multiples of {self.size_multiple}, got {tuple(x.shape[-2:])}"
+            )
 
     def _encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Feature maps of every level, finest first; the last one is the (dropped-out) bottleneck."""

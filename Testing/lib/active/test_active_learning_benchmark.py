@@ -38,15 +38,36 @@ def _disc_slices(n_cases: int, per_case: int, anomalous_cases: int, seed: int) -
         if i // per_case < anomalous_cases:
             anomaly[i] = (rows - r) ** 2 + (cols - c) ** 2 <= 3
     images = (organ * 1.0 - anomaly * 1.2 - 0.5 + rng.normal(0, 0.1, organ.shape)).astype(np.float32)
-    return SliceSet(images, np.zeros(n, np.float32), np.ones_like(organ), anomaly, organ,
-                    np.repeat(np.arange(n_cases), per_case), np.tile(np.arange(per_case), n_cases),
-                    tuple(CaseInfo(f"c{i}", "tumour" if i < anomalous_cases else "normal", i)
-                          for i in range(n_cases)))
+    return SliceSet(
+        images,
+        np.zeros(n, np.float32),
+        np.ones_like(organ),
+        anomaly,
+        organ,
+        np.repeat(np.arange(n_cases), per_case),
+        np.tile(np.arange(per_case), n_cases),
+        tuple(CaseInfo(f"c{i}", "tumour" if i < anomalous_cases else "normal", i) for i in range(n_cases)),
+    )
 
 
-CONFIG = replace(SimulationConfig(), initial=3, batch=2, rounds=2, initial_cases=1, case_batch=1,
-                 case_rounds=2, steps_initial=4, steps_per_round=2, batch_size=4, channels=(4, 8),
-                 mc_samples=2)
+#: The smallest simulation that still has every stage: two rounds of each level, a few U-Net steps.
+TINY_SIMULATION = {
+    "initial": 3,
+    "batch": 2,
+    "rounds": 2,
+    "initial_cases": 1,
+    "case_batch": 1,
+    "case_rounds": 2,
+}
+CONFIG = replace(
+    SimulationConfig(),
+    **TINY_SIMULATION,
+    steps_initial=4,
+    steps_per_round=2,
+    batch_size=4,
+    channels=(4, 8),
+    mc_samples=2,
+)
 
 
 def _signals(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -98,14 +119,27 @@ def test_t_interval_covers_the_mean_and_widens_with_spread():
 
 def test_target_verdict_needs_hybrid_interval_above_each_baseline_and_half_the_labels():
     def curves(level: float, spread: float) -> list[Curve]:
-        return [Curve([8, 16, 24], [0, 1, 2], [level - 0.2, level, level + 0.1], [level + s] * 3)
-                for s in (-spread, 0.0, spread)]
+        return [
+            Curve([8, 16, 24], [0, 1, 2], [level - 0.2, level, level + 0.1], [level + s] * 3)
+            for s in (-spread, 0.0, spread)
+        ]
+
     full_pool = [(0.8, 0.8)] * 3
-    summary = summarise({"hybrid": curves(0.8, 0.01), "random": curves(0.6, 0.01),
-                         "uncertainty": curves(0.78, 0.05), "coreset": curves(0.5, 0.01)}, full_pool)
+    summary = summarise(
+        {
+            "hybrid": curves(0.8, 0.01),
+            "random": curves(0.6, 0.01),
+            "uncertainty": curves(0.78, 0.05),
+            "coreset": curves(0.5, 0.01),
+        },
+        full_pool,
+    )
     verdict = target_verdict(summary)
-    assert verdict["hybrid_auc_anomalous_interval_above"] == {"random": True, "uncertainty": False,
-                                                              "coreset": True}
+    assert verdict["hybrid_auc_anomalous_interval_above"] == {
+        "random": True,
+        "uncertainty": False,
+        "coreset": True,
+    }
     assert verdict["labels_to_95pct"] == {"hybrid": 16, "random": None}
     assert verdict["hybrid_needs_at_most_half_of_random"] is None
     table = markdown_table({"levels": {"slice": {**summary, "target": verdict}}})

@@ -17,6 +17,7 @@ def _counting(scorer, calls: list[str]):
     def counted(case: str):
         calls.append(case)
         return scorer(case)
+
     return counted
 
 
@@ -33,6 +34,7 @@ def test_a_failed_case_is_reported_and_the_others_are_scored(tmp_path, make_case
 def test_an_unexpected_exception_in_one_case_is_reported_as_internal_error_and_skipped(make_case):
     def buggy(case: str):
         raise ZeroDivisionError("oops")
+
     outcome = score_pool([make_case("a", [0.1])], buggy, model_id="m", progress=False)[0]
     assert outcome.scores is None
     assert "internal error" in outcome.error and "ZeroDivisionError" in outcome.error

@@ -49,11 +49,26 @@ def test_rank_command_with_the_real_engine_lists_cases_and_skips_a_broken_one(fi
     broken = tmp_path / "broken.nrrd"
     broken.write_text("NRRD0004\n")
     out = tmp_path / "worklist.csv"
-    argv = ["rank", files["normal"], files["anomalous"], str(broken), "--model", files["model"],
-            "--device", "cpu", "--budget", "2", "--out", str(out), "--no-cache", "--no-progress"]
+    argv = [
+        "rank",
+        files["normal"],
+        files["anomalous"],
+        str(broken),
+        "--model",
+        files["model"],
+        "--device",
+        "cpu",
+        "--budget",
+        "2",
+        "--out",
+        str(out),
+        "--no-cache",
+        "--no-progress",
+    ]
     assert main(argv) == 0
     with open(out, newline="") as stream:
-        assert sorted(row["case"] for row in csv.DictReader(stream)) == sorted([files["normal"],
-                                                                               files["anomalous"]])
+        assert sorted(row["case"] for row in csv.DictReader(stream)) == sorted(
+            [files["normal"], files["anomalous"]]
+        )
     document = json.loads(out.with_suffix(".json").read_text())
     assert [f["case"] for f in document["failed"]] == [str(broken)]

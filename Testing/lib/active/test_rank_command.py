@@ -31,13 +31,19 @@ def _rank(tmp_path, *args: str) -> int:
 def test_writes_csv_and_json_worklists_and_skips_a_failed_case(tmp_path, make_case, fake_model, capsys):
     broken = tmp_path / "broken.nrrd"
     broken.write_text("garbage")
-    cases = [make_case("a", [0.1, 0.2]), str(broken), make_case("b", [0.2, 0.9, 0.85, 0.1]),
-             make_case("c", [0.5])]
+    cases = [
+        make_case("a", [0.1, 0.2]),
+        str(broken),
+        make_case("b", [0.2, 0.9, 0.85, 0.1]),
+        make_case("c", [0.5]),
+    ]
     assert _rank(tmp_path, *cases, "--strategy", "anomaly", "--budget", "2") == 0
     with open(tmp_path / "worklist.csv", newline="") as stream:
         rows = list(csv.DictReader(stream))
     assert [(r["rank"], r["case"], r["slice_start"], r["slice_end"]) for r in rows] == [
-        ("1", cases[2], "1", "2"), ("2", cases[3], "0", "0")]
+        ("1", cases[2], "1", "2"),
+        ("2", cases[3], "0", "0"),
+    ]
     document = json.loads((tmp_path / "worklist.json").read_text())
     assert document["model_id"] == "fake-model-1" and document["scored"] == 3
     assert [f["case"] for f in document["failed"]] == [str(broken)]
@@ -63,11 +69,14 @@ def test_the_same_worklist_comes_from_two_local_dask_workers(tmp_path, make_case
     assert (tmp_path / "worklist.csv").read_text() == serial
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    ([], "no cases"),
-    (["x.npy", "--budget", "0"], "budget"),
-    (["x.npy", "--out", "list.json"], ".csv"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([], "no cases"),
+        (["x.npy", "--budget", "0"], "budget"),
+        (["x.npy", "--out", "list.json"], ".csv"),
+    ],
+)
 def test_refuses_bad_arguments_with_one_line_and_exit_code_1(tmp_path, fake_model, capsys, args, message):
     argv = ["rank", "--budget", "1", "--out", str(tmp_path / "w.csv"), "--no-cache", *args]
     assert main(argv) == 1

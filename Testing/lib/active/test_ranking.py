@@ -60,10 +60,13 @@ def test_uncalibrated_scores_rank_by_raw_score():
     assert items[0].case == "b" and np.isnan(items[0].percentile) and "uncalibrated" in items[0].reason
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"strategy": "uncertainty"}, "segmentation|anomaly scores alone"),
-    ({"level": "voxel"}, "level"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"strategy": "uncertainty"}, "segmentation|anomaly scores alone"),
+        ({"level": "voxel"}, "level"),
+    ],
+)
 def test_refuses_what_a_worklist_cannot_do(kwargs, message):
     kwargs = {"strategy": "hybrid", **kwargs}
     with pytest.raises(ConfigError, match=message):

@@ -78,12 +78,14 @@ def test_hybrid_prefers_items_that_are_both_anomalous_and_unlike_those_already_c
     # 0-4: one anomaly seen on five near-identical slices (highest scores); 5-9: a second, different anomaly
     # (high scores); 10-29: normal slices near the origin; 30: a normal but far outlier of the latent space.
     rng = np.random.default_rng(0)
-    latents = np.concatenate([
-        np.array([5.0, 0.0]) + rng.normal(0, 0.05, (5, 2)),
-        np.array([0.0, 5.0]) + rng.normal(0, 0.05, (5, 2)),
-        rng.normal(0, 0.5, (20, 2)),
-        np.array([[-12.0, -12.0]]),
-    ])
+    latents = np.concatenate(
+        [
+            np.array([5.0, 0.0]) + rng.normal(0, 0.05, (5, 2)),
+            np.array([0.0, 5.0]) + rng.normal(0, 0.05, (5, 2)),
+            rng.normal(0, 0.5, (20, 2)),
+            np.array([[-12.0, -12.0]]),
+        ]
+    )
     anomaly = np.concatenate([np.full(5, 0.99), np.full(5, 0.95), rng.uniform(0, 0.5, 20), [0.1]])
     signals = PoolSignals(size=31, anomaly=anomaly, latents=latents)
 
