@@ -26,14 +26,23 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import Any
 
 from AnomalyScoutLib import __version__
 from AnomalyScoutLib.errors import AnomalyScoutError
 
-__all__ = ["COMMANDS", "COMMAND_MODULES", "build_parser", "command_name", "main"]
+__all__ = [
+    "COMMANDS",
+    "COMMAND_MODULES",
+    "EXIT_CANCELLED",
+    "add_command_parser",
+    "build_parser",
+    "command_name",
+    "main",
+]
 
-#: Sub-command module -> the line ``--help`` shows for it (the same text as the module's own ``register``
-#: gives; Testing/lib/commands/test_cli.py keeps them equal), in the order ``--help`` lists them.
+#: Sub-command module -> the line ``--help`` shows for it, in the order ``--help`` lists them. Each module's
+#: ``register`` takes its line from here (:func:`add_command_parser`), so ``--help`` needs no module import.
 COMMANDS: dict[str, str] = {
     "phantom": "write synthetic abdominal CT cases (with optional anomalies) and a manifest",
     "info": "describe a CT volume: size, spacing, orientation, HU range, series, slice positions",
@@ -59,6 +68,13 @@ def command_name(module: str) -> str:
     return module.replace("_", "-")
 
 
+def add_command_parser(
+    subparsers: argparse._SubParsersAction, module: str, **kwargs: Any
+) -> argparse.ArgumentParser:
+    """The parser of the sub-command in ``module``, with its name and its line from :data:`COMMANDS`."""
+    return subparsers.add_parser(command_name(module), help=COMMANDS[module], **kwargs)
+
+
 def _chosen_module(argv: Sequence[str]) -> str | None:
     """The module of the sub-command in ``argv``: its first word that is not an option, as argparse reads
     it (no top-level option takes a value). None for ``--help``, ``--version`` or an unknown word."""
@@ -76,11 +92,11 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     chosen = _chosen_module(sys.argv[1:] if argv is None else argv)
-    for module, help_text in COMMANDS.items():
+    for module in COMMANDS:
         if module == chosen:
             importlib.import_module(f"AnomalyScoutLib.commands.{module}").register(subparsers)
         else:
-            subparsers.add_parser(command_name(module), help=help_text)
+            add_command_parser(subparsers, module)
     return parser
 
 

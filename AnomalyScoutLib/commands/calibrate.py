@@ -21,6 +21,7 @@ from safetensors import safe_open
 from tqdm import tqdm
 
 from AnomalyScoutLib.calibration import Calibration, calibration_key, check_fpr, fit_mode_calibration
+from AnomalyScoutLib.cli import add_command_parser
 from AnomalyScoutLib.commands.score import add_device_arguments, device_from_args
 from AnomalyScoutLib.engine import VolumeScorer
 from AnomalyScoutLib.errors import ConfigError
@@ -150,9 +151,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command_parser(
+        subparsers,
         "calibrate",
-        help="store normal score distributions in a model file",
         description=__doc__.splitlines()[0],
     )
     parser.add_argument(

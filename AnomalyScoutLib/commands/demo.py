@@ -22,6 +22,7 @@ import numpy as np
 
 from AnomalyScoutLib.atomic import write_bytes_atomic
 from AnomalyScoutLib.cancellation import CancelFlag, cancel_on_signals
+from AnomalyScoutLib.cli import add_command_parser
 from AnomalyScoutLib.commands.score import TqdmListener, add_device_arguments, device_from_args, print_summary
 from AnomalyScoutLib.engine import ScoreRun, VolumeScorer, score_file
 from AnomalyScoutLib.errors import MetricError
@@ -114,9 +115,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command_parser(
+        subparsers,
         "demo",
-        help="score a phantom with known anomalies and report how well it was found",
         description=__doc__,
     )
     parser.formatter_class = argparse.RawDescriptionHelpFormatter

@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from AnomalyScoutLib.atomic import write_bytes_atomic
+from AnomalyScoutLib.cli import add_command_parser
 from AnomalyScoutLib.devices import select_device
 from AnomalyScoutLib.errors import ConfigError, MetricError
 from AnomalyScoutLib.metrics.gan_evaluation import (
@@ -62,9 +63,9 @@ def _at_least_two(text: str) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "evaluate-gan",
-        help="FID, encoder/discriminator Fréchet distances and HU-distribution distances of generated slices",
+    parser = add_command_parser(
+        subparsers,
+        "evaluate_gan",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

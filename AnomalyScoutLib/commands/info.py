@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from AnomalyScoutLib.cli import add_command_parser
 from AnomalyScoutLib.io.geometry import axial_frame, to_canonical
 from AnomalyScoutLib.io.volume import list_dicom_series, read_volume
 from AnomalyScoutLib.preprocessing import POSITION_METHODS, body_mask, slice_positions
@@ -22,9 +23,9 @@ __all__ = ["describe", "register", "run"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command_parser(
+        subparsers,
         "info",
-        help="describe a CT volume: size, spacing, orientation, HU range, series, slice positions",
         description=__doc__,
     )
     parser.add_argument("ct", type=Path, help="NIfTI/NRRD/MHA file, DICOM file, or folder of DICOM series")

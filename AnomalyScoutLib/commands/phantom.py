@@ -22,6 +22,7 @@ from typing import Any
 from tqdm import tqdm
 
 from AnomalyScoutLib.atomic import write_bytes_atomic
+from AnomalyScoutLib.cli import add_command_parser
 from AnomalyScoutLib.errors import ConfigError
 from AnomalyScoutLib.io.volume import Volume, write_volume
 from AnomalyScoutLib.phantom import ANOMALY_CODES, LABEL_NAMES, PhantomCase, make_phantom
@@ -60,9 +61,9 @@ def _anomaly_list(text: str) -> tuple[str, ...]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command_parser(
+        subparsers,
         "phantom",
-        help="write synthetic abdominal CT cases (with optional anomalies) and a manifest",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

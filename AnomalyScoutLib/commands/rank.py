@@ -22,6 +22,7 @@ from pathlib import Path
 from AnomalyScoutLib.active.cache import ScoreCache, default_cache_dir
 from AnomalyScoutLib.active.distributed import score_pool
 from AnomalyScoutLib.active.ranking import LEVELS, RANK_STRATEGIES, CaseScorer, build_worklist, write_worklist
+from AnomalyScoutLib.cli import add_command_parser
 from AnomalyScoutLib.errors import AnomalyScoutError, ConfigError
 
 __all__ = ["load_case_scorer", "read_case_list", "register", "run"]
@@ -49,9 +50,9 @@ def read_case_list(path: Path) -> list[str]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command_parser(
+        subparsers,
         "rank",
-        help="rank a pool of CT cases for annotation (active learning worklist)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from AnomalyScoutLib.cancellation import CancelFlag, cancel_on_signals
+from AnomalyScoutLib.cli import add_command_parser
 from AnomalyScoutLib.devices import select_device
 from AnomalyScoutLib.engine import ScoreOptions, ScoreRun, VolumeScorer, score_file
 from AnomalyScoutLib.errors import ConfigError
@@ -154,9 +155,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command_parser(
+        subparsers,
         "score",
-        help="score one CT: residual heatmap, slice and case anomaly scores",
         description=__doc__.splitlines()[0],
     )
     add_scoring_arguments(parser)

@@ -16,15 +16,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from AnomalyScoutLib.commands.train_gan import EXIT_CANCELLED, add_runtime_arguments
+from AnomalyScoutLib.cli import EXIT_CANCELLED, add_command_parser
+from AnomalyScoutLib.commands.train_gan import add_runtime_arguments
 
 __all__ = ["register", "run"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "train-encoder",
-        help="train the encoder of a train-gan run and write the model file",
+    parser = add_command_parser(
+        subparsers,
+        "train_encoder",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

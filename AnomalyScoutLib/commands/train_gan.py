@@ -18,12 +18,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from AnomalyScoutLib.cli import EXIT_CANCELLED, add_command_parser
 from AnomalyScoutLib.errors import ConfigError
 from AnomalyScoutLib.nets.architecture import PRESETS, ArchitectureConfig, preset
 
 __all__ = ["add_runtime_arguments", "parse_window", "register", "run"]
-
-EXIT_CANCELLED = 130
 
 
 def parse_window(text: str) -> tuple[float, float]:
@@ -44,9 +43,9 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "train-gan",
-        help="train the position-conditioned StyleGAN2 on normal CT volumes",
+    parser = add_command_parser(
+        subparsers,
+        "train_gan",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
