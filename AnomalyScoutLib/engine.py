@@ -338,6 +338,125 @@ def _write_tables(
     (staging / "scores.json").write_text(text + "\n", encoding="utf-8")
 
 
+@dataclass(frozen=True)
+class _ScanInput:
+    """What a run keeps of its input once read: the canonical CT, the organ region, and where the slices lie.
+
+    The file-order volume itself is dropped after reading (the canonical copy is all scoring needs), so only
+    its ``geometry`` (shape, spacing, origin, direction) is kept, for the output volumes' headers.
+    """
+
+    canonical_hu: np.ndarray
+    frame: AxialFrame
+    region: np.ndarray | None
+    centers_ras: np.ndarray
+    geometry: tuple[Any, ...]
+    source: str
+
+
+def _read_input(input_path: str | os.PathLike[str], options: ScoreOptions) -> _ScanInput:
+    """Read the CT (and its organ mask) and bring both into canonical slice order.
+
+    Raises:
+        VolumeError: the input or the mask cannot be read, or the mask has no voxel of the requested label.
+    """
+    volume = read_volume(input_path, options.series_uid)
+    frame = axial_frame(volume)
+    region = None
+    if options.mask_path is not None:
+        labels = to_canonical(read_label_map(options.mask_path, reference=volume), frame)
+        region = labels == options.mask_label if options.mask_label is not None else labels > 0
+        if not region.any():
+            raise VolumeError(f"mask {options.mask_path} has no voxel of the requested label")
+    return _ScanInput(
+        canonical_hu=to_canonical(volume.array_zyx, frame),
+        frame=frame,
+        region=region,
+        centers_ras=slice_centers_ras(volume, frame),
+        geometry=(volume.array_zyx.shape, volume.spacing_xyz, volume.origin_xyz, volume.direction),
+        source=volume.source or os.fspath(input_path),
+    )
+
+
+class _OutputVolumes:
+    """``residual.nrrd`` and ``reconstruction.nrrd`` in the staging folder, filled in canonical order.
+
+    A context manager: the memory maps are closed on leaving, also on an error or a cancellation (the
+    staging folder is then deleted by :class:`AtomicOutputDir`).
+    """
+
+    def __init__(self, staging: Path, scan: _ScanInput) -> None:
+        self._residual_file = NrrdVolumeWriter(staging / "residual.nrrd", *scan.geometry)
+        self._reconstruction_file = NrrdVolumeWriter(staging / "reconstruction.nrrd", *scan.geometry)
+        self._frame = scan.frame
+
+    def __enter__(self) -> _OutputVolumes:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._residual_file.close()
+        self._reconstruction_file.close()
+
+    def residual(self) -> np.ndarray:
+        """A writable canonical view of the residual file (drop it before the block ends)."""
+        return canonical_view(self._residual_file.array_zyx, self._frame)
+
+    def reconstruction(self) -> np.ndarray:
+        """A writable canonical view of the reconstruction file (drop it before the block ends)."""
+        return canonical_view(self._reconstruction_file.array_zyx, self._frame)
+
+    def release_pages(self) -> None:
+        """Hand the written pages of both files back to the operating system (see ``NrrdVolumeWriter``)."""
+        self._residual_file.release_pages()
+        self._reconstruction_file.release_pages()
+
+
+def _write_flagged_montage(
+    path: Path, scan: _ScanInput, residual: np.ndarray, case: CaseScores, calibrated: CalibratedScores
+) -> None:
+    """``flagged.png``: the :data:`MONTAGE_SLICES` most anomalous slices, CT beside its residual."""
+    panels = [
+        MontagePanel(
+            k,
+            np.asarray(scan.canonical_hu[k]),
+            np.array(residual[k]),
+            float(case.scores[k]),
+            float(calibrated.percentile[k]),
+            bool(calibrated.flagged[k]),
+        )
+        for k in most_anomalous(case.scores, calibrated.percentile, MONTAGE_SLICES)
+    ]
+    write_montage(path, panels, scan.frame.spacing_kji[1:])
+
+
+def _run_summary(
+    scorer: VolumeScorer,
+    scan: _ScanInput,
+    options: ScoreOptions,
+    score_of_case: float,
+    calibrated: CalibratedScores,
+    by_model: bool,
+    fpr: float,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """The case-level part of ``scores.json``: the case's result and everything needed to reproduce it."""
+    return {
+        "case_score": _finite(score_of_case),
+        "case_percentile": _finite(calibrated.case_percentile),
+        "case_flagged": calibrated.case_flagged,
+        "calibrated": by_model,
+        "model_id": str(scorer.model.metadata.get("model_id", "")),
+        "mode": scorer.inversion.mode,
+        "steps": scorer.inversion.resolved_steps,
+        "score_config": scorer.score_config.as_dict(),
+        "fpr": fpr,
+        "device": str(scorer.device),
+        "input": scan.source,
+        "mask": options.mask_path,
+        "timings": timings,
+    }
+
+
 def score_file(
     input_path: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -349,6 +468,9 @@ def score_file(
 ) -> ScoreRun:
     """Score one CT file or DICOM folder and write the contract's five outputs into ``out_dir`` atomically.
 
+    The steps: read the input, score every slice into the output volumes, calibrate, draw the montage, write
+    the tables, and only then move the staged folder into place.
+
     Raises:
         VolumeError: the input (or mask) cannot be read or is not CT.
         ConfigError: bad options or an unwritable output folder.
@@ -358,84 +480,35 @@ def score_file(
     listener = listener or _SilentListener()
     timings: dict[str, float] = {}
     clock = time.perf_counter()
-    volume = read_volume(input_path, options.series_uid)
-    frame = axial_frame(volume)
-    canonical_hu = to_canonical(volume.array_zyx, frame)
-    region = None
-    if options.mask_path is not None:
-        labels = to_canonical(read_label_map(options.mask_path, reference=volume), frame)
-        region = labels == options.mask_label if options.mask_label is not None else labels > 0
-        if not region.any():
-            raise VolumeError(f"mask {options.mask_path} has no voxel of the requested label")
-    centers_ras = slice_centers_ras(volume, frame)
-    geometry = (volume.array_zyx.shape, volume.spacing_xyz, volume.origin_xyz, volume.direction)
-    source = volume.source or os.fspath(input_path)
-    del volume  # the canonical copy is all that is needed from here on
+    scan = _read_input(input_path, options)
     timings["read_s"] = time.perf_counter() - clock
     model_id = str(scorer.model.metadata.get("model_id", ""))
-    listener.started(frame.n_slices, str(scorer.device), scorer.inversion.mode, model_id)
-    if region is not None:
+    listener.started(scan.frame.n_slices, str(scorer.device), scorer.inversion.mode, model_id)
+    if scan.region is not None:
         listener.warning(
             "calibration is for whole-body scores: percentiles inside an organ mask are approximate"
         )
 
     with AtomicOutputDir(out_dir) as out:
-        residual_file = NrrdVolumeWriter(out.staging / "residual.nrrd", *geometry)
-        reconstruction_file = NrrdVolumeWriter(out.staging / "reconstruction.nrrd", *geometry)
-
-        def release_pages() -> None:
-            residual_file.release_pages()
-            reconstruction_file.release_pages()
-
-        clock = time.perf_counter()
-        try:
+        with _OutputVolumes(out.staging, scan) as volumes:
+            clock = time.perf_counter()
             case = scorer.score(
-                canonical_hu,
-                frame.spacing_kji,
-                region=region,
-                residual_out=canonical_view(residual_file.array_zyx, frame),
-                reconstruction_out=canonical_view(reconstruction_file.array_zyx, frame),
+                scan.canonical_hu,
+                scan.frame.spacing_kji,
+                region=scan.region,
+                residual_out=volumes.residual(),
+                reconstruction_out=volumes.reconstruction(),
                 listener=listener,
                 cancel=cancel,
-                release_pages=release_pages,
+                release_pages=volumes.release_pages,
             )
             timings["score_s"] = time.perf_counter() - clock
             clock = time.perf_counter()
             score_of_case = case_score(case.scores, scorer.score_config)
             calibrated, by_model, fpr = _calibrate(scorer, case, score_of_case, options.fpr, listener)
-            residual_canonical = canonical_view(residual_file.array_zyx, frame)
-            panels = [
-                MontagePanel(
-                    k,
-                    np.asarray(canonical_hu[k]),
-                    np.array(residual_canonical[k]),
-                    float(case.scores[k]),
-                    float(calibrated.percentile[k]),
-                    bool(calibrated.flagged[k]),
-                )
-                for k in most_anomalous(case.scores, calibrated.percentile, MONTAGE_SLICES)
-            ]
-            del residual_canonical
-            write_montage(out.staging / "flagged.png", panels, frame.spacing_kji[1:])
-        finally:
-            residual_file.close()
-            reconstruction_file.close()
-        summary = {
-            "case_score": _finite(score_of_case),
-            "case_percentile": _finite(calibrated.case_percentile),
-            "case_flagged": calibrated.case_flagged,
-            "calibrated": by_model,
-            "model_id": model_id,
-            "mode": scorer.inversion.mode,
-            "steps": scorer.inversion.resolved_steps,
-            "score_config": scorer.score_config.as_dict(),
-            "fpr": fpr,
-            "device": str(scorer.device),
-            "input": source,
-            "mask": options.mask_path,
-            "timings": timings,
-        }
+            _write_flagged_montage(out.staging / "flagged.png", scan, volumes.residual(), case, calibrated)
         timings["write_s"] = time.perf_counter() - clock
-        _write_tables(out.staging, case, calibrated, centers_ras, summary)
+        summary = _run_summary(scorer, scan, options, score_of_case, calibrated, by_model, fpr, timings)
+        _write_tables(out.staging, case, calibrated, scan.centers_ras, summary)
         outputs = out.commit()
     return ScoreRun(outputs, case, calibrated, score_of_case, by_model, timings)
