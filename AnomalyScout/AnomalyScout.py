@@ -1,8 +1,12 @@
 """AnomalyScout: the 3D Slicer module shell (metadata, widget, logic glue, self-test).
 
-Thin on purpose: the scene logic lives in ``AnomalyScoutScene`` (no qt), the worker process in
-``AnomalyScoutWorkerRun``, the worklist in ``AnomalyScoutWorklist`` and the dependency check in
-``AnomalyScoutDependencies``; all four are tested with pytest outside Slicer. This file needs Slicer.
+Thin on purpose: the helpers live in the ``AnomalyScoutModuleLib`` package beside this file (scene logic
+without qt, the worker process, the worklist, case loading, dependencies, run folders, device advice, sample
+data), tested with pytest outside Slicer. Slicer imports this file when it starts, before anything could be
+installed, so it and the helpers import only what Slicer bundles; torch and the other packages of
+``AnomalyScoutLogic.ensureDependencies`` are imported inside the functions that run after it.
+``Testing/module/test_module_load.py`` imports it as Slicer would, with those packages blocked, and drives
+the widget through a stand-in for qt, ctk and slicer.util whose names come from Slicer's source.
 """
 
 from __future__ import annotations
@@ -10,12 +14,12 @@ from __future__ import annotations
 import logging
 import math
 import sys
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
 import qt
 import slicer
+import vtk
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -30,19 +34,29 @@ try:
 except ImportError:  # a source checkout: the library sits next to the module folder
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from AnomalyScoutDependencies import install, install_plan
-from AnomalyScoutScene import SceneResults, export_segment_mask, export_volume
-from AnomalyScoutWorkerRun import (
+from AnomalyScoutModuleLib.case_loading import load_case
+from AnomalyScoutModuleLib.dependencies import install, install_plan
+from AnomalyScoutModuleLib.device_advice import cuda_memory_bytes, device_advice
+from AnomalyScoutModuleLib.run_folders import RunFolders
+from AnomalyScoutModuleLib.sample_data import register_sample_data
+from AnomalyScoutModuleLib.scene import SceneResults, export_segment_mask, export_volume
+from AnomalyScoutModuleLib.worker_run import (
     RunCallbacks,
     RunOutcome,
     RunRequest,
     WorkerRun,
     blocking_launcher,
     format_eta,
-    library_root,
     slicer_launcher,
 )
-from AnomalyScoutWorklist import BatchProgress, BatchScoring, Worklist, find_cases, read_worklist, results_dir
+from AnomalyScoutModuleLib.worklist import (
+    BatchProgress,
+    BatchScoring,
+    Worklist,
+    find_cases,
+    read_worklist,
+    results_dir,
+)
 
 __all__ = [
     "AnomalyScout",
@@ -54,6 +68,11 @@ __all__ = [
 
 MODEL_SETTINGS_KEY = "AnomalyScout/ModelFiles"
 RESULTS_SUBFOLDER = "anomalyscout"
+MODULE_DIR = Path(__file__).resolve().parent
+#: Where the shipped models are: the extension installs them under the module's Resources (a top-level
+#: ``models`` folder on ``sys.path`` could collide with other packages); a source checkout keeps them in
+#: ``models/`` beside the library.
+SHIPPED_MODEL_DIRS = (MODULE_DIR / "Resources" / "Models", MODULE_DIR.parent / "models")
 
 
 class AnomalyScout(ScriptedLoadableModule):
@@ -68,6 +87,19 @@ class AnomalyScout(ScriptedLoadableModule):
             "residual heatmap over the CT, per-slice scores with calibrated flags and an annotation worklist."
         )
         parent.acknowledgementText = "Built on 3D Slicer, PyTorch and the PyTorch extension."
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData() -> None:
+    """A phantom CT with a liver tumour in the Sample Data module (made on the spot, nothing downloaded)."""
+    import SampleData
+
+    register_sample_data(
+        SampleData.SampleDataLogic,
+        slicer.util.loadVolume,
+        lambda: slicer.app.temporaryPath,
+        MODULE_DIR / "Resources" / "Icons" / "AnomalyScoutPhantom.png",
+    )
 
 
 @parameterNodeWrapper
@@ -87,8 +119,8 @@ class AnomalyScoutLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def modelFiles() -> list[Path]:
-        """Shipped models (``models/`` next to the library), then the user's added files that still exist."""
-        shipped = sorted((library_root() / "models").glob("*.safetensors"))
+        """Shipped models (:data:`SHIPPED_MODEL_DIRS`), then the user's added files that still exist."""
+        shipped = [path for folder in SHIPPED_MODEL_DIRS for path in sorted(folder.glob("*.safetensors"))]
         added = [Path(p) for p in _as_list(qt.QSettings().value(MODEL_SETTINGS_KEY))]
         return [p for p in dict.fromkeys(shipped + added) if p.is_file()]
 
@@ -99,8 +131,15 @@ class AnomalyScoutLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def ensureDependencies() -> bool:
-        """Offer to install what is missing, once, listing everything; ``False`` if the user declined."""
+        """Offer to install what is missing, once, listing everything; ``False`` if the user declined.
+
+        In testing mode ``confirmOkCancelDisplay`` answers OK by itself, so the self-test installs too.
+
+        Raises:
+            InstallError: torch is too old, the PyTorch extension is missing or an install failed.
+        """
         plan = install_plan()
+        plan.check()
         if plan.empty:
             return True
         if not slicer.util.confirmOkCancelDisplay(plan.describe(), "AnomalyScout needs Python packages"):
@@ -127,15 +166,22 @@ class AnomalyScoutLogic(ScriptedLoadableModuleLogic):
 
 
 class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel. Lifecycle as in Slicer's scripted-module template: the parameter node is observed only
+    while the module is shown, and a closed scene (which removes the parameter node) gets a new one."""
+
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
+        self.logic = None
         self._parameterNode = None
+        self._parameterNodeGuiTag = None
         self._run: WorkerRun | None = None
         self._batch: BatchScoring | None = None
         self._worklist: Worklist | None = None
         self._worklistRoot: Path | None = None
         self._runInput = None  # the volume being scored: the selector may change while the worker runs
+        self._runFolder: Path | None = None
+        self._runFolders: RunFolders | None = None
         self._liveNodes = None
         self._resultNodes = None
         self._plotConnected = False
@@ -148,6 +194,7 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = AnomalyScoutLogic()
         self.scene = SceneResults(slicer.mrmlScene)
+        self._runFolders = RunFolders(slicer.app.temporaryPath)
         self.ui.progressBar.hide()
         self._fillModels()
         self.ui.deviceNoteLabel.text = "auto picks the GPU when one is found, else the CPU."
@@ -162,33 +209,67 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.scoreFolderButton.connect("clicked(bool)", self.onScoreFolder)
         self.ui.openWorklistButton.connect("clicked(bool)", self.onOpenWorklist)
         self.ui.loadNextCaseButton.connect("clicked(bool)", self.onLoadNextCase)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self._cancelJobs)
-        self.setParameterNode(self.logic.getParameterNode())
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        """Called when the module is reloaded or Slicer exits: no worker may outlive the widget."""
+        """Called when the module is reloaded or Slicer exits: no worker and no run folder may outlive it."""
         self._cancelJobs()
+        self._runFolders.clear()
         self.removeObservers()
 
-    def _cancelJobs(self, *_) -> None:
-        """Never leave a worker running behind a closed scene."""
+    def enter(self) -> None:
+        """The module is shown: make sure a parameter node exists and is observed."""
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        """Another module is shown: stop reacting to the parameter node (a run in progress goes on)."""
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateApply)
+
+    def onSceneStartClose(self, *_) -> None:
+        """The scene closes: its parameter node and every node of a run go away, so the run goes too."""
+        self._cancelJobs()
+        self.setParameterNode(None)
+        self._liveNodes = self._resultNodes = None
+        self._runFolders.clear()
+
+    def onSceneEndClose(self, *_) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            firstVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolume:
+                self._parameterNode.inputVolume = firstVolume
+
+    def _cancelJobs(self) -> None:
+        """Never leave a worker running behind a closed scene or a removed module."""
         for job in (self._run, self._batch):
             if job is not None:
                 job.cancel()
 
-    def setParameterNode(self, parameterNode) -> None:
+    def setParameterNode(self, parameterNode: AnomalyScoutParameterNode | None) -> None:
         if self._parameterNode:
-            self._parameterNode.disconnectGui(self._guiConnections)
-            self.removeObserver(self._parameterNode, slicer.vtkCommand.ModifiedEvent, self._updateApply)
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateApply)
         self._parameterNode = parameterNode
-        self._guiConnections = parameterNode.connectGui(self.ui)
-        self.addObserver(parameterNode, slicer.vtkCommand.ModifiedEvent, self._updateApply)
+        self._parameterNodeGuiTag = None
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateApply)
         self._updateApply()
 
     def _updateApply(self, *_) -> None:
         running = self._run is not None and self._run.running
         self.ui.applyButton.text = "Cancel" if running else "Run"
-        self.ui.applyButton.enabled = running or bool(self._parameterNode.inputVolume and self._modelPath())
+        ready = bool(self._parameterNode and self._parameterNode.inputVolume and self._modelPath())
+        self.ui.applyButton.enabled = running or ready
 
     def _fillModels(self, select: str | None = None) -> None:
         self.ui.modelSelector.clear()
@@ -212,30 +293,38 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onApply(self) -> None:
         if self._run is not None and self._run.running:
-            self.ui.statusLabel.text = "Cancelling…"
+            self._setStatus("Cancelling…")
             self._run.cancel()
             return
         with slicer.util.tryWithErrorDisplay("AnomalyScout could not start.", waitCursor=True):
             if not self.logic.ensureDependencies():
                 return
             params = self._parameterNode
-            runDir = Path(tempfile.mkdtemp(prefix="AnomalyScout-", dir=slicer.app.temporaryPath))
-            segmentation = self.ui.segmentSelector.currentNode()
-            request = self.logic.prepareRun(
-                params, self._modelPath(), segmentation, self.ui.segmentSelector.currentSegmentID(), runDir
+            self.ui.deviceNoteLabel.text = device_advice(
+                params.device, params.mode, None if params.device == "cpu" else cuda_memory_bytes()
             )
-            self._runInput = params.inputVolume
+            runFolder = self._runFolders.create()
+            try:
+                segments = self.ui.segmentSelector
+                request = self.logic.prepareRun(
+                    params, self._modelPath(), segments.currentNode(), segments.currentSegmentID(), runFolder
+                )
+                callbacks = RunCallbacks(
+                    started=self._onStarted,
+                    progress=self._onProgress,
+                    warning=lambda message: self._setStatus(f"Warning: {message}"),
+                    log=self._log,
+                    finished=self._onFinished,
+                )
+                run = WorkerRun(request, slicer_launcher, callbacks)
+            except Exception:
+                self._runFolders.discard(runFolder)
+                raise
+            self._run, self._runFolder, self._runInput = run, runFolder, params.inputVolume
             self._liveNodes = self.scene.start_live_scores(self._runInput)
             self.scene.show_chart(self._liveNodes.chart, slicer.modules.plots.logic())
             self._connectPlotView()
-            callbacks = RunCallbacks(
-                started=self._onStarted,
-                progress=self._onProgress,
-                warning=lambda message: self._setStatus(f"Warning: {message}"),
-                log=logging.info,
-                finished=self._onFinished,
-            )
-            self._run = WorkerRun(request, slicer_launcher, callbacks)
+            self.ui.logText.clear()
             self._run.start()
             self._setStatus("Starting the worker (loading the model)…")
             self.ui.progressBar.show()
@@ -243,7 +332,7 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _onStarted(self, slices: int, device: str, mode: str) -> None:
         self.ui.progressBar.maximum = slices
-        if self._parameterNode.device != "cpu" and device == "cpu":
+        if self._parameterNode and self._parameterNode.device != "cpu" and device == "cpu":
             self.ui.deviceNoteLabel.text = "No GPU was found: running on the CPU (slower)."
         self._setStatus(f"Scoring {slices} slices on {device} ({mode})…")
 
@@ -252,26 +341,36 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.format = f"slice {i}/{n}" + (
             f", {format_eta(eta)} left" if eta is not None else ""
         )
-        if score is not None:
+        if score is not None and self._liveNodes is not None and self.scene.contains(self._runInput):
             self.scene.add_live_score(self._liveNodes, sliceIndex, position, score)
 
     def _onFinished(self, outcome: RunOutcome) -> None:
+        """Show what the worker left, unless the input has gone with a closed scene meanwhile."""
         self.ui.progressBar.hide()
-        inputVolume = self._runInput
+        inputVolume, runFolder = self._runInput, self._runFolder
         Path(self._run.request.input_path).unlink(missing_ok=True)  # a copy of the CT, no longer needed
-        self._setStatus(outcome.message)
-        if inputVolume is not None:
+        elapsed = f" ({format_eta(outcome.elapsed_s)})" if outcome.elapsed_s is not None else ""
+        self._setStatus(outcome.message + elapsed)
+        shown = False
+        if self.scene.contains(inputVolume):
             with slicer.util.tryWithErrorDisplay("The results could not be shown."):
                 if outcome.status == "done":
                     self._showResults(inputVolume, self._run.request.out_dir)
+                    self._runFolders.keep(inputVolume.GetID(), runFolder)
+                    shown = True
                 else:
                     self.scene.restore_scores(inputVolume)
+        if not shown:
+            self._runFolders.discard(runFolder)
         self._updateApply()
 
     def _showResults(self, inputVolume, outDir: Path) -> None:
         params = self._parameterNode
         nodes = self.scene.show_results(
-            inputVolume, outDir, with_reconstruction=params.showReconstruction, opacity=params.opacity
+            inputVolume,
+            outDir,
+            with_reconstruction=bool(params and params.showReconstruction),
+            opacity=params.opacity if params else 0.6,
         )
         self.ui.thresholdSlider.maximum = nodes.residual.GetImageData().GetScalarRange()[1]
         self.ui.thresholdSlider.value = nodes.residual.GetDisplayNode().GetLowerThreshold()
@@ -301,7 +400,8 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 )
 
     def onFlaggedRowClicked(self, row: int, _column: int) -> None:
-        self.scene.jump_to_slice(self.scene.center_of_row(self._resultNodes.flagged_table, row))
+        if self._resultNodes is not None:
+            self.scene.jump_to_slice(self.scene.center_of_row(self._resultNodes.flagged_table, row))
 
     def _connectPlotView(self) -> None:
         plotWidget = slicer.app.layoutManager().plotWidget(0)
@@ -312,13 +412,13 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._plotConnected = True
 
     def onPlotSelection(self, seriesIds, selections) -> None:
-        """A click on a plot point: jump to the first selected slice."""
+        """A click on a plot point: jump to the first selected slice (once its position is known)."""
         for i in range(seriesIds.GetNumberOfValues()):
             points = selections.GetItemAsObject(i)
             if points is not None and points.GetNumberOfTuples() > 0:
-                self.scene.jump_to_slice(
-                    self.scene.center_of_plot_point(seriesIds.GetValue(i), int(points.GetValue(0)))
-                )
+                center = self.scene.center_of_plot_point(seriesIds.GetValue(i), int(points.GetValue(0)))
+                if not self.scene.jump_to_slice(center):
+                    self._setStatus("Slice positions are known when the run has finished.")
                 return
 
     def onThreshold(self, value: float) -> None:
@@ -327,7 +427,13 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _setStatus(self, text: str) -> None:
         self.ui.statusLabel.text = text
+        self._log(text)
         slicer.util.showStatusMessage(text, 5000)
+
+    def _log(self, text: str) -> None:
+        """The panel's log area (what TotalSegmentator and MONAIAuto3DSeg show) and Slicer's log."""
+        self.ui.logText.appendPlainText(text)
+        logging.info(f"AnomalyScout: {text}")
 
     # --- worklist ---
 
@@ -363,10 +469,9 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._batch.start()
             self.ui.scoreFolderButton.text = "Cancel scoring"
 
-    @staticmethod
-    def _onBatchCase(case: Path, outcome: RunOutcome) -> None:
+    def _onBatchCase(self, case: Path, outcome: RunOutcome) -> None:
         if outcome.status == "failed":
-            logging.warning(f"AnomalyScout: {case.name} skipped: {outcome.message}")
+            self._log(f"{case.name} skipped: {outcome.message}")
 
     def _onBatchFinished(self, entries) -> None:
         self._batch = None
@@ -396,14 +501,14 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.loadNextCaseButton.enabled = bool(worklist.entries)
 
     def onLoadNextCase(self) -> None:
-        """Open the next case; show its batch results at its hottest slice, or score it now if it has none."""
+        """Open the next case: its batch results at its hottest slices, or score it now if it has none."""
         entry = self._worklist.next_entry()
         if entry is None:
             self.ui.worklistStatusLabel.text = "All cases of the worklist were opened."
             return
         name = Path(entry.case).name
         with slicer.util.tryWithErrorDisplay(f"{name} could not be opened.", waitCursor=True):
-            volume = slicer.util.loadVolume(entry.case)
+            volume = load_case(entry.case, slicer.mrmlScene, slicer.util.loadVolume)
             self._parameterNode.inputVolume = volume
             self.ui.worklistTable.selectRow(self._worklist.current_row)
             results = results_dir(self._worklistRoot, entry.case)
@@ -439,21 +544,25 @@ class AnomalyScoutTest(ScriptedLoadableModuleTest):
         self.test_scores_a_phantom_and_shows_the_results()
 
     def test_scores_a_phantom_and_shows_the_results(self) -> None:
+        logic = AnomalyScoutLogic()
+        # torch and the rest first: in testing mode the confirmation answers OK by itself
+        self.assertTrue(logic.ensureDependencies(), "the Python dependencies are not installed")
+        models = logic.modelFiles()
+        self.assertTrue(models, "no shipped model was found")
+
         from AnomalyScoutLib.io.volume import write_volume
-        from AnomalyScoutLib.model_file import DEFAULT_MODEL_PATH
         from AnomalyScoutLib.phantom import make_phantom
 
         self.delayDisplay("Making a phantom with a liver tumour")
-        folder = Path(tempfile.mkdtemp(dir=slicer.app.temporaryPath))
+        folder = RunFolders(slicer.app.temporaryPath).create()
         case = make_phantom(3, shape_xyz=(64, 64, 32), anomalies=("tumour",))
         write_volume(case.volume, folder / "phantom.nrrd")
         volume = slicer.util.loadVolume(str(folder / "phantom.nrrd"))
         before = slicer.util.arrayFromVolume(volume).copy()
 
-        logic = AnomalyScoutLogic()
         params = logic.getParameterNode()
         params.inputVolume, params.device = volume, "cpu"
-        request = logic.prepareRun(params, Path(DEFAULT_MODEL_PATH), None, "", folder)
+        request = logic.prepareRun(params, models[0], None, "", folder)
         outcomes: list[RunOutcome] = []
         WorkerRun(request, blocking_launcher, RunCallbacks(finished=outcomes.append)).start()
         self.assertEqual(outcomes[0].status, "done", outcomes[0].message)
@@ -472,4 +581,5 @@ class AnomalyScoutTest(ScriptedLoadableModuleTest):
         count = slicer.mrmlScene.GetNumberOfNodes()
         scene.show_results(volume, request.out_dir)
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), count, "showing results again added nodes")
+        RunFolders.discard(folder)
         self.delayDisplay("AnomalyScout self-test passed")

@@ -3,11 +3,14 @@
 Slicer's Python ships numpy, SimpleITK and friends but not torch or safetensors. torch must come from the
 PyTorch extension's ``PyTorchUtils`` (it picks the CUDA build matching the computer's driver); a plain ``pip
 install torch`` would bring a wrong build, so this module never asks pip for torch. All is listed in one
-question so that the user confirms once. No qt: the dialog is the widget's business.
+question so that the user confirms once. A torch that is installed but too old is reported before anything
+is asked: the PyTorch extension's installer does not replace it, the PyTorch Utils module does (as
+SlicerTotalSegmentator advises). No qt: the dialog is the widget's business.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,10 +39,27 @@ class InstallError(AnomalyScoutError):
 
 @dataclass(frozen=True)
 class InstallPlan:
-    """What is missing: torch (through the PyTorch extension) and pip packages."""
+    """What is missing: torch (through the PyTorch extension) and pip packages.
+
+    ``old_torch`` is the installed torch's version when it does not satisfy :data:`TORCH_REQUIREMENT`.
+    """
 
     torch: bool
     packages: tuple[str, ...]
+    old_torch: str | None = None
+
+    def check(self) -> None:
+        """Refuse early what an install cannot fix.
+
+        Raises:
+            InstallError: torch is installed but older than :data:`TORCH_REQUIREMENT`.
+        """
+        if self.old_torch is not None:
+            raise InstallError(
+                f"PyTorch {self.old_torch} is installed but AnomalyScout needs torch{TORCH_REQUIREMENT}: "
+                f"install a newer one in the PyTorch Utils module (version requirement {TORCH_REQUIREMENT}), "
+                "then restart Slicer"
+            )
 
     @property
     def empty(self) -> bool:
@@ -57,10 +77,44 @@ class InstallPlan:
         return "\n".join(lines)
 
 
-def install_plan(find_spec: Callable[[str], Any] = importlib.util.find_spec) -> InstallPlan:
-    """Look up which requirements are missing, without importing them (importing torch takes seconds)."""
+def _installed_version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def install_plan(
+    find_spec: Callable[[str], Any] = importlib.util.find_spec,
+    version_of: Callable[[str], str | None] = _installed_version,
+) -> InstallPlan:
+    """Look up which requirements are missing, without importing them (importing torch takes seconds).
+
+    Args:
+        find_spec: whether a module is importable (``importlib.util.find_spec``).
+        version_of: an installed distribution's version from its metadata, ``None`` if unknown.
+    """
     packages = tuple(requirement for requirement, module in REQUIREMENTS.items() if find_spec(module) is None)
-    return InstallPlan(torch=find_spec("torch") is None, packages=packages)
+    missing_torch = find_spec("torch") is None
+    return InstallPlan(
+        torch=missing_torch,
+        packages=packages,
+        old_torch=None if missing_torch else _too_old(version_of("torch")),
+    )
+
+
+def _too_old(version: str | None) -> str | None:
+    """``version`` if it fails :data:`TORCH_REQUIREMENT`; an unreadable version is given the benefit."""
+    from packaging.specifiers import SpecifierSet  # Slicer bundles packaging (PythonQt's requirements)
+    from packaging.version import InvalidVersion, Version
+
+    if version is None:
+        return None
+    try:
+        ok = SpecifierSet(TORCH_REQUIREMENT).contains(Version(version), prereleases=True)
+    except InvalidVersion:
+        return None
+    return None if ok else version
 
 
 def install(plan: InstallPlan, torch_utils: Any, pip_install: Callable[[Sequence[str]], None]) -> None:

@@ -365,14 +365,26 @@ class SceneResults:
 
     # --- navigation and layout ---
 
-    def jump_to_slice(self, center_ras: Iterable[float]) -> None:
+    def jump_to_slice(self, center_ras: Iterable[float]) -> bool:
         """Move every slice view through a flagged slice's centre (RAS, from ``scores.json``).
 
-        Offsetting keeps each view's in-plane pan and zoom; an axial view lands exactly on the slice.
+        Offsetting keeps each view's in-plane pan and zoom; an axial view lands exactly on the slice. A
+        centre that is not known yet (NaN: a plot point of a live run, before ``scores.json`` exists) moves
+        nothing, since NaN offsets would leave every view blank.
+
+        Returns:
+            Whether the views moved.
         """
         r, a, s = (float(c) for c in center_ras)
+        if not all(math.isfinite(c) for c in (r, a, s)):
+            return False
         for slice_node in self._nodes_by_class("vtkMRMLSliceNode"):
             slice_node.JumpSliceByOffsetting(r, a, s)
+        return True
+
+    def contains(self, node: slicer.vtkMRMLNode | None) -> bool:
+        """Whether ``node`` is still in the scene (a closed scene removes it; its ID may be reused)."""
+        return node is not None and bool(self.scene.IsNodePresent(node))
 
     def center_of_row(self, table: slicer.vtkMRMLTableNode, row: int) -> tuple[float, float, float]:
         """The RAS centre stored in a score table row: what a click on a list row or a plot point jumps to."""

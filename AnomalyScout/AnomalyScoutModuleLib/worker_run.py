@@ -9,15 +9,19 @@ This file imports neither ``qt`` nor ``slicer`` at module level, so it is tested
 
 from __future__ import annotations
 
+import codecs
+import dataclasses
 import importlib.util
 import inspect
 import shutil
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from AnomalyScoutLib.errors import AnomalyScoutError
 from AnomalyScoutLib.worker.protocol import parse_event
 
 __all__ = [
@@ -27,10 +31,12 @@ __all__ = [
     "RunOutcome",
     "RunRequest",
     "WorkerRun",
+    "WorkerStartError",
     "blocking_launcher",
     "format_eta",
     "kill_process_tree",
     "library_root",
+    "python_executable",
     "slicer_launcher",
 ]
 
@@ -45,6 +51,10 @@ EXIT_MEANINGS = {
 TERMINATE_GRACE_S = 3.0
 #: Log lines kept to explain a worker that died without an ``error`` message.
 LOG_TAIL_LINES = 20
+
+
+class WorkerStartError(AnomalyScoutError):
+    """The worker cannot be started: no Python that has Slicer's packages was found."""
 
 
 class ProcessHandle(Protocol):
@@ -102,6 +112,8 @@ class RunOutcome:
     outputs: dict[str, str] = field(default_factory=dict)
     case_score: float | None = None
     flagged_slices: tuple[int, ...] = ()
+    elapsed_s: float | None = None
+    """Seconds from :meth:`WorkerRun.start` to the worker's exit (what the status line reports)."""
 
 
 def _ignore(*_args: Any) -> None:
@@ -131,6 +143,10 @@ class WorkerRun:
         callbacks: where events go.
         python: the interpreter that runs the worker (Slicer's ``PythonSlicer`` by default).
         kill: how a cancel ends the process tree (:func:`kill_process_tree`; replaced in tests).
+        clock: seconds for the elapsed time (``time.monotonic``; replaced in tests).
+
+    Raises:
+        WorkerStartError: no ``python`` was given and no ``PythonSlicer`` was found.
     """
 
     def __init__(
@@ -141,12 +157,15 @@ class WorkerRun:
         *,
         python: str | None = None,
         kill: Callable[[int], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.request = request
         self.callbacks = callbacks or RunCallbacks()
         self._launcher = launcher
         self._python = python or python_executable()
         self._kill = kill or kill_process_tree
+        self._clock = clock
+        self._started_at: float | None = None
         self._process: ProcessHandle | None = None
         self._slices = 0
         self._done: dict[str, Any] | None = None
@@ -170,6 +189,7 @@ class WorkerRun:
             raise RuntimeError("a WorkerRun is started only once; make a new one to run again")
         self.request.out_dir.mkdir(parents=True, exist_ok=True)
         args = self.request.arguments(self._python)
+        self._started_at = self._clock()
         self._process = self._launcher(args, str(library_root()), self._on_line, self._on_exit)
 
     def cancel(self) -> None:
@@ -208,7 +228,8 @@ class WorkerRun:
             self._error = message
 
     def _on_exit(self, exit_code: int) -> None:
-        self.outcome = self._outcome(exit_code)
+        elapsed = None if self._started_at is None else self._clock() - self._started_at
+        self.outcome = dataclasses.replace(self._outcome(exit_code), elapsed_s=elapsed)
         self.callbacks.finished(self.outcome)
 
     def _outcome(self, exit_code: int) -> RunOutcome:
@@ -283,9 +304,32 @@ def library_root() -> Path:
     return Path(spec.origin).resolve().parent.parent
 
 
-def python_executable() -> str:
-    """Slicer's ``PythonSlicer`` when running inside Slicer (it has Slicer's packages), else this Python."""
-    return shutil.which("PythonSlicer") or sys.executable
+def python_executable(
+    which: Callable[[str], str | None] = shutil.which, executable: str = sys.executable
+) -> str:
+    """The interpreter for the worker: Slicer's ``PythonSlicer``, or this process when it is a Python.
+
+    Inside the Slicer application ``sys.executable`` is the Slicer binary itself (``SlicerApp-real``), which
+    would start a second Slicer instead of running the worker; so ``PythonSlicer`` is looked up on ``PATH``
+    (the launcher puts Slicer's ``bin`` there, as SlicerTotalSegmentator and MONAIAuto3DSeg rely on) and
+    next to the executable. Outside the application (PythonSlicer itself, pytest) ``sys.executable`` is a
+    Python that has the packages.
+
+    Raises:
+        WorkerStartError: neither is found.
+    """
+    found = which("PythonSlicer")
+    if found:
+        return found
+    binary = Path(executable)
+    sibling = binary.with_name("PythonSlicer" + binary.suffix)
+    if sibling.is_file():
+        return str(sibling)
+    if binary.name.lower().startswith("python"):
+        return executable
+    raise WorkerStartError(
+        f"PythonSlicer was not found on PATH nor next to {binary.name}: start Slicer with its launcher"
+    )
 
 
 def blocking_launcher(
@@ -331,6 +375,7 @@ class _QProcessHandle:
 
         self._on_line = on_line
         self._pending = ""
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")  # a read may split a character
         self._process = qt.QProcess()
         self._process.setProcessChannelMode(qt.QProcess.MergedChannels)
         self._process.setWorkingDirectory(cwd)
@@ -346,7 +391,8 @@ class _QProcessHandle:
         self.pid = int(self._process.processId())
 
     def _read(self) -> None:
-        self._pending += bytes(self._process.readAllStandardOutput()).decode("utf-8", "replace")
+        # PythonQt's QByteArray has no buffer protocol (bytes() of it fails): .data() gives the bytes.
+        self._pending += self._decoder.decode(self._process.readAllStandardOutput().data())
         *lines, self._pending = self._pending.split("\n")
         for line in lines:
             self._on_line(line)

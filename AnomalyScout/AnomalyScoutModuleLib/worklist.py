@@ -5,6 +5,9 @@ slice_start, slice_end, score, percentile, reason``, most urgent first). :class:
 same file with the same library function after scoring a folder with the worker, one case after the other, and
 keeps each case's heatmap so that "Load next case" opens it with its results. :func:`read_worklist` needs only
 ``case, score, percentile, reason`` and keeps the file's order. No qt, no slicer: tested with plain pytest.
+
+``AnomalyScoutLib.active`` is imported only when a batch writes its worklist: its package pulls in tqdm,
+which Slicer does not bundle, and this file is imported when Slicer loads the module.
 """
 
 from __future__ import annotations
@@ -16,11 +19,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from AnomalyScoutScene import ScoreReport, read_score_report
-from AnomalyScoutWorkerRun import Launcher, RunCallbacks, RunOutcome, RunRequest, WorkerRun
-
-from AnomalyScoutLib.active.ranking import WorklistItem, hot_range, write_worklist
 from AnomalyScoutLib.errors import AnomalyScoutError, ResultsError
+from AnomalyScoutModuleLib.scene import ScoreReport, read_score_report
+from AnomalyScoutModuleLib.worker_run import Launcher, RunCallbacks, RunOutcome, RunRequest, WorkerRun
 
 __all__ = [
     "WORKLIST_COLUMNS",
@@ -239,6 +240,8 @@ class BatchScoring:
 
     def _write_worklist(self) -> None:
         """Rank the scored cases by case score (NaN last) and write rank's CSV and JSON."""
+        from AnomalyScoutLib.active.ranking import WorklistItem, hot_range, write_worklist
+
         ranked = sorted(
             self._reports, key=lambda cr: -cr[1].case_score if math.isfinite(cr[1].case_score) else math.inf
         )

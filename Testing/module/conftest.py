@@ -87,7 +87,7 @@ def real_run(tmp_path_factory, tiny_anomalous_phantom) -> RealRun:
     tests and benchmarks measure that with the shipped model.
     """
     pytest.importorskip("torch")
-    from AnomalyScoutWorkerRun import RunCallbacks, RunRequest, WorkerRun, blocking_launcher
+    from AnomalyScoutModuleLib.worker_run import RunCallbacks, RunRequest, WorkerRun, blocking_launcher
 
     from AnomalyScoutLib.io.volume import write_volume
     from AnomalyScoutLib.model_file import AnomalyModel

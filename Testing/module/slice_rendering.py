@@ -60,7 +60,7 @@ def crop_to_content(rgba: np.ndarray, margin: int = 12) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from AnomalyScoutScene import SceneResults, read_score_report
+    from AnomalyScoutModuleLib.scene import SceneResults, read_score_report
     from module_helpers import load_volume_node  # the script shares the tests' scene set-up
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -1,11 +1,11 @@
-"""AnomalyScoutDependencies: one confirmation, torch only through the PyTorch extension, pyproject in sync."""
+"""Dependencies in Slicer: one confirmation, torch only through the PyTorch extension, pyproject in sync."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from AnomalyScoutDependencies import REQUIREMENTS, InstallError, InstallPlan, install, install_plan
+from AnomalyScoutModuleLib.dependencies import REQUIREMENTS, InstallError, InstallPlan, install, install_plan
 
 REPO = Path(__file__).resolve().parents[2]
 

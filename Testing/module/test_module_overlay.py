@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from AnomalyScoutScene import SceneResults
+from AnomalyScoutModuleLib.scene import SceneResults
 from module_helpers import ANOMALY_BOX_YX, ANOMALY_SLICE, ORIGIN_XYZ, SPACING_XYZ
 from slice_rendering import heat_pixels, ras_to_pixel, render_axial
 

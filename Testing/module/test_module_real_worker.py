@@ -15,8 +15,8 @@ import numpy as np
 import psutil
 import pytest
 import vtk
-from AnomalyScoutScene import SceneResults, read_score_report
-from AnomalyScoutWorkerRun import RunCallbacks, RunRequest, WorkerRun, blocking_launcher
+from AnomalyScoutModuleLib.scene import SceneResults, read_score_report
+from AnomalyScoutModuleLib.worker_run import RunCallbacks, RunRequest, WorkerRun, blocking_launcher
 from module_helpers import load_volume_node
 
 slicer = pytest.importorskip("slicer")

@@ -1,4 +1,4 @@
-"""AnomalyScoutScene on a real MRML scene (slicer-core): nodes, colours, layers, tables, plot, navigation."""
+"""The scene logic on a real MRML scene (slicer-core): nodes, colours, layers, tables, plot, navigation."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from module_helpers import ANOMALY_SLICE, write_contract_outputs
 
 slicer = pytest.importorskip("slicer")
 
-from AnomalyScoutScene import (  # noqa: E402
+from AnomalyScoutModuleLib.scene import (  # noqa: E402
     FOLDER_NAME,
     HEAT_COLOR_TABLE,
     SceneResults,

@@ -1,4 +1,4 @@
-"""AnomalyScoutWorkerRun: JSON lines become callbacks and a plain-words outcome; cancel kills a tree."""
+"""Worker runs: JSON lines become callbacks and a plain-words outcome; cancel kills a process tree."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from AnomalyScoutWorkerRun import (
+from AnomalyScoutModuleLib.worker_run import (
     RunCallbacks,
     RunRequest,
     WorkerRun,

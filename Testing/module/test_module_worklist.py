@@ -1,4 +1,4 @@
-"""AnomalyScoutWorklist: reading rank's worklist, batch scoring a folder, "Load next case" order."""
+"""AnomalyScoutModuleLib.worklist: reading rank's worklist, batch scoring a folder, "Load next case" order."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
-from AnomalyScoutWorklist import (
+from AnomalyScoutModuleLib.worklist import (
     BatchProgress,
     BatchScoring,
     Worklist,
