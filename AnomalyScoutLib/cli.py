@@ -55,6 +55,8 @@ COMMANDS: dict[str, str] = {
     "evaluate_gan": (
         "FID, encoder/discriminator Fréchet distances and HU-distribution distances of generated slices"
     ),
+    "position_train": "train the body-part regressor that places slices on the anatomical scale",
+    "attach_position": "put a body-part regressor into a model file (slices placed by anatomy)",
 }
 #: Sub-command modules, in the order ``--help`` lists them.
 COMMAND_MODULES: tuple[str, ...] = tuple(COMMANDS)

@@ -31,6 +31,8 @@ from AnomalyScoutLib.nets.architecture import ArchitectureConfig
 from AnomalyScoutLib.nets.discriminator import Discriminator
 from AnomalyScoutLib.nets.encoder import Encoder
 from AnomalyScoutLib.nets.generator import Generator
+from AnomalyScoutLib.position import store as position_store
+from AnomalyScoutLib.position.network import PositionRegressor
 from AnomalyScoutLib.preprocessing import POSITION_METHODS, HUWindow
 
 __all__ = ["DEFAULT_MODEL_PATH", "FORMAT_VERSION", "METADATA_KEY", "AnomalyModel", "tensor_digest"]
@@ -80,6 +82,9 @@ class AnomalyModel:
         self.metadata = metadata
         self.window = HUWindow.from_dict(metadata["preprocessing"])
         self.position_method = str(metadata["preprocessing"]["position"])
+        #: The body-part regressor (``position.*`` tensors, ``metadata["position_regressor"]``); None in model
+        #: files made before it existed, which place slices by index (AnomalyScoutLib/position/).
+        self.position_regressor: PositionRegressor | None = None
 
     @classmethod
     def create(
@@ -152,6 +157,8 @@ class AnomalyModel:
                 tensors[f"{prefix}.{name}"] = (
                     tensor.to(dtype) if tensor.is_floating_point() else tensor
                 ).contiguous()
+        if self.position_regressor is not None:  # small: always float32
+            tensors.update(position_store.regressor_tensors(self.position_regressor))
         return tensors
 
     def save(self, path: str | os.PathLike[str], *, half: bool = False) -> Path:
@@ -201,7 +208,12 @@ class AnomalyModel:
         model = cls.create(architecture, window=window, position_method=metadata["preprocessing"]["position"])
         for prefix, net in model.networks().items():
             _load_network(net, prefix, tensors, path)
-        extra = sorted(name for name in tensors if name.split(".", 1)[0] not in NETWORKS)
+        if position_store.METADATA_KEY in metadata:
+            model.position_regressor = position_store.regressor_from_tensors(
+                tensors, metadata[position_store.METADATA_KEY], path
+            )
+        known = (*NETWORKS, position_store.PREFIX) if model.position_regressor is not None else NETWORKS
+        extra = sorted(name for name in tensors if name.split(".", 1)[0] not in known)
         if extra:
             raise ModelFileError(f"{path}: unexpected tensors {', '.join(extra[:5])}")
         model.metadata = metadata

@@ -1,0 +1,1 @@
+"""Where in the body a slice lies: a body-part regressor, a per-scan fit, and the model's range gate."""
