@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from AnomalyScoutLib.errors import ConfigError, ModelFileError
+from AnomalyScoutLib.scoring import ScoreConfig
 
 __all__ = [
     "CALIBRATION_VERSION",
@@ -209,6 +210,28 @@ class Calibration:
 
     def get(self, mode: str, method: str) -> ModeCalibration | None:
         return self.modes.get(calibration_key(mode, method))
+
+    def for_run(self, mode: str, score: ScoreConfig, steps: int) -> ModeCalibration | None:
+        """The calibration a run may use: filed under its mode and score method *and* made with exactly its
+        :func:`calibration_settings` (score definition and optimisation steps), or ``None``.
+
+        Every user of a stored calibration (``score``, ``rank``, the benchmark) asks here, so that none of
+        them can compare the wrong settings (``rank`` once compared them without the steps and never matched).
+        """
+        found = self.get(mode, score.key())
+        if found is None or dict(found.score_config) != calibration_settings(score.as_dict(), steps):
+            return None
+        return found
+
+    def why_not_for_run(self, mode: str, score: ScoreConfig, steps: int) -> str:
+        """One line for a warning when :meth:`for_run` gives ``None``: missing, or made with other settings."""
+        found = self.get(mode, score.key())
+        if found is None:
+            return f"the model has no calibration for mode {mode!r} and score {score.key()!r}"
+        return (
+            f"the model was calibrated with {dict(found.score_config)}, not with this run's "
+            f"{calibration_settings(score.as_dict(), steps)}"
+        )
 
     def with_mode(self, key: str, calibration: ModeCalibration) -> Calibration:
         return Calibration({**self.modes, key: calibration}, self.default_fpr)

@@ -21,7 +21,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -31,6 +31,7 @@ import torch
 from AnomalyScoutLib.calibration import (
     CalibratedScores,
     Calibration,
+    ModeCalibration,
     calibration_settings,
     check_fpr,
     self_calibrated,
@@ -42,6 +43,15 @@ from AnomalyScoutLib.io.geometry import AxialFrame, axial_frame, slice_centers_r
 from AnomalyScoutLib.io.volume import read_label_map, read_volume
 from AnomalyScoutLib.montage import MontagePanel, most_anomalous, write_montage
 from AnomalyScoutLib.outputs import AtomicOutputDir, NrrdVolumeWriter
+from AnomalyScoutLib.position.fit import SlicePlacement
+from AnomalyScoutLib.position.gate import (
+    GateResult,
+    apply_range_gate,
+    body_widths_mm,
+    domain_check,
+    require_in_range,
+)
+from AnomalyScoutLib.position.placement import NO_REGRESSOR_NOTE, PLACEMENT_METHODS, place_slices
 from AnomalyScoutLib.preprocessing import ModelGrid, body_mask, model_grid, slice_positions
 from AnomalyScoutLib.scoring import ScoreConfig, case_score, residual_maps, score_slices
 
@@ -140,8 +150,20 @@ class VolumeScorer:
         )
 
     def calibration_settings(self) -> dict[str, Any]:
-        """This run's :func:`~AnomalyScoutLib.calibration.calibration_settings`."""
+        """What ``calibrate`` stores with a calibration made by this scorer (see ``calibration_settings``)."""
         return calibration_settings(self.score_config.as_dict(), self.inversion.resolved_steps)
+
+    def run_settings(self) -> tuple[str, ScoreConfig, int]:
+        """Mode, score and steps: what :meth:`Calibration.for_run` matches a stored calibration against."""
+        return self.inversion.mode, self.score_config, self.inversion.resolved_steps
+
+    def stored_calibration(self) -> Calibration:
+        """Every calibration in the model file (empty for an uncalibrated model)."""
+        return Calibration.from_json(self.model.metadata.get("calibration"))
+
+    def mode_calibration(self) -> ModeCalibration | None:
+        """The model's calibration for exactly this run's settings, or ``None`` (``Calibration.for_run``)."""
+        return self.stored_calibration().for_run(*self.run_settings())
 
     def _reconstruct(
         self,
@@ -186,6 +208,7 @@ class VolumeScorer:
         listener: RunListener | None = None,
         cancel: CancelFlag | None = None,
         release_pages: Callable[[], None] | None = None,
+        positions: np.ndarray | None = None,
     ) -> CaseScores:
         """Score every canonical slice of ``canonical_hu`` (k, rows, cols).
 
@@ -195,13 +218,19 @@ class VolumeScorer:
             listener: told about each scored slice, with an ETA.
             cancel: checked between batches and between optimisation steps.
             release_pages: called after each batch (lets memory-mapped outputs drop written pages).
+            positions: each slice's position on the model's scale (``position.place_slices``); default the
+                model's own definition. The generator is conditioned on it clipped to the trained range [0, 1].
         """
         listener = listener or _SilentListener()
         model = self.model
         n_slices, rows, cols = canonical_hu.shape
         if region is not None and region.shape != canonical_hu.shape:
             raise VolumeError(f"mask shape {region.shape} does not match the volume's {canonical_hu.shape}")
-        positions = slice_positions(canonical_hu, spacing_kji, model.position_method)
+        if positions is None:
+            positions = slice_positions(canonical_hu, spacing_kji, model.position_method)
+        elif len(positions) != n_slices:
+            raise VolumeError(f"{len(positions)} slice positions for {n_slices} slices")
+        condition = np.clip(np.asarray(positions, dtype=np.float32), 0.0, 1.0)
         grid = model_grid((rows, cols), spacing_kji[1:], model.resolution)
         scores, pixel, feature = (np.zeros(n_slices, dtype=np.float64) for _ in range(3))
         start, k0 = time.perf_counter(), 0
@@ -215,7 +244,7 @@ class VolumeScorer:
             x = grid.to_model(model.window.normalize(torch.from_numpy(hu))).to(self.device)
             body_m = self._mask_to_model(grid, body)
             area_m = body_m if region is None else self._mask_to_model(grid, area)
-            position = torch.from_numpy(positions[k0:k1]).to(self.device)
+            position = torch.from_numpy(condition[k0:k1]).to(self.device)
             result = self._reconstruct(x, position, body_m, cancel, listener)
             residual = residual_maps(x, result.images, area_m, self.score_config.smoothing_px)
             batch_scores = score_slices(
@@ -247,10 +276,13 @@ class ScoreOptions:
     mask_path: str | None = None
     mask_label: int | None = None
     series_uid: str | None = None
+    position: str = "auto"
 
     def __post_init__(self) -> None:
         if self.fpr is not None:
             check_fpr(self.fpr)
+        if self.position not in PLACEMENT_METHODS:
+            raise ConfigError(f"--position must be one of {', '.join(PLACEMENT_METHODS)}, got {self.position!r}")
         if self.mask_label is not None and self.mask_path is None:
             raise ConfigError("--mask-label needs --mask")
 
@@ -265,6 +297,8 @@ class ScoreRun:
     case_score: float
     calibrated_by_model: bool
     timings: dict[str, float] = field(default_factory=dict)
+    placement: SlicePlacement | None = None
+    gate: GateResult | None = None
 
     @property
     def flagged_slices(self) -> list[int]:
@@ -279,20 +313,13 @@ def _calibrate(
     scorer: VolumeScorer, case: CaseScores, score_of_case: float, fpr: float | None, listener: RunListener
 ) -> tuple[CalibratedScores, bool, float]:
     """Percentiles and flags from the model's calibration, or the per-case fallback with a warning."""
-    stored = Calibration.from_json(scorer.model.metadata.get("calibration"))
+    stored = scorer.stored_calibration()
     fpr = stored.default_fpr if fpr is None else fpr
-    mode_calibration = stored.get(scorer.inversion.mode, scorer.score_config.key())
-    if mode_calibration is not None and dict(mode_calibration.score_config) != scorer.calibration_settings():
-        listener.warning(
-            f"the model was calibrated with {dict(mode_calibration.score_config)}, not with this run's "
-            f"{scorer.calibration_settings()}"
-        )
-        mode_calibration = None
+    mode_calibration = stored.for_run(*scorer.run_settings())
     if mode_calibration is None:
         listener.warning(
-            f"the model has no calibration for mode {scorer.inversion.mode!r} and score "
-            f"{scorer.score_config.key()!r}: slices are ranked against this case's own median "
-            "(run `anomalyscout calibrate`)"
+            f"{stored.why_not_for_run(*scorer.run_settings())}: slices are ranked against this case's own "
+            "median (run `anomalyscout calibrate`)"
         )
         return self_calibrated(case.scores, score_of_case, fpr), False, fpr
     return mode_calibration.apply(case.scores, case.positions, score_of_case, fpr), True, fpr
@@ -304,11 +331,13 @@ def _write_tables(
     calibrated: CalibratedScores,
     centers_ras: np.ndarray,
     summary: Mapping[str, Any],
+    placement: SlicePlacement,
+    gate: GateResult,
 ) -> None:
-    """``scores.csv`` (``flagged`` as 0/1) and ``scores.json`` (NaN written as null)."""
+    """``scores.csv`` (``flagged`` and ``in_range`` as 0/1) and ``scores.json`` (NaN written as null)."""
     with open(staging / "scores.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["slice_index", "position", "score", "percentile", "flagged"])
+        writer.writerow(["slice_index", "position", "score", "percentile", "flagged", "in_range"])
         for k in range(len(case.scores)):
             percentile = calibrated.percentile[k]
             writer.writerow(
@@ -318,6 +347,7 @@ def _write_tables(
                     f"{case.scores[k]:.6g}",
                     f"{percentile:.3f}" if math.isfinite(percentile) else "",
                     int(calibrated.flagged[k]),
+                    int(gate.in_range[k]),
                 ]
             )
     slices = [
@@ -331,6 +361,10 @@ def _write_tables(
             "pixel_score": float(case.pixel[k]),
             "feature_score": float(case.feature[k]),
             "center_ras": [float(c) for c in centers_ras[k]],
+            "in_range": bool(gate.in_range[k]),
+            "out_of_range": gate.reason[k] or None,
+            "position_uncertainty": _finite(placement.uncertainty[k]),
+            "position_own": _finite(placement.own[k]),
         }
         for k in range(len(case.scores))
     ]
@@ -412,9 +446,16 @@ class _OutputVolumes:
 
 
 def _write_flagged_montage(
-    path: Path, scan: _ScanInput, residual: np.ndarray, case: CaseScores, calibrated: CalibratedScores
+    path: Path,
+    scan: _ScanInput,
+    residual: np.ndarray,
+    case: CaseScores,
+    calibrated: CalibratedScores,
+    gate: GateResult,
 ) -> None:
-    """``flagged.png``: the :data:`MONTAGE_SLICES` most anomalous slices, CT beside its residual."""
+    """``flagged.png``: the :data:`MONTAGE_SLICES` most anomalous slices, CT beside its residual; slices
+    outside the model's range come last and are marked, and the title says how many there are."""
+    ranked = np.where(gate.in_range, case.scores, np.nan)
     panels = [
         MontagePanel(
             k,
@@ -423,10 +464,14 @@ def _write_flagged_montage(
             float(case.scores[k]),
             float(calibrated.percentile[k]),
             bool(calibrated.flagged[k]),
+            note="" if gate.in_range[k] else f"out of range ({gate.reason[k]})",
         )
-        for k in most_anomalous(case.scores, calibrated.percentile, MONTAGE_SLICES)
+        for k in most_anomalous(ranked, calibrated.percentile, MONTAGE_SLICES)
     ]
-    write_montage(path, panels, scan.frame.spacing_kji[1:])
+    title = "most anomalous slices (red: flagged)"
+    if gate.summary is not None:
+        title += f"; {gate.summary}"
+    write_montage(path, panels, scan.frame.spacing_kji[1:], title=title)
 
 
 def _run_summary(
@@ -457,6 +502,58 @@ def _run_summary(
     }
 
 
+def _place_and_gate(
+    scan: _ScanInput, scorer: VolumeScorer, options: ScoreOptions, listener: RunListener
+) -> tuple[SlicePlacement, GateResult]:
+    """Where the scan's slices lie on the model's scale, and which of them the model may judge.
+
+    Raises:
+        VolumeError: no slice lies in the model's range (a head, a limb, a chest crop): nothing is scored.
+    """
+    placement = place_slices(
+        scan.canonical_hu, scan.frame.spacing_kji, scorer.model.position_regressor, options.position
+    )
+    gate = apply_range_gate(placement, body_widths_mm(scan.canonical_hu, scan.frame.spacing_kji[1:]))
+    require_in_range(gate, placement)
+    if placement.how == NO_REGRESSOR_NOTE or len(placement.positions) < 5:
+        listener.warning(placement.how)
+    if gate.summary is not None:
+        listener.warning(gate.summary)
+    return placement, gate
+
+
+def _gate_flags(
+    calibrated: CalibratedScores, gate: GateResult, by_model: bool, listener: RunListener
+) -> tuple[CalibratedScores, str | None]:
+    """Out-of-range slices: never flagged, no percentile. A scan unlike the calibration data: no flags."""
+    warning = domain_check(calibrated.flagged, gate.in_range) if by_model else None
+    flagged = calibrated.flagged & gate.in_range
+    case_flagged = calibrated.case_flagged
+    if warning is not None:
+        listener.warning(warning)
+        flagged, case_flagged = np.zeros_like(flagged), False
+    gated = replace(
+        calibrated,
+        percentile=np.where(gate.in_range, calibrated.percentile, np.nan),
+        threshold=np.where(gate.in_range, calibrated.threshold, np.nan),
+        flagged=flagged,
+        case_flagged=case_flagged,
+    )
+    return gated, warning
+
+
+def _position_summary(placement: SlicePlacement, gate: GateResult, domain_warning: str | None) -> dict[str, Any]:
+    """The ``scores.json`` keys that say how the slices were placed and gated."""
+    return {
+        "position_method": placement.method,
+        "position_note": placement.how,
+        "position_mm_per_unit": placement.mm_per_unit,
+        "slices_in_range": int(gate.in_range.sum()),
+        "range_summary": gate.summary,
+        "domain_warning": domain_warning,
+    }
+
+
 def score_file(
     input_path: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -481,6 +578,7 @@ def score_file(
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     scan = _read_input(input_path, options)
+    placement, gate = _place_and_gate(scan, scorer, options, listener)
     timings["read_s"] = time.perf_counter() - clock
     model_id = str(scorer.model.metadata.get("model_id", ""))
     listener.started(scan.frame.n_slices, str(scorer.device), scorer.inversion.mode, model_id)
@@ -501,14 +599,19 @@ def score_file(
                 listener=listener,
                 cancel=cancel,
                 release_pages=volumes.release_pages,
+                positions=placement.positions,
             )
             timings["score_s"] = time.perf_counter() - clock
             clock = time.perf_counter()
-            score_of_case = case_score(case.scores, scorer.score_config)
+            score_of_case = case_score(case.scores[gate.in_range], scorer.score_config)
             calibrated, by_model, fpr = _calibrate(scorer, case, score_of_case, options.fpr, listener)
-            _write_flagged_montage(out.staging / "flagged.png", scan, volumes.residual(), case, calibrated)
+            calibrated, domain_warning = _gate_flags(calibrated, gate, by_model, listener)
+            _write_flagged_montage(
+                out.staging / "flagged.png", scan, volumes.residual(), case, calibrated, gate
+            )
         timings["write_s"] = time.perf_counter() - clock
         summary = _run_summary(scorer, scan, options, score_of_case, calibrated, by_model, fpr, timings)
-        _write_tables(out.staging, case, calibrated, scan.centers_ras, summary)
+        summary.update(_position_summary(placement, gate, domain_warning))
+        _write_tables(out.staging, case, calibrated, scan.centers_ras, summary, placement, gate)
         outputs = out.commit()
-    return ScoreRun(outputs, case, calibrated, score_of_case, by_model, timings)
+    return ScoreRun(outputs, case, calibrated, score_of_case, by_model, timings, placement, gate)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from AnomalyScoutLib.calibration import Calibration, ModeCalibration, calibration_settings
+from AnomalyScoutLib.calibration import Calibration, ModeCalibration
 from AnomalyScoutLib.inversion import InversionConfig, Reconstructor
 from AnomalyScoutLib.model_file import AnomalyModel
 from AnomalyScoutLib.scoring import ScoreConfig, residual_maps, score_slices
@@ -122,11 +122,8 @@ class GeneratorDetector:
         """The stored calibration the engine would use for this inversion and score (same mode, score
         definition and steps) and the model's default false-positive rate, or ``None``."""
         stored = Calibration.from_json(self.model.calibration)
-        found = stored.get(self.inversion.mode, self.score.key())
-        settings = calibration_settings(self.score.as_dict(), self.inversion.resolved_steps)
-        if found is None or dict(found.score_config) != settings:
-            return None
-        return found, stored.default_fpr
+        found = stored.for_run(self.inversion.mode, self.score, self.inversion.resolved_steps)
+        return None if found is None else (found, stored.default_fpr)
 
     def calibrated(self, slices: SliceSet, detection: Detection) -> Detection:
         """Slice scores divided by the calibrated threshold at their position (the model's default false-

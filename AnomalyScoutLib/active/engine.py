@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from AnomalyScoutLib.active.ranking import CaseScores
-from AnomalyScoutLib.calibration import Calibration
 from AnomalyScoutLib.devices import select_device
 from AnomalyScoutLib.engine import VolumeScorer
 from AnomalyScoutLib.inversion import InversionConfig
@@ -71,10 +70,10 @@ def score_canonical(
     """Scores, calibrated percentiles (NaN without calibration) and latent codes of a canonical volume."""
     raw = scorer.score(canonical_hu, spacing_kji)
     value = case_score(raw.scores, scorer.score_config)
-    stored = Calibration.from_json(scorer.model.metadata.get("calibration"))
-    calibration = stored.get(scorer.inversion.mode, scorer.score_config.key())
-    if calibration is not None and dict(calibration.score_config) == scorer.score_config.as_dict():
-        calibrated = calibration.apply(raw.scores, raw.positions, value, stored.default_fpr)
+    calibration = scorer.mode_calibration()
+    if calibration is not None:
+        fpr = scorer.stored_calibration().default_fpr
+        calibrated = calibration.apply(raw.scores, raw.positions, value, fpr)
         percentiles, case_percentile = calibrated.percentile, calibrated.case_percentile
     else:
         percentiles, case_percentile = np.full(len(raw.scores), math.nan), math.nan

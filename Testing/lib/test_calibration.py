@@ -11,11 +11,13 @@ from AnomalyScoutLib.calibration import (
     Calibration,
     ModeCalibration,
     calibration_key,
+    calibration_settings,
     check_fpr,
     fit_mode_calibration,
     self_calibrated,
 )
 from AnomalyScoutLib.errors import ConfigError, ModelFileError
+from AnomalyScoutLib.scoring import ScoreConfig
 
 
 def _normal_volumes(rng: np.random.Generator, n_volumes: int = 20, n_slices: int = 50):
@@ -65,6 +67,20 @@ def test_calibration_round_trips_through_json():
     a, b = original.apply(*probe, 1.5, 0.01), copy.apply(*probe, 1.5, 0.01)
     np.testing.assert_allclose(a.percentile, b.percentile, atol=1e-3)
     assert a.flagged.tolist() == b.flagged.tolist()
+
+
+def test_a_stored_calibration_serves_only_runs_with_its_exact_score_settings_and_steps():
+    score = ScoreConfig()
+    scores, positions, cases = _normal_volumes(np.random.default_rng(5))
+    settings = calibration_settings(score.as_dict(), 20)
+    fitted = fit_mode_calibration(scores, positions, cases, settings, n_bins=4)
+    stored = Calibration({calibration_key("accurate", "topk"): fitted})
+    assert stored.for_run("accurate", score, 20) is fitted
+    assert stored.for_run("accurate", score, 50) is None  # other optimisation steps
+    assert stored.for_run("accurate", ScoreConfig(smoothing_px=2.0), 20) is None  # same key, other definition
+    assert stored.for_run("fast", score, 20) is None
+    assert "'steps': 20" in stored.why_not_for_run("accurate", score, 50)
+    assert "no calibration for mode 'fast'" in stored.why_not_for_run("fast", score, 0)
 
 
 def test_an_uncalibrated_model_gives_an_empty_calibration():

@@ -156,21 +156,45 @@ def test_an_organ_mask_restricts_the_residual(scorer, tiny_phantom, tmp_path):
     assert residual[tiny_phantom.labels != 2].max() == 0 and residual[tiny_phantom.labels == 2].max() > 0
 
 
+def _calibrated_scorer(tiny_architecture, fitted) -> VolumeScorer:
+    model = AnomalyModel.create(tiny_architecture, seed=0)
+    model.calibration = Calibration({calibration_key("fast", "topk"): fitted}).to_json()
+    return VolumeScorer(model, InversionConfig(mode="fast"), ScoreConfig(), torch.device("cpu"))
+
+
 def test_a_stored_calibration_gives_percentiles_and_flags(scorer, tiny_architecture, tiny_phantom, tmp_path):
     write_volume(tiny_phantom.volume, tmp_path / "ct.nrrd")
     frame = axial_frame(tiny_phantom.volume)
     normal = scorer.score(to_canonical(tiny_phantom.volume.array_zyx, frame), frame.spacing_kji)
+    # The case is its own "normal" population: at a 20 % false-positive rate about a fifth of its slices,
+    # its highest-scoring ones, lie above the threshold and the rest below.
     fitted = fit_mode_calibration(
-        [normal.scores * 0.5], [normal.positions], [0.1], scorer.calibration_settings()
+        [normal.scores], [normal.positions], [0.1], scorer.calibration_settings(), n_bins=1
     )
-    model = AnomalyModel.create(tiny_architecture, seed=0)
-    model.calibration = Calibration({calibration_key("fast", "topk"): fitted}).to_json()
-    calibrated = VolumeScorer(model, InversionConfig(mode="fast"), ScoreConfig(), torch.device("cpu"))
-    run = score_file(tmp_path / "ct.nrrd", tmp_path / "out", calibrated, ScoreOptions(fpr=0.05))
+    calibrated = _calibrated_scorer(tiny_architecture, fitted)
+    run = score_file(tmp_path / "ct.nrrd", tmp_path / "out", calibrated, ScoreOptions(fpr=0.2))
     data = json.loads((tmp_path / "out" / "scores.json").read_text())
-    assert run.calibrated_by_model and data["calibrated"] and data["fpr"] == 0.05
-    assert all(s["flagged"] for s in data["slices"])  # every score is twice the "normal" one
-    assert data["case_flagged"] and data["case_percentile"] == 100.0
+    assert run.calibrated_by_model and data["calibrated"] and data["fpr"] == 0.2
+    scores = np.array([s["score"] for s in data["slices"]])  # batches of 16, not 7: close to normal.scores
+    expected = fitted.apply(scores, normal.positions, run.case_score, 0.2)
+    flagged = [s["flagged"] for s in data["slices"]]
+    assert flagged == expected.flagged.tolist() and 0 < sum(flagged) < len(flagged)
+    np.testing.assert_allclose([s["percentile"] for s in data["slices"]], expected.percentile, atol=1e-3)
+    assert scores[expected.flagged].min() > np.quantile(normal.scores, 0.6)  # only high scores are flagged
+    assert data["case_flagged"] and data["case_percentile"] == 100.0  # the case score is far above 0.1
+
+
+def test_a_calibration_made_with_other_settings_is_not_used(scorer, tiny_architecture, oblique_ct, tmp_path):
+    frame = axial_frame(oblique_ct[0])
+    normal = scorer.score(to_canonical(oblique_ct[0].array_zyx, frame), frame.spacing_kji)
+    other_steps = {**scorer.calibration_settings(), "steps": 20}  # an accurate-mode count, not fast's 0
+    fitted = fit_mode_calibration([normal.scores], [normal.positions], [0.1], other_steps)
+    recorder = Recorder()
+    run = score_file(
+        oblique_ct[1], tmp_path / "out", _calibrated_scorer(tiny_architecture, fitted), listener=recorder
+    )
+    assert not run.calibrated_by_model
+    assert any(e[0] == "warning" and "'steps': 20" in e[1] for e in recorder.events)
 
 
 def test_canonical_view_is_a_writable_view_matching_to_canonical(oblique_ct):
