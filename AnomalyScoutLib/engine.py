@@ -218,8 +218,8 @@ class VolumeScorer:
             listener: told about each scored slice, with an ETA.
             cancel: checked between batches and between optimisation steps.
             release_pages: called after each batch (lets memory-mapped outputs drop written pages).
-            positions: each slice's position on the model's scale (``position.place_slices``); default the
-                model's own definition. The generator is conditioned on it clipped to the trained range [0, 1].
+            positions: each slice's position on the model's scale (``position.place_slices``); default: the
+                model's own definition. The generator is conditioned on it clipped to its range [0, 1].
         """
         listener = listener or _SilentListener()
         model = self.model
@@ -282,7 +282,9 @@ class ScoreOptions:
         if self.fpr is not None:
             check_fpr(self.fpr)
         if self.position not in PLACEMENT_METHODS:
-            raise ConfigError(f"--position must be one of {', '.join(PLACEMENT_METHODS)}, got {self.position!r}")
+            raise ConfigError(
+                f"--position must be one of {', '.join(PLACEMENT_METHODS)}, got {self.position!r}"
+            )
         if self.mask_label is not None and self.mask_path is None:
             raise ConfigError("--mask-label needs --mask")
 
@@ -503,7 +505,7 @@ def _run_summary(
 
 
 def _place_and_gate(
-    scan: _ScanInput, scorer: VolumeScorer, options: ScoreOptions, listener: RunListener
+    scan: _ScanInput, scorer: VolumeScorer, options: ScoreOptions
 ) -> tuple[SlicePlacement, GateResult]:
     """Where the scan's slices lie on the model's scale, and which of them the model may judge.
 
@@ -515,11 +517,17 @@ def _place_and_gate(
     )
     gate = apply_range_gate(placement, body_widths_mm(scan.canonical_hu, scan.frame.spacing_kji[1:]))
     require_in_range(gate, placement)
-    if placement.how == NO_REGRESSOR_NOTE or len(placement.positions) < 5:
-        listener.warning(placement.how)
-    if gate.summary is not None:
-        listener.warning(gate.summary)
     return placement, gate
+
+
+def _placement_warnings(placement: SlicePlacement, gate: GateResult) -> list[str]:
+    """What the user must hear about the placement: no regressor, too few slices, slices out of range."""
+    warnings = []
+    if placement.how == NO_REGRESSOR_NOTE or len(placement.positions) < 5 or placement.reversed:
+        warnings.append(placement.how)
+    if gate.summary is not None:
+        warnings.append(gate.summary)
+    return warnings
 
 
 def _gate_flags(
@@ -542,7 +550,9 @@ def _gate_flags(
     return gated, warning
 
 
-def _position_summary(placement: SlicePlacement, gate: GateResult, domain_warning: str | None) -> dict[str, Any]:
+def _position_summary(
+    placement: SlicePlacement, gate: GateResult, domain_warning: str | None
+) -> dict[str, Any]:
     """The ``scores.json`` keys that say how the slices were placed and gated."""
     return {
         "position_method": placement.method,
@@ -578,10 +588,12 @@ def score_file(
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     scan = _read_input(input_path, options)
-    placement, gate = _place_and_gate(scan, scorer, options, listener)
+    placement, gate = _place_and_gate(scan, scorer, options)
     timings["read_s"] = time.perf_counter() - clock
     model_id = str(scorer.model.metadata.get("model_id", ""))
     listener.started(scan.frame.n_slices, str(scorer.device), scorer.inversion.mode, model_id)
+    for message in _placement_warnings(placement, gate):
+        listener.warning(message)
     if scan.region is not None:
         listener.warning(
             "calibration is for whole-body scores: percentiles inside an organ mask are approximate"

@@ -64,6 +64,13 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
         "--mask-label", type=int, default=None, help="label value in --mask (default: any > 0)"
     )
     parser.add_argument("--series-uid", default=None, help="DICOM series to read when a folder holds several")
+    parser.add_argument(
+        "--position",
+        choices=("auto", "anatomy", "index"),
+        default="auto",
+        help="how slices are placed on the model's scale: anatomy (the model's body-part regressor), index "
+        "(k + 0.5) / n over the scanned range, auto: anatomy when the model has a regressor (default)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the projector's latent noise")
     add_device_arguments(parser)
 
@@ -102,7 +109,11 @@ def build_scorer(args: argparse.Namespace) -> VolumeScorer:
 
 def score_options(args: argparse.Namespace) -> ScoreOptions:
     return ScoreOptions(
-        fpr=args.fpr, mask_path=args.mask, mask_label=args.mask_label, series_uid=args.series_uid
+        fpr=args.fpr,
+        mask_path=args.mask,
+        mask_label=args.mask_label,
+        series_uid=args.series_uid,
+        position=args.position,
     )
 
 

@@ -110,7 +110,8 @@ def test_score_tables_have_one_row_per_canonical_slice_with_its_centre(oblique_c
     centres = np.array([s["center_ras"] for s in data["slices"]])
     np.testing.assert_allclose(centres, slice_centers_ras(volume, frame), atol=1e-6)
     rows = (out / "scores.csv").read_text().splitlines()
-    assert rows[0] == "slice_index,position,score,percentile,flagged" and len(rows) == frame.n_slices + 1
+    assert rows[0] == "slice_index,position,score,percentile,flagged,in_range"
+    assert len(rows) == frame.n_slices + 1
     assert [float(r.split(",")[2]) for r in rows[1:]] == pytest.approx(
         [s["score"] for s in data["slices"]], rel=1e-5
     )
