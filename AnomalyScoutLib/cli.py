@@ -48,6 +48,7 @@ COMMANDS: dict[str, str] = {
     "info": "describe a CT volume: size, spacing, orientation, HU range, series, slice positions",
     "rank": "rank a pool of CT cases for annotation (active learning worklist)",
     "score": "score one CT: residual heatmap, slice and case anomaly scores",
+    "review": "list the slices where a segmentation (from any model) is most at risk of being wrong",
     "calibrate": "store normal score distributions in a model file",
     "demo": "score a phantom with known anomalies and report how well it was found",
     "train_gan": "train the position-conditioned StyleGAN2 on normal CT volumes",

@@ -27,7 +27,8 @@ HEATMAP_FLOOR = 0.25
 
 @dataclass(frozen=True)
 class MontagePanel:
-    """One slice to show: canonical ``(rows, cols)`` CT in HU and its residual map on the same grid."""
+    """One slice to show: canonical ``(rows, cols)`` CT in HU and its residual map on the same grid, and
+    optionally a boolean ``contour`` mask (a segmentation under review) drawn as an outline."""
 
     slice_index: int
     ct_hu: np.ndarray
@@ -35,6 +36,9 @@ class MontagePanel:
     score: float
     percentile: float
     flagged: bool
+    contour: np.ndarray | None = None
+    #: Shown after the score, in grey ("out of range (above)": the model does not judge this slice).
+    note: str = ""
 
 
 def most_anomalous(scores: np.ndarray, percentiles: np.ndarray, count: int) -> list[int]:
@@ -46,7 +50,10 @@ def most_anomalous(scores: np.ndarray, percentiles: np.ndarray, count: int) -> l
 
 
 def write_montage(
-    path: str | os.PathLike[str], panels: Sequence[MontagePanel], spacing_rc_mm: Sequence[float]
+    path: str | os.PathLike[str],
+    panels: Sequence[MontagePanel],
+    spacing_rc_mm: Sequence[float],
+    title: str = "most anomalous slices (red: flagged)",
 ) -> None:
     """Draw ``panels`` in a grid (up to 4 per row) and save a PNG to ``path``.
 
@@ -70,10 +77,13 @@ def write_montage(
         axes.imshow(panel.ct_hu, cmap="gray", vmin=CT_WINDOW_HU[0], vmax=CT_WINDOW_HU[1], aspect=aspect)
         heat = np.ma.masked_less(panel.residual, HEATMAP_FLOOR * vmax)
         image = axes.imshow(heat, cmap="inferno", vmin=0.0, vmax=vmax, alpha=0.6, aspect=aspect)
+        if panel.contour is not None and panel.contour.any():
+            axes.contour(panel.contour.astype(np.float32), levels=[0.5], colors="cyan", linewidths=0.8)
         percentile = "" if not math.isfinite(panel.percentile) else f", p{panel.percentile:.1f}"
         axes.set_title(
-            f"slice {panel.slice_index}: {panel.score:.3g}{percentile}",
-            color="red" if panel.flagged else "white",
+            f"slice {panel.slice_index}: {panel.score:.3g}{percentile}"
+            + (f"\n{panel.note}" if panel.note else ""),
+            color="red" if panel.flagged else ("grey" if panel.note else "white"),
             fontsize=9,
             # A fixed height skips matplotlib's search for tick labels above the axes (there are none: the
             # axes are off), which took a third of the drawing time; the title lands where it did.
@@ -83,5 +93,5 @@ def write_montage(
     colorbar = figure.colorbar(image, ax=figure.axes, shrink=0.6)
     colorbar.set_label("residual (normalised HU)", color="white")
     colorbar.ax.tick_params(colors="white")
-    figure.suptitle("most anomalous slices (red: flagged)", color="white")
+    figure.suptitle(title, color="white")
     figure.savefig(os.fspath(path), format="png", facecolor=figure.get_facecolor())

@@ -27,6 +27,7 @@ from AnomalyScoutLib.scoring import SCORE_METHODS, ScoreConfig
 __all__ = [
     "TqdmListener",
     "add_device_arguments",
+    "add_model_arguments",
     "add_scoring_arguments",
     "build_scorer",
     "device_from_args",
@@ -43,20 +44,7 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", required=True, type=Path, help="output folder (created; existing outputs replaced)"
     )
-    parser.add_argument("--model", type=Path, default=None, help="model file (default: the shipped model)")
-    parser.add_argument("--mode", choices=MODES, default="fast", help="reconstruction mode (default: fast)")
-    parser.add_argument(
-        "--steps", type=int, default=None, help="optimisation steps (accurate: 20, projector: 1000)"
-    )
-    parser.add_argument(
-        "--lr", type=float, default=None, help="optimisation learning rate (default per mode)"
-    )
-    parser.add_argument(
-        "--score-method", choices=SCORE_METHODS, default="topk", help="slice score (default topk)"
-    )
-    parser.add_argument(
-        "--fpr", type=float, default=None, help="false-positive rate of the flags (default 0.01)"
-    )
+    add_model_arguments(parser)
     parser.add_argument(
         "--mask", default=None, help="label map on the CT's grid: score only inside it (organ)"
     )
@@ -73,6 +61,25 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the projector's latent noise")
     add_device_arguments(parser)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Model, reconstruction mode, score and flag rate: what :func:`build_scorer` reads (shared with
+    ``anomalyscout review``)."""
+    parser.add_argument("--model", type=Path, default=None, help="model file (default: the shipped model)")
+    parser.add_argument("--mode", choices=MODES, default="fast", help="reconstruction mode (default: fast)")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="optimisation steps (accurate: 20, projector: 1000)"
+    )
+    parser.add_argument(
+        "--lr", type=float, default=None, help="optimisation learning rate (default per mode)"
+    )
+    parser.add_argument(
+        "--score-method", choices=SCORE_METHODS, default="topk", help="slice score (default topk)"
+    )
+    parser.add_argument(
+        "--fpr", type=float, default=None, help="false-positive rate of the flags (default 0.01)"
+    )
 
 
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
