@@ -3,8 +3,9 @@
 Two promises of the score contract (``docs/design.md``) live here:
 
 * **Atomic folder**: every file is written into a hidden temporary folder next to the output folder (same file
-  system, so a rename is atomic) and moved in only when the whole run has succeeded. A failed or cancelled run
-  removes the temporary folder and leaves the output folder exactly as it was.
+  system, so a rename is atomic) and moved in only when the whole run has succeeded (:class:`AtomicOutputDir`
+  says how, case by case). A failed or cancelled run removes the temporary folder and leaves the output folder
+  exactly as it was; a killed one leaves it to the next run to remove.
 * **Bounded memory**: a 512x512x600 float32 map is 600 MB. :class:`NrrdVolumeWriter` lays the NRRD file out
   on disk first and exposes its voxels as a memory map that the scoring loop fills batch by batch;
   :meth:`release_pages` hands written pages back to the operating system so they stop counting against the
@@ -13,19 +14,30 @@ Two promises of the score contract (``docs/design.md``) live here:
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
+import functools
+import hashlib
 import mmap
 import os
+import re
+import secrets
 import shutil
-import tempfile
+import socket
+import stat
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
 import numpy as np
+import psutil
 
+from AnomalyScoutLib.atomic import create_unique, fsync_path
 from AnomalyScoutLib.errors import ConfigError
 
-__all__ = ["AtomicOutputDir", "NrrdVolumeWriter", "nrrd_header"]
+__all__ = ["AtomicOutputDir", "NrrdVolumeWriter", "nrrd_header", "remove_stale_staging"]
 
 
 class AtomicOutputDir:
@@ -37,11 +49,26 @@ class AtomicOutputDir:
         ...     written = out.commit()
 
     Leaving the block without :meth:`commit` (an exception, a cancellation) deletes everything written so far.
-    Files already in the output folder that the run does not produce are left alone.
+
+    How the commit moves the results in, from the strongest promise to the weakest:
+
+    * the output folder does not exist: the staging folder is renamed to it, one atomic step;
+    * it exists and holds nothing but files this run replaces (an earlier run's results, or nothing: the
+      Slicer module creates it first): the two folders are swapped whole, atomically with Linux's
+      ``renameat2(RENAME_EXCHANGE)``, elsewhere by two renames during which the folder is briefly absent
+      (never a mix of old and new files). The folder keeps its permissions;
+    * it holds anything else (the user's own files, subfolders): each file is replaced on its own
+      (``os.replace``, each atomic), because swapping the folder would have to move or relink things that are
+      not ours. A crash in the middle of that loop can leave some new and some old files.
+
+    A run killed outright (SIGKILL, the out-of-memory killer, a crash) cannot delete its staging folder; the
+    next run of the same output removes it (see :func:`remove_stale_staging`).
     """
 
     def __init__(self, out_dir: str | os.PathLike[str]) -> None:
-        self.out_dir = Path(out_dir).absolute()
+        out = Path(out_dir).absolute()
+        # a link to a folder elsewhere: stage next to the real folder (same file system) and keep the link
+        self.out_dir = out.resolve() if out.is_symlink() else out
         self._staging: Path | None = None
 
     @property
@@ -55,10 +82,8 @@ class AtomicOutputDir:
             raise ConfigError(f"output folder {self.out_dir} exists and is not a folder")
         try:
             self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-            self._staging = Path(
-                tempfile.mkdtemp(prefix=f".{self.out_dir.name}.partial-", dir=self.out_dir.parent)
-            )
-            self._staging.chmod(0o777 & ~_current_umask())  # mkdtemp's 0700 would stick to a new folder
+            remove_stale_staging(self.out_dir)
+            self._staging = create_unique(self.out_dir.parent, _staging_prefix(self.out_dir), directory=True)
         except OSError as error:
             raise ConfigError(
                 f"cannot write the output folder {self.out_dir}: {error.strerror or error}"
@@ -70,18 +95,43 @@ class AtomicOutputDir:
         staging = self.staging
         names = sorted(p.name for p in staging.iterdir())
         try:
+            for name in names:
+                fsync_path(staging / name)
+            fsync_path(staging)
             if not self.out_dir.exists():
                 os.rename(staging, self.out_dir)  # one atomic step when the folder is new
-            else:
+            elif not (_only_files_named(self.out_dir, names) and self._swap_in(staging)):
                 for name in names:
                     os.replace(staging / name, self.out_dir / name)
                 staging.rmdir()
+            fsync_path(self.out_dir)
+            fsync_path(self.out_dir.parent)
         except OSError as error:
             raise ConfigError(
                 f"cannot move the results into {self.out_dir}: {error.strerror or error}"
             ) from error
         self._staging = None
         return {name: self.out_dir / name for name in names}
+
+    def _swap_in(self, staging: Path) -> bool:
+        """Put ``staging`` in place of the output folder and delete the old one; False if the system refused
+        before anything changed (e.g. a folder in use on Windows), so the caller replaces file by file."""
+        os.chmod(staging, stat.S_IMODE(self.out_dir.stat().st_mode))
+        if _exchange(staging, self.out_dir):
+            retired = staging  # now holds the previous results
+        else:
+            retired = self.out_dir.parent / f"{_staging_prefix(self.out_dir)}{secrets.token_hex(4)}"
+            try:
+                os.rename(self.out_dir, retired)
+            except OSError:
+                return False
+            try:
+                os.rename(staging, self.out_dir)
+            except OSError:
+                os.rename(retired, self.out_dir)
+                raise
+        shutil.rmtree(retired, ignore_errors=True)
+        return True
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -91,10 +141,94 @@ class AtomicOutputDir:
             self._staging = None
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _only_files_named(folder: Path, names: Sequence[str]) -> bool:
+    """Whether every entry of ``folder`` is a plain file (not a link, not a folder) among ``names``."""
+    with os.scandir(folder) as entries:
+        return all(e.name in names and e.is_file(follow_symlinks=False) for e in entries)
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step where the system can (Linux 3.15+ with glibc 2.28+, on file
+    systems that support ``RENAME_EXCHANGE``); False elsewhere, with nothing changed."""
+    if not sys.platform.startswith("linux"):
+        return False
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), os.fspath(b))
+
+
+@functools.lru_cache(maxsize=1)
+def _owner() -> tuple[int, int, str]:
+    """This process as a staging folder's owner: pid, start time (s since the epoch) and a machine tag.
+
+    The start time tells a reused pid from the owner; the tag (hostname and pid namespace) keeps a process on
+    another machine sharing the folder, or in another container, from being judged by our process table.
+    """
+    namespace = ""
+    with contextlib.suppress(OSError):
+        namespace = str(os.stat("/proc/self/ns/pid").st_ino)
+    machine = hashlib.sha1(f"{socket.gethostname()}|{namespace}".encode()).hexdigest()[:8]
+    return os.getpid(), int(psutil.Process().create_time()), machine
+
+
+def _staging_prefix(out_dir: Path) -> str:
+    pid, started, machine = _owner()
+    return f".{out_dir.name}{_PARTIAL}{pid}-{started}-{machine}-"
+
+
+_PARTIAL = ".partial-"
+
+
+def _owner_is_gone(pid: int, started: int) -> bool:
+    """True only when no process ``pid`` runs, or the one that does started at another time (a reused pid).
+
+    A process that exists but cannot be inspected (another user's) counts as alive. A zombie (finished, not
+    yet reaped by its parent) also counts as alive: wait for a killed worker before cleaning up after it.
+    """
+    try:
+        return abs(psutil.Process(pid).create_time() - started) > 1.0
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
+
+
+def remove_stale_staging(out_dir: str | os.PathLike[str]) -> list[Path]:
+    """Delete the staging folders of ``out_dir`` whose writer was killed before it could delete them.
+
+    Only folders this code made for this very output (``.NAME.partial-PID-START-MACHINE-XXXXXXXX`` next to
+    it) are considered, and only those whose owner ran on this machine and no longer runs; a run still
+    writing (here or on another machine sharing the folder), or anything else, is left alone.
+    ``AtomicOutputDir`` calls this on entry; a front end that kills its worker (the Slicer module's cancel)
+    calls it after the worker has exited. Returns the folders removed.
+    """
+    out = Path(out_dir).absolute()
+    pattern = re.compile(re.escape(f".{out.name}{_PARTIAL}") + r"(\d+)-(\d+)-([0-9a-f]{8})-[0-9a-f]{8}")
+    machine = _owner()[2]
+    removed = []
+    try:
+        entries = list(os.scandir(out.parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match is None or match[3] != machine or not entry.is_dir(follow_symlinks=False):
+            continue
+        if _owner_is_gone(int(match[1]), int(match[2])):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(Path(entry.path))
+    return removed
 
 
 def _vector(values: Sequence[float]) -> str:
