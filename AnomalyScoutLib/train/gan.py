@@ -19,6 +19,7 @@ import dataclasses
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,10 @@ from AnomalyScoutLib.train.losses import (
 )
 from AnomalyScoutLib.train.samples import write_sample_grid
 
-__all__ = ["GanOptions", "GanTrainer"]
+__all__ = ["PRECISIONS", "GanOptions", "GanTrainer", "autocast_dtype"]
+
+#: Training precisions: ``auto`` keeps the old behaviour (bf16 on CUDA, fp32 elsewhere).
+PRECISIONS = ("auto", "fp32", "bf16")
 
 LOG_FIELDS = (
     "step",
@@ -76,6 +80,10 @@ class GanOptions:
         sample_every_kimg / checkpoint_every_s: how often samples and checkpoints are written.
         log_every: steps between log rows.
         seed: seeds initialisation, data order and noise.
+        precision: ``"fp32"``, or ``"bf16"`` autocast for the D and G forward passes (CUDA, and CPUs with
+            bf16 units); R1, path length and the losses stay fp32. ``"auto"``: bf16 on CUDA, fp32 elsewhere.
+        compile: ``torch.compile`` the plain G and D passes (not R1: a compiled graph has no double
+            backward); any compiler failure falls back to eager execution with a warning.
     """
 
     kimg: float = 50.0
@@ -91,6 +99,8 @@ class GanOptions:
     checkpoint_every_s: float = 180.0
     log_every: int = 10
     seed: int = 0
+    precision: str = "auto"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.kimg <= 0 or self.batch < 1 or self.lr <= 0:
@@ -100,6 +110,28 @@ class GanOptions:
         if self.r1_interval < 1 or self.pl_interval < 1 or self.log_every < 1:
             raise ConfigError("r1_interval, pl_interval and log_every must be >= 1")
         parse_policy(self.augment)
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a precision option on a device (None: full fp32)."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def compile_or_eager(module: torch.nn.Module) -> Any:
+    """``torch.compile(module)``, falling back to eager execution if the compiler fails (no C++ compiler,
+    an unsupported operator): training must never stop because an optimisation is unavailable."""
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True
+    try:
+        return torch.compile(module, dynamic=False)
+    except Exception as error:  # noqa: BLE001 - any compiler set-up failure means: run eager
+        warnings.warn(f"torch.compile unavailable ({error}); training runs eager", stacklevel=2)
+        return module
 
 
 class GanTrainer:
@@ -142,6 +174,13 @@ class GanTrainer:
         torch.manual_seed(options.seed * 1000 + self.dist.rank)
         self.step, self.images_seen, self.wall_s = 0, 0, 0.0
         self.mean_path_length = torch.zeros((), device=device)
+        # The passes that run every step, compiled when asked; the modules themselves stay eager for R1, the
+        # path length, the EMA and the checkpoints (a compiled module shares their parameters).
+        self._generator_pass: Any = self.generator
+        self._discriminator_pass: Any = self.discriminator
+        if options.compile:
+            self._generator_pass = compile_or_eager(self.generator)
+            self._discriminator_pass = compile_or_eager(self.discriminator)
 
     # ------------------------------------------------------------------ state
     def _state(self) -> dict[str, Any]:
@@ -186,14 +225,21 @@ class GanTrainer:
 
     # ------------------------------------------------------------------ one step
     def _autocast(self) -> contextlib.AbstractContextManager:
-        """bfloat16 mixed precision on CUDA (no loss scaling needed); full precision elsewhere."""
-        if self.device.type != "cuda":
+        """bfloat16 mixed precision (no loss scaling needed) where the options ask for it."""
+        dtype = autocast_dtype(self.options.precision, self.device)
+        if dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast(self.device.type, dtype=dtype)
 
-    def _d_logits(self, images: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    def _d_logits(
+        self, images: torch.Tensor, position: torch.Tensor, *, regularised: bool = False
+    ) -> torch.Tensor:
+        """D's logits on augmented images; the R1 pass runs eager in fp32 (it needs a double backward)."""
+        augmented = diff_augment(images, self.policy)
+        if regularised:
+            return self.discriminator(augmented, position).float()
         with self._autocast():
-            return self.discriminator(diff_augment(images, self.policy), position).float()
+            return self._discriminator_pass(augmented, position).float()
 
     def train_step(self) -> dict[str, float]:
         """One D step (with lazy R1) and one G step (with optional lazy path length), then the EMA update."""
@@ -205,14 +251,15 @@ class GanTrainer:
         self.generator.requires_grad_(False)
         self.discriminator.requires_grad_(True)
         with torch.no_grad(), self._autocast():
-            fake = self.generator(torch.randn(n, self.generator.z_dim, device=self.device), position).float()
+            fake = self._generator_pass(torch.randn(n, self.generator.z_dim, device=self.device), position)
+            fake = fake.float()
         real_logits, fake_logits = self._d_logits(real, position), self._d_logits(fake, position)
         loss_d = d_logistic_loss(real_logits, fake_logits)
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         if self.step % options.r1_interval == 0 and options.r1_gamma > 0:
             real_r1 = real.detach().requires_grad_(True)
-            penalty = r1_penalty(self._d_logits(real_r1, position), real_r1)
+            penalty = r1_penalty(self._d_logits(real_r1, position, regularised=True), real_r1)
             (penalty * (options.r1_gamma / 2 * options.r1_interval)).backward()
             stats["r1"] = penalty.item()
         average_gradients(self.discriminator, self.dist)
@@ -223,7 +270,8 @@ class GanTrainer:
         self.generator.requires_grad_(True)
         self.discriminator.requires_grad_(False)
         with self._autocast():
-            fake = self.generator(torch.randn(n, self.generator.z_dim, device=self.device), position).float()
+            fake = self._generator_pass(torch.randn(n, self.generator.z_dim, device=self.device), position)
+            fake = fake.float()
         loss_g = g_nonsaturating_loss(self._d_logits(fake, position))
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -189,3 +190,68 @@ def test_encoder_training_tunes_the_synthesis_network_only_when_asked(generator_
     synthesis = {name for name in changed if name.startswith("generator.synthesis.")}
     assert bool(synthesis) == (generator_lr > 0)
     assert not any(name.startswith(("generator.mapping.", "discriminator.")) for name in changed)
+
+
+def test_bf16_precision_runs_the_passes_in_bfloat16_and_keeps_r1_in_float32(tmp_path, monkeypatch):
+    from AnomalyScoutLib.train import gan as gan_module
+
+    seen: dict[str, list[torch.dtype]] = {"r1": [], "d": []}
+    real_r1 = gan_module.r1_penalty
+
+    def spy_r1(logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        seen["r1"].append(logits.dtype)
+        return real_r1(logits, images)
+
+    monkeypatch.setattr(gan_module, "r1_penalty", spy_r1)
+    trainer = _trainer(tmp_path, precision="bf16", r1_interval=1)
+    trainer.discriminator.register_forward_hook(lambda m, i, out: seen["d"].append(out.dtype))
+    stats = trainer.train_step()
+    # Autocast ran D's plain passes in bf16; the R1 pass (last D call) stayed fp32, and so did its penalty.
+    assert torch.bfloat16 in seen["d"] and seen["d"][-2] == torch.float32
+    assert seen["r1"] == [torch.float32] and all(map(math.isfinite, stats.values()))
+
+
+@pytest.mark.parametrize(("precision", "device", "expected"), [
+    ("fp32", "cuda", None), ("bf16", "cpu", torch.bfloat16), ("auto", "cpu", None),
+    ("auto", "cuda", torch.bfloat16),
+])  # fmt: skip
+def test_the_precision_option_picks_the_autocast_dtype(precision, device, expected):
+    from AnomalyScoutLib.train.gan import autocast_dtype
+
+    assert autocast_dtype(precision, torch.device(device)) == expected
+
+
+def test_an_unknown_precision_is_refused_with_its_name():
+    from AnomalyScoutLib.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="fp16"):
+        GanOptions(precision="fp16")
+
+
+def test_compile_wraps_the_per_step_passes_and_keeps_the_modules_eager(tmp_path, monkeypatch):
+    from AnomalyScoutLib.train import gan as gan_module
+
+    wrapped = []
+    monkeypatch.setattr(
+        gan_module, "compile_or_eager", lambda module: wrapped.append(module) or (lambda *a: module(*a))
+    )
+    trainer = _trainer(tmp_path, compile=True)
+    assert wrapped == [trainer.generator, trainer.discriminator]
+    assert (
+        trainer._generator_pass is not trainer.generator
+        and trainer._discriminator_pass is not trainer.discriminator
+    )
+    trainer.train_step()  # the wrapped passes are the ones the step calls
+    assert _trainer(tmp_path, compile=False)._generator_pass is not None and len(wrapped) == 2
+
+
+def test_a_failing_compiler_falls_back_to_eager_with_a_warning(monkeypatch):
+    from AnomalyScoutLib.train.gan import compile_or_eager
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    module = torch.nn.Linear(2, 2)
+    with pytest.warns(UserWarning, match="no C.. compiler"):
+        assert compile_or_eager(module) is module
