@@ -98,12 +98,17 @@ class AutoencoderDetector:
             batch = images[torch.randint(len(images), (self.batch_size,), generator=generator)]
             dy, dx = torch.randint(-4, 5, (2,), generator=generator).tolist()
             batch = torch.roll(batch, shifts=(dy, dx), dims=(2, 3))
-            loss = nn.functional.mse_loss(model(batch), batch)
+            loss = nn.functional.mse_loss(model(self.training_input(batch, generator)), batch)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
             self.losses.append(loss.item())
         self.model = model.eval()
+
+    def training_input(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """What the network sees while learning to output ``batch``: the clean slices (the denoising variant
+        corrupts them, :mod:`benchmarks.baselines.denoising_autoencoder`)."""
+        return batch
 
     @torch.no_grad()
     def reconstruct(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
