@@ -48,6 +48,20 @@ def test_residual_is_zero_outside_the_mask_and_on_perfect_reconstructions():
     assert residual[1].max() > 0.1
 
 
+def test_residual_is_the_smoothed_absolute_difference():
+    recon = torch.zeros(1, 32, 32)
+    image = recon.clone()
+    image[0, 8:24, 8:24] = -0.5  # darker than the reconstruction: the residual is |-0.5|, not 0.25 or -0.5
+    image[0, 4, 28] = 1.0  # a one-pixel spike, which smoothing spreads to its neighbours
+    mask = torch.ones(1, 32, 32, dtype=torch.bool)
+    residual = residual_maps(image, recon, mask, 1.0)
+    assert residual[0, 16, 16].item() == pytest.approx(0.5, abs=1e-6)  # well inside: blur of a constant
+    kernel = torch.exp(-0.5 * torch.arange(-3.0, 4.0) ** 2)
+    centre = (1.0 / kernel.sum()) ** 2  # a unit spike keeps the kernel's centre weight squared
+    assert residual[0, 4, 28].item() == pytest.approx(centre.item(), rel=1e-5)
+    assert residual[0, 5, 28] > 0 and residual[0, 4, 27] > 0
+
+
 def test_residual_refuses_mismatched_shapes():
     image, recon, mask = _blob_pair()
     with pytest.raises(ValueError, match="same"):
@@ -81,13 +95,42 @@ def test_wasserstein_is_zero_for_a_shuffled_patch_and_positive_for_a_shifted_one
     assert shifted.item() == pytest.approx(0.25, abs=1e-6)
 
 
-def test_feature_residual_enters_the_score_with_weight_kappa():
+def test_only_patches_at_least_half_inside_the_mask_count():
+    image = torch.zeros(1, 16, 16)
+    mask = torch.zeros(1, 16, 16, dtype=torch.bool)
+    mask[0, :8, :12] = True  # patch (0, 0) wholly inside, (0, 1) half inside
+    mask[0, 8:12, :4] = True  # patch (1, 0) a quarter inside, (1, 1) outside
+    image[0, 8:16, 0:8] = 5.0  # a big difference in the quarter-inside patch only
+    distances, inside = patch_wasserstein(image, torch.zeros_like(image), mask, 8)
+    assert inside.tolist() == [[True, True, False, False]]
+    assert distances[0, 2].item() == pytest.approx(5.0)
+    scores = score_slices(
+        image, torch.zeros_like(image), mask, torch.zeros_like(image), torch.zeros(1),
+        ScoreConfig(method="wasserstein", patch_px=8, top_fraction=1.0, kappa=0.0),
+    )  # fmt: skip
+    assert scores.pixel.item() == 0.0
+
+
+def test_the_default_wasserstein_patch_is_a_sixteenth_of_the_slice():
+    rng = torch.Generator().manual_seed(0)
+    image, recon = torch.rand(1, 64, 64, generator=rng), torch.rand(1, 64, 64, generator=rng)
+    mask = torch.ones(1, 64, 64, dtype=torch.bool)
+    residual = residual_maps(image, recon, mask, 0.0)
+
+    def pixel(patch_px: int) -> float:
+        config = ScoreConfig(method="wasserstein", patch_px=patch_px)
+        return score_slices(image, recon, mask, residual, torch.zeros(1), config).pixel.item()
+
+    assert pixel(0) == pixel(4) and pixel(4) != pixel(8)
+
+
+def test_feature_residual_is_the_mean_squared_difference_weighted_by_kappa():
     image, recon, mask = _blob_pair()
     residual = residual_maps(image, recon, mask, 0.0)
-    features = feature_residual(torch.tensor([[1.0, 1.0], [0.0, 0.0]]), torch.zeros(2, 2))
+    features = feature_residual(torch.tensor([[3.0, 1.0], [0.0, 0.0]]), torch.zeros(2, 2))
     scores = score_slices(image, recon, mask, residual, features, ScoreConfig(kappa=2.0))
-    assert scores.feature.tolist() == [1.0, 0.0]
-    assert scores.score[0].item() == pytest.approx(scores.pixel[0].item() + 2.0)
+    assert scores.feature.tolist() == [5.0, 0.0]  # (9 + 1) / 2; |.| would give 2, the root 2.24
+    assert scores.score[0].item() == pytest.approx(scores.pixel[0].item() + 10.0)
 
 
 def test_case_score_is_the_mean_of_the_highest_slice_scores_ignoring_nan():
