@@ -51,8 +51,10 @@ COMMANDS: dict[str, str] = {
     "review": "list the slices where a segmentation (from any model) is most at risk of being wrong",
     "calibrate": "store normal score distributions in a model file",
     "demo": "score a phantom with known anomalies and report how well it was found",
+    "train": "train a whole model on normal CT (GAN, encoder, calibration), resumable",
     "train_gan": "train the position-conditioned StyleGAN2 on normal CT volumes",
     "train_encoder": "train the encoder of a train-gan run and write the model file",
+    "train_head": "train the anomaly-map head of a model on normal volumes (synthetic anomalies)",
     "evaluate_gan": (
         "FID, encoder/discriminator Fréchet distances and HU-distribution distances of generated slices"
     ),

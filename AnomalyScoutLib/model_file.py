@@ -25,6 +25,7 @@ from safetensors.torch import save
 from torch import nn
 
 from AnomalyScoutLib import __version__
+from AnomalyScoutLib.anomaly_map.head import HEAD_KEY, AnomalyHead, head_from_metadata
 from AnomalyScoutLib.atomic import write_bytes_atomic
 from AnomalyScoutLib.errors import AnomalyScoutError, ConfigError, ModelFileError
 from AnomalyScoutLib.nets.architecture import ArchitectureConfig
@@ -85,6 +86,9 @@ class AnomalyModel:
         #: The body-part regressor (``position.*`` tensors, ``metadata["position_regressor"]``); None in model
         #: files made before it existed, which place slices by index (AnomalyScoutLib/position/).
         self.position_regressor: PositionRegressor | None = None
+        #: The anomaly-map head (``head.*`` tensors, ``metadata["head"]``); None in model files without one,
+        #: which score with the pixel residual (AnomalyScoutLib/anomaly_map/).
+        self.head: AnomalyHead | None = None
 
     @classmethod
     def create(
@@ -146,6 +150,8 @@ class AnomalyModel:
         """Moves the networks (in place) and returns the model, like ``nn.Module.to``."""
         for net in self.networks().values():
             net.to(device)
+        if self.head is not None:
+            self.head.to(device)
         return self
 
     def state_tensors(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
@@ -159,6 +165,13 @@ class AnomalyModel:
                 ).contiguous()
         if self.position_regressor is not None:  # small: always float32
             tensors.update(position_store.regressor_tensors(self.position_regressor))
+        if self.head is not None:  # small: always float32
+            tensors.update(
+                {
+                    f"{HEAD_KEY}.{k}": t.detach().cpu().float().contiguous()
+                    for k, t in self.head.state_dict().items()
+                }
+            )
         return tensors
 
     def save(self, path: str | os.PathLike[str], *, half: bool = False) -> Path:
@@ -213,6 +226,9 @@ class AnomalyModel:
                 tensors, metadata[position_store.METADATA_KEY], path
             )
         known = (*NETWORKS, position_store.PREFIX) if model.position_regressor is not None else NETWORKS
+        if HEAD_KEY in metadata:
+            model.head = _load_head(metadata[HEAD_KEY], tensors, path)
+            known = (*known, HEAD_KEY)
         extra = sorted(name for name in tensors if name.split(".", 1)[0] not in known)
         if extra:
             raise ModelFileError(f"{path}: unexpected tensors {', '.join(extra[:5])}")
@@ -259,6 +275,15 @@ def _check_metadata(header: dict[str, str], path: Path) -> dict[str, Any]:
     if position not in POSITION_METHODS:
         raise ModelFileError(f"{path}: unknown slice-position method {position!r}")
     return metadata
+
+
+def _load_head(info: Any, tensors: dict[str, torch.Tensor], path: Path) -> AnomalyHead:
+    try:
+        head = head_from_metadata(info)
+    except AnomalyScoutError as error:
+        raise ModelFileError(f"{path}: invalid anomaly-map head settings: {error}") from None
+    _load_network(head, HEAD_KEY, tensors, path)
+    return head.eval().requires_grad_(False)
 
 
 def _load_network(net: nn.Module, prefix: str, tensors: dict[str, torch.Tensor], path: Path) -> None:

@@ -1,0 +1,94 @@
+"""Normal training slices for the head: the engine's preprocessing plus the body mask and the volume of
+each slice.
+
+The head is trained on slices from the GAN's own normal training volumes; the body mask says where
+synthetic anomalies may go and where the map counts, and the volume index lets a foreign patch come from
+another patient and keeps validation volumes apart from training volumes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from AnomalyScoutLib.errors import ConfigError, VolumeError
+from AnomalyScoutLib.io.geometry import axial_frame, to_canonical
+from AnomalyScoutLib.io.volume import read_volume
+from AnomalyScoutLib.preprocessing import HUWindow, body_mask, model_grid
+from AnomalyScoutLib.train.data import DEFAULT_MIN_BODY_FRACTION, preprocess_volume
+
+__all__ = ["NormalSlices", "load_normal_slices"]
+
+
+@dataclass(frozen=True)
+class NormalSlices:
+    """Normal model-grid slices ``images`` (N, H, W) in [-1, 1], ``positions`` (N,), boolean ``body``
+    (N, H, W) and ``volume`` (N,) indices."""
+
+    images: torch.Tensor
+    positions: torch.Tensor
+    body: torch.Tensor
+    volume: torch.Tensor
+
+    def __post_init__(self) -> None:
+        n = len(self.images)
+        if self.images.ndim != 3 or self.body.shape != self.images.shape:
+            raise ValueError(f"images and body must be (N, H, W) alike, got {tuple(self.images.shape)}")
+        if self.positions.shape != (n,) or self.volume.shape != (n,):
+            raise ValueError("positions and volume need one entry per slice")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, keep: torch.Tensor) -> NormalSlices:
+        return NormalSlices(self.images[keep], self.positions[keep], self.body[keep], self.volume[keep])
+
+    def split(self, validation_volumes: int) -> tuple[NormalSlices, NormalSlices]:
+        """``(training, validation)``: the last ``validation_volumes`` volumes are kept for validation."""
+        volumes = torch.unique(self.volume)
+        if not 1 <= validation_volumes < len(volumes):
+            raise ConfigError(
+                f"validation volumes must be 1 to {len(volumes) - 1} (of {len(volumes)}), "
+                f"got {validation_volumes}"
+            )
+        held = torch.isin(self.volume, volumes[-validation_volumes:])
+        return self.subset(~held), self.subset(held)
+
+
+def load_normal_slices(
+    paths: Iterable[Path],
+    resolution: int,
+    window: HUWindow,
+    *,
+    position_method: str = "index",
+    min_body_fraction: float = DEFAULT_MIN_BODY_FRACTION,
+    progress: bool = False,
+) -> NormalSlices:
+    """Read normal volumes as :class:`NormalSlices` (slices with too little body left out, as for the GAN).
+
+    Raises:
+        VolumeError: a volume cannot be read, or no slice is left.
+    """
+    images, positions, bodies, volumes = [], [], [], []
+    for index, path in enumerate(tqdm(list(paths), desc="reading volumes", unit="vol", disable=not progress)):
+        volume = read_volume(path)
+        frame = axial_frame(volume)
+        canonical = to_canonical(volume.array_zyx, frame).astype(np.float32)
+        grid = model_grid(canonical.shape[1:], frame.spacing_kji[1:], resolution)
+        body = torch.from_numpy(grid.to_model(body_mask(canonical).astype(np.float32), fill=0.0) > 0.5)
+        slices, slice_positions, _ = preprocess_volume(
+            volume, resolution, window, position_method=position_method, min_body_fraction=0.0
+        )
+        keep = body.float().mean(dim=(1, 2)) >= min_body_fraction
+        images.append(slices[keep, 0].float())
+        positions.append(slice_positions[keep])
+        bodies.append(body[keep])
+        volumes.append(torch.full((int(keep.sum()),), index, dtype=torch.long))
+    if sum(len(p) for p in positions) == 0:
+        raise VolumeError(f"no slice with at least {min_body_fraction:.0%} body in the volumes given")
+    return NormalSlices(torch.cat(images), torch.cat(positions), torch.cat(bodies), torch.cat(volumes))

@@ -1,0 +1,130 @@
+"""``anomalyscout train-head``: train the anomaly-map head of a model on normal volumes and write the model.
+
+    anomalyscout train-head --model MODEL.safetensors --data DIR_OR_LIST --out MODEL_WITH_HEAD.safetensors
+                            [--run FOLDER] [--steps N] [--max-minutes M] [--holdout FAMILY]
+                            [--no-reconstruction] [--no-position] [--channels 8 16 32]
+
+The model's generator and encoder stay frozen: they make the fast-mode reconstructions the head learns to
+compare with. --data are normal CT volumes (the model's own training volumes are the natural choice); the
+last --validation-volumes of them are kept for validation on the held-out synthesis family. The output is
+the input model with the head added (``head.*`` tensors, float32; the networks float16 unless --float32;
+any earlier head replaced; the calibration dropped, since the slice score changes: run ``anomalyscout
+calibrate``). --run receives ``log.csv`` and the best checkpoint as training goes.
+Ctrl-C writes nothing and exits with code 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from AnomalyScoutLib.cli import EXIT_CANCELLED, add_command_parser
+from AnomalyScoutLib.commands.train_gan import add_runtime_arguments
+
+__all__ = ["register", "run"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from AnomalyScoutLib.anomaly_map.synthesis import FAMILIES
+
+    parser = add_command_parser(
+        subparsers, "train_head", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", type=Path, required=True, help="model file whose reconstructions the head uses"
+    )
+    parser.add_argument("--data", required=True, help="normal volumes (folder, phantom folder or list)")
+    parser.add_argument("--out", type=Path, required=True, help="model file to write (.safetensors)")
+    parser.add_argument("--run", type=Path, help="folder for log.csv and the best checkpoint (created)")
+    parser.add_argument("--steps", type=int, default=3000, help="optimisation steps (default 3000)")
+    parser.add_argument("--batch", type=int, default=16, help="batch size (default 16)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 0.001)")
+    parser.add_argument("--max-minutes", type=float, default=0.0, help="stop after this long (0 = no limit)")
+    parser.add_argument(
+        "--holdout", default="poisson_patch", choices=FAMILIES, help="synthesis family kept for validation"
+    )
+    parser.add_argument("--validation-volumes", type=int, default=1, help="volumes kept for validation")
+    parser.add_argument("--validate-every", type=int, default=100, help="steps between validations")
+    parser.add_argument("--channels", type=int, nargs="+", default=[8, 16, 32], help="U-Net widths")
+    parser.add_argument("--top-fraction", type=float, default=0.01, help="share of body pixels in the score")
+    parser.add_argument("--no-reconstruction", action="store_true", help="the head sees the slice only")
+    parser.add_argument("--no-position", action="store_true", help="no position channel")
+    parser.add_argument("--float32", action="store_true", help="store float32 networks (default float16)")
+    add_runtime_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from AnomalyScoutLib.anomaly_map.data import load_normal_slices
+    from AnomalyScoutLib.anomaly_map.head import AnomalyHead, HeadConfig
+    from AnomalyScoutLib.anomaly_map.training import (
+        HeadTrainer,
+        HeadTrainingOptions,
+        attach_head,
+        fast_reconstruction,
+    )
+    from AnomalyScoutLib.cancellation import CancelFlag, cancel_on_signals
+    from AnomalyScoutLib.devices import select_device
+    from AnomalyScoutLib.errors import ConfigError
+    from AnomalyScoutLib.model_file import AnomalyModel
+    from AnomalyScoutLib.train.data import list_volumes
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.out.parent.is_dir():
+        raise ConfigError(f"--out: folder {args.out.parent} does not exist")
+    config = HeadConfig(
+        channels=tuple(args.channels),
+        use_reconstruction=not args.no_reconstruction,
+        use_position=not args.no_position,
+        top_fraction=args.top_fraction,
+    )
+    options = HeadTrainingOptions(
+        steps=args.steps,
+        batch=args.batch,
+        lr=args.lr,
+        holdout=args.holdout,
+        validate_every=args.validate_every,
+        max_minutes=args.max_minutes,
+        seed=args.seed,
+    )
+    device = select_device(args.device)
+    model = AnomalyModel.load(args.model, device)
+    data = load_normal_slices(
+        list_volumes(args.data),
+        model.resolution,
+        model.window,
+        position_method=model.position_method,
+        progress=not args.no_progress,
+    )
+    train, validation = data.split(args.validation_volumes)
+    if args.run is not None:
+        args.run.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    trainer = HeadTrainer(
+        AnomalyHead(config),
+        train,
+        validation,
+        fast_reconstruction(model, device),
+        options,
+        model.window,
+        device,
+    )
+    with cancel_on_signals(CancelFlag()) as flag:
+        finished = trainer.train(flag, args.run, progress=not args.no_progress)
+    if not finished:
+        print("cancelled: no model file was written", file=sys.stderr)
+        return EXIT_CANCELLED
+    model = AnomalyModel.load(args.model, "cpu")  # a clean copy (the reconstructor changed memory layouts)
+    attach_head(model, trainer.head, {**trainer.summary(), "data": str(args.data), "model": str(args.model)})
+    model.save(args.out, half=not args.float32)
+    best = trainer.best or {}
+    print(
+        f"wrote {args.out} ({model.model_id}); held-out family {options.holdout}: slice AUROC "
+        f"{best.get('slice_auroc', float('nan')):.3f}, pixel AP {best.get('pixel_ap', float('nan')):.3f}",
+        file=sys.stderr,
+    )
+    return 0
