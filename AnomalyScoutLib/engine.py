@@ -59,6 +59,7 @@ if TYPE_CHECKING:
     from AnomalyScoutLib.model_file import AnomalyModel
 
 __all__ = [
+    "ANOMALY_MAP_FILE",
     "OUTPUT_FILES",
     "CaseScores",
     "RunListener",
@@ -76,6 +77,8 @@ OUTPUT_FILES: tuple[str, ...] = (
     "scores.json",
     "flagged.png",
 )
+#: Written beside them when the model holds an anomaly-map head (``AnomalyScoutLib/anomaly_map/``).
+ANOMALY_MAP_FILE = "anomaly_map.nrrd"
 MONTAGE_SLICES = 8
 
 
@@ -209,6 +212,7 @@ class VolumeScorer:
         cancel: CancelFlag | None = None,
         release_pages: Callable[[], None] | None = None,
         positions: np.ndarray | None = None,
+        anomaly_map_out: np.ndarray | None = None,
     ) -> CaseScores:
         """Score every canonical slice of ``canonical_hu`` (k, rows, cols).
 
@@ -220,6 +224,9 @@ class VolumeScorer:
             release_pages: called after each batch (lets memory-mapped outputs drop written pages).
             positions: each slice's position on the model's scale (``position.place_slices``); default: the
                 model's own definition. The generator is conditioned on it clipped to its range [0, 1].
+            anomaly_map_out: canonical (view of a) float32 array for the head's anomaly map. When the model
+                has a head, a slice's ``score`` is the head's top-k of its map (``pixel`` and ``feature``
+                stay the residual's parts).
         """
         listener = listener or _SilentListener()
         model = self.model
@@ -253,6 +260,12 @@ class VolumeScorer:
             scores[k0:k1] = batch_scores.score.cpu().numpy()
             pixel[k0:k1] = batch_scores.pixel.cpu().numpy()
             feature[k0:k1] = batch_scores.feature.cpu().numpy()
+            if model.head is not None:
+                with torch.inference_mode():
+                    maps = model.head.anomaly_map(x, result.images, position, area_m)
+                    scores[k0:k1] = model.head.slice_scores(maps, area_m).cpu().numpy()
+                if anomaly_map_out is not None:
+                    anomaly_map_out[k0:k1] = grid.from_model(maps.cpu()).numpy() * area
             if residual_out is not None:
                 residual_out[k0:k1] = grid.from_model(residual.cpu()).numpy() * area
             if reconstruction_out is not None:
@@ -421,9 +434,10 @@ class _OutputVolumes:
     staging folder is then deleted by :class:`AtomicOutputDir`).
     """
 
-    def __init__(self, staging: Path, scan: _ScanInput) -> None:
+    def __init__(self, staging: Path, scan: _ScanInput, with_map: bool = False) -> None:
         self._residual_file = NrrdVolumeWriter(staging / "residual.nrrd", *scan.geometry)
         self._reconstruction_file = NrrdVolumeWriter(staging / "reconstruction.nrrd", *scan.geometry)
+        self._map_file = NrrdVolumeWriter(staging / ANOMALY_MAP_FILE, *scan.geometry) if with_map else None
         self._frame = scan.frame
 
     def __enter__(self) -> _OutputVolumes:
@@ -432,6 +446,8 @@ class _OutputVolumes:
     def __exit__(self, *exc_info: object) -> None:
         self._residual_file.close()
         self._reconstruction_file.close()
+        if self._map_file is not None:
+            self._map_file.close()
 
     def residual(self) -> np.ndarray:
         """A writable canonical view of the residual file (drop it before the block ends)."""
@@ -441,10 +457,21 @@ class _OutputVolumes:
         """A writable canonical view of the reconstruction file (drop it before the block ends)."""
         return canonical_view(self._reconstruction_file.array_zyx, self._frame)
 
+    def anomaly_map(self) -> np.ndarray | None:
+        """A writable canonical view of the anomaly-map file (None without a head)."""
+        return None if self._map_file is None else canonical_view(self._map_file.array_zyx, self._frame)
+
+    def heatmap(self) -> np.ndarray:
+        """What the montage shows: the head's map when there is one, else the residual."""
+        found = self.anomaly_map()
+        return self.residual() if found is None else found
+
     def release_pages(self) -> None:
-        """Hand the written pages of both files back to the operating system (see ``NrrdVolumeWriter``)."""
+        """Hand the written pages of the files back to the operating system (see ``NrrdVolumeWriter``)."""
         self._residual_file.release_pages()
         self._reconstruction_file.release_pages()
+        if self._map_file is not None:
+            self._map_file.release_pages()
 
 
 def _write_flagged_montage(
@@ -600,7 +627,7 @@ def score_file(
         )
 
     with AtomicOutputDir(out_dir) as out:
-        with _OutputVolumes(out.staging, scan) as volumes:
+        with _OutputVolumes(out.staging, scan, with_map=scorer.model.head is not None) as volumes:
             clock = time.perf_counter()
             case = scorer.score(
                 scan.canonical_hu,
@@ -612,6 +639,7 @@ def score_file(
                 cancel=cancel,
                 release_pages=volumes.release_pages,
                 positions=placement.positions,
+                anomaly_map_out=volumes.anomaly_map(),
             )
             timings["score_s"] = time.perf_counter() - clock
             clock = time.perf_counter()
@@ -619,7 +647,7 @@ def score_file(
             calibrated, by_model, fpr = _calibrate(scorer, case, score_of_case, options.fpr, listener)
             calibrated, domain_warning = _gate_flags(calibrated, gate, by_model, listener)
             _write_flagged_montage(
-                out.staging / "flagged.png", scan, volumes.residual(), case, calibrated, gate
+                out.staging / "flagged.png", scan, volumes.heatmap(), case, calibrated, gate
             )
         timings["write_s"] = time.perf_counter() - clock
         summary = _run_summary(scorer, scan, options, score_of_case, calibrated, by_model, fpr, timings)
