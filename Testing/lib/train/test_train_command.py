@@ -1,0 +1,87 @@
+"""``anomalyscout train``: GAN, encoder and calibration in one resumable command, on held-out normals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import TINY
+
+from AnomalyScoutLib.cli import main
+from AnomalyScoutLib.commands.train import split_volumes
+from AnomalyScoutLib.errors import ConfigError
+from AnomalyScoutLib.io.volume import Volume, write_volume
+from AnomalyScoutLib.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
+
+COMMON = ["--device", "cpu", "--threads", "1", "--no-progress", "--res", "16", "--batch", "8"]
+COMMON += ["--calibration-modes", "fast"]
+
+
+@pytest.fixture()
+def volumes(tmp_path, tiny_phantom) -> Path:
+    folder = tmp_path / "volumes"
+    folder.mkdir()
+    volume = tiny_phantom.volume
+    for i in range(3):
+        array = volume.array_zyx + 3.0 * i
+        write_volume(
+            Volume(array, volume.spacing_xyz, volume.origin_xyz, volume.direction), folder / f"ct{i}.nrrd"
+        )
+    return folder
+
+
+def test_split_holds_out_the_last_volumes_and_refuses_to_hold_out_everything():
+    paths = [Path(f"v{i}.nrrd") for i in range(10)]
+    training, held_out = split_volumes(paths, None)
+    assert held_out == paths[8:] and training == paths[:8]
+    assert split_volumes(paths, 3)[1] == paths[7:]
+    with pytest.raises(ConfigError, match="hold out 10 of 10"):
+        split_volumes(paths, 10)
+    with pytest.raises(ConfigError, match="hold out 1 of 1"):
+        split_volumes(paths[:1], None)
+
+
+def test_one_command_trains_calibrates_on_held_out_volumes_and_resumes(tmp_path, volumes, tiny_config_file):
+    from AnomalyScoutLib.model_file import AnomalyModel
+
+    model_path = tmp_path / "site.safetensors"
+    args = [
+        "train",
+        str(volumes),
+        "--out",
+        str(model_path),
+        "--config",
+        str(tiny_config_file),
+        "--holdout",
+        "1",
+    ]
+    assert main([*args, "--gan-kimg", "0.016", "--encoder-kimg", "0.016", *COMMON]) == 0
+
+    work = tmp_path / "site.safetensors.run"
+    trained_on = (work / "train-list.txt").read_text().split()
+    calibrated_on = (work / "calibration-list.txt").read_text().split()
+    assert [Path(p).name for p in trained_on] == ["ct0.nrrd", "ct1.nrrd"]
+    assert [Path(p).name for p in calibrated_on] == ["ct2.nrrd"]
+    gan_options = json.loads((work / "gan" / "training_options.json").read_text())
+    assert gan_options["architecture"] == TINY.to_dict() and gan_options["data"]["volumes"] == 2
+    model = AnomalyModel.load(model_path)
+    calibration = model.calibration
+    assert calibration and [key.split("/")[0] for key in calibration["modes"]] == ["fast"]
+    assert next(iter(calibration["modes"].values()))["n_cases"] == 1  # the held-out volume, and only it
+    assert model.metadata["training"]["gan"]["kimg"] == 0.016
+
+    # The same command with a longer GAN continues the run from its checkpoint; the encoder file is kept.
+    encoder_mtime = (work / "encoder.safetensors").stat().st_mtime_ns
+    assert main([*args, "--gan-kimg", "0.032", "--encoder-kimg", "0.016", *COMMON]) == 0
+    assert load_checkpoint(work / "gan" / CHECKPOINT_NAME).state["images_seen"] == 32
+    assert (work / "encoder.safetensors").stat().st_mtime_ns == encoder_mtime
+
+
+def test_calibration_volumes_that_were_trained_on_are_refused(tmp_path, volumes, tiny_config_file, capsys):
+    held_out = tmp_path / "held_out.txt"
+    held_out.write_text(f"{volumes / 'ct2.nrrd'}\n{tmp_path / 'volumes' / '..' / 'volumes' / 'ct0.nrrd'}\n")
+    code = main(["train", str(volumes), "--out", str(tmp_path / "m.safetensors"),
+                 "--calibration-data", str(held_out), *COMMON])  # fmt: skip
+    assert code == 1 and "shares 2 volume" in capsys.readouterr().err
+    assert not (tmp_path / "m.safetensors").exists()
