@@ -255,14 +255,16 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 job.cancel()
 
     def setParameterNode(self, parameterNode: AnomalyScoutParameterNode | None) -> None:
+        event = vtk.vtkCommand.ModifiedEvent
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateApply)
+            if self.hasObserver(self._parameterNode, event, self._updateApply):  # exit() may have removed it
+                self.removeObserver(self._parameterNode, event, self._updateApply)
         self._parameterNode = parameterNode
         self._parameterNodeGuiTag = None
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateApply)
+            self.addObserver(self._parameterNode, event, self._updateApply)
         self._updateApply()
 
     def _updateApply(self, *_) -> None:

@@ -1,11 +1,14 @@
 """The extension's CMake files ship everything the module needs.
 
 Decision: the module's CMakeLists lists its own scripts and resources explicitly (Slicer's macro wants a
-list), and installs the library and the shipped models as whole directories with file patterns (a new library
-file needs no CMake edit). So the checks are: every module file is listed and every listed file exists; every
-library and model file matches an install pattern. Then, where cmake is installed, the real CMake files are
-configured and installed against a stand-in for Slicer's macros, and the installed tree is checked file by
-file.
+list); the library and the shipped models are copied into the build tree as whole directories with file
+patterns (``CopyLibrary.cmake``: a new library file needs no CMake edit), from where Slicer's macro installs
+them with the module; the models go under the module's ``Resources/Models``, never into a top-level
+``models`` folder on ``sys.path``. So the checks are: every module file is listed and every listed file
+exists; every library and model file matches a copy pattern. Then, where cmake is installed, the real
+CMake files are configured, built and installed against a stand-in for Slicer's macros, and the installed and
+build trees are checked file by file (the build tree gets the library at build time, not at configure time,
+so edits do not go stale).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 MODULE_DIR = REPO / "AnomalyScout"
 TOP = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
 MODULE = (MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
+COPY_SCRIPT = (MODULE_DIR / "CopyLibrary.cmake").read_text(encoding="utf-8")
 SCRIPTED_MODULES = "lib/Slicer/qt-scripted-modules"
 
 
@@ -31,10 +35,9 @@ def _cmake_list(name: str) -> list[str]:
     return [item.replace("${MODULE_NAME}", "AnomalyScout") for item in body.split()]
 
 
-def _install_patterns(directory: str) -> tuple[list[str], list[str]]:
-    """(included, excluded) patterns of the ``install(DIRECTORY ...)`` rule for ``directory``."""
-    rule = re.search(rf"install\(DIRECTORY \$\{{{directory}\}}(.*?)\n  \)", MODULE, re.S).group(1)
-    assert "${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}" in rule
+def _copy_patterns(directory: str) -> tuple[list[str], list[str]]:
+    """(included, excluded) patterns of CopyLibrary.cmake's ``file(COPY ...)`` rule for ``directory``."""
+    rule = re.search(rf"file\(COPY \$\{{{directory}\}}/?(.*?)\n  \)", COPY_SCRIPT, re.S).group(1)
     excluded = re.findall(r'PATTERN "([^"]+)" EXCLUDE', rule)
     included = [p for p in re.findall(r'PATTERN "([^"]+)"', rule) if p not in excluded]
     return included, excluded
@@ -44,9 +47,15 @@ def _shipped_files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
 
 
+def _module_scripts() -> list[str]:
+    return sorted(
+        p.relative_to(MODULE_DIR).as_posix() for p in _shipped_files(MODULE_DIR) if p.suffix == ".py"
+    )
+
+
 def test_every_module_script_is_listed_and_every_listed_file_exists():
     scripts = _cmake_list("MODULE_PYTHON_SCRIPTS")
-    assert sorted(scripts) == sorted(p.name for p in MODULE_DIR.glob("*.py"))
+    assert sorted(scripts) == _module_scripts()
     for item in scripts + _cmake_list("MODULE_PYTHON_RESOURCES"):
         assert (MODULE_DIR / item).is_file(), item
 
@@ -57,12 +66,11 @@ def test_every_resource_file_is_listed():
 
 
 @pytest.mark.parametrize(
-    ("variable", "folder"),
-    [("ANOMALYSCOUT_LIB_DIR", "AnomalyScoutLib"), ("ANOMALYSCOUT_MODELS_DIR", "models")],
+    ("variable", "folder"), [("LIBRARY_DIR", "AnomalyScoutLib"), ("MODELS_DIR", "models")]
 )
-def test_the_library_and_the_models_are_installed_whole_and_match_the_patterns(variable, folder):
-    assert re.search(rf"set\({variable} \$\{{CMAKE_CURRENT_SOURCE_DIR\}}/\.\./{folder}\)", MODULE)
-    included, _ = _install_patterns(variable)
+def test_the_library_and_the_models_are_copied_whole_and_match_the_patterns(variable, folder):
+    assert re.search(rf"-D{variable}=\$\{{CMAKE_CURRENT_SOURCE_DIR\}}/\.\./{folder}\n", MODULE)
+    included, _ = _copy_patterns(variable)
     unshipped = [
         p.relative_to(REPO).as_posix()
         for p in _shipped_files(REPO / folder)
@@ -71,9 +79,13 @@ def test_the_library_and_the_models_are_installed_whole_and_match_the_patterns(v
     assert unshipped == []
 
 
-def test_the_module_builds_with_generic_tests_and_registers_its_self_test():
+def test_the_module_builds_with_generic_tests_and_its_heavy_self_test_is_opt_in():
     assert re.search(r"slicerMacroBuildScriptedModule\(.*WITH_GENERIC_TESTS.*?\)", MODULE, re.S)
-    assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in MODULE
+    assert re.search(
+        r"if\(BUILD_TESTING AND \$\{MODULE_NAME\}_ENABLE_SELF_TEST\)\s*"
+        r"slicer_add_python_unittest\(SCRIPT \$\{MODULE_NAME\}\.py\)",
+        MODULE,
+    )
 
 
 def test_the_extension_declares_its_metadata_and_depends_on_pytorch():
@@ -114,6 +126,9 @@ function(slicerMacroBuildScriptedModule)
     get_filename_component(folder ${{file}} DIRECTORY)
     install(FILES ${{file}} DESTINATION ${{Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}}/${{folder}})
   endforeach()
+  # as CTK's ctkMacroCompilePythonScript: the whole build-tree scripted-modules folder is installed
+  install(DIRECTORY ${{CMAKE_BINARY_DIR}}/${{Slicer_QTSCRIPTEDMODULES_LIB_DIR}}/
+    DESTINATION ${{Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}})
   set(line "module ${{MY_NAME}} generic=${{MY_WITH_GENERIC_TESTS}}")
   file(APPEND ${{CMAKE_BINARY_DIR}}/registered.txt "${{line}}\\n")
 endfunction()
@@ -128,7 +143,7 @@ endfunction()
     not all(shutil.which(tool) for tool in ("cmake", "cc", "c++")),
     reason="needs cmake and a C/C++ compiler (project() looks for one, as Slicer's build does)",
 )
-def test_configuring_and_installing_puts_module_library_and_models_side_by_side(tmp_path):
+def test_configuring_building_and_installing_put_module_library_and_models_in_place(tmp_path):
     fake = tmp_path / "slicer"
     fake.mkdir()
     (fake / "SlicerConfig.cmake").write_text(FAKE_SLICER)
@@ -137,21 +152,29 @@ def test_configuring_and_installing_puts_module_library_and_models_side_by_side(
     build, prefix = tmp_path / "build", tmp_path / "install"
     configure = [
         "cmake", "-S", str(REPO), "-B", str(build), f"-DSlicer_DIR={fake}", "-DBUILD_TESTING=ON",
+        "-DAnomalyScout_ENABLE_SELF_TEST=ON",
         "-DCMAKE_C_COMPILER_WORKS=1", "-DCMAKE_CXX_COMPILER_WORKS=1",
     ]  # fmt: skip
     subprocess.run(configure, check=True, capture_output=True)
+    built = build / SCRIPTED_MODULES
+    assert not (built / "AnomalyScoutLib").exists(), "the library is copied at configure time: edits go stale"
+    subprocess.run(["cmake", "--build", str(build), "--target", "AnomalyScoutCopyLibrary"], check=True)
     subprocess.run(
         ["cmake", "--install", str(build), "--prefix", str(prefix)], check=True, capture_output=True
     )
 
     installed = prefix / SCRIPTED_MODULES
     expected = [p.relative_to(REPO) for p in _shipped_files(REPO / "AnomalyScoutLib") if p.suffix == ".py"]
-    expected += [p.relative_to(MODULE_DIR) for p in MODULE_DIR.glob("*.py")]
+    expected += [Path(p) for p in _module_scripts()]
     expected += [Path(r) for r in _cmake_list("MODULE_PYTHON_RESOURCES")]
+    expected += [Path("Resources/Models") / p.name for p in (REPO / "models").glob("*.safetensors")]
     assert [str(p) for p in expected if not (installed / p).is_file()] == []
+    assert not (installed / "models").exists(), "a top-level models folder on sys.path"
     assert (build / "registered.txt").read_text().split("\n")[:2] == [
         "module AnomalyScout generic=TRUE",
         "unittest AnomalyScout.py",
     ]
     # the build tree has the same layout, for Slicer started from the build folder
-    assert (build / SCRIPTED_MODULES / "AnomalyScoutLib" / "worker" / "protocol.py").is_file()
+    assert (built / "AnomalyScoutLib" / "worker" / "protocol.py").is_file()
+    models = [p.name for p in (REPO / "models").glob("*.safetensors")]
+    assert models and all((built / "Resources" / "Models" / name).is_file() for name in models)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,21 @@ def test_a_missing_extension_or_a_failed_torch_install_is_an_install_error(torch
     with pytest.raises(InstallError, match="PyTorch"):
         install(InstallPlan(torch=True, packages=("tqdm>=4.60",)), torch_utils, pip_calls.append)
     assert pip_calls == []
+
+
+@pytest.mark.parametrize(
+    ("version", "old"), [("1.13.1", True), ("2.0.1+cu118", True), ("2.3.0+cu121", False)]
+)
+def test_an_installed_torch_older_than_required_is_refused_before_anything_is_asked(version, old):
+    plan = install_plan(lambda name: object(), lambda distribution: version)
+    assert (plan.old_torch == version) is old
+    if old:
+        with pytest.raises(InstallError, match=rf"PyTorch {re.escape(version)} is installed.*PyTorch Utils"):
+            plan.check()
+    else:
+        plan.check()
+
+
+def test_a_missing_torch_is_not_called_old():
+    plan = install_plan(lambda name: None if name == "torch" else object(), lambda distribution: "1.0")
+    assert plan.torch and plan.old_torch is None
