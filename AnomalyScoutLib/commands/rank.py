@@ -1,7 +1,8 @@
 """``anomalyscout rank``: which cases (or slices) of an unlabelled pool to annotate next.
 
 Scores every case with the anomaly model (in parallel: ``--jobs`` local worker processes, or the workers of a
-running Dask scheduler with ``--scheduler tcp://host:8786``), keeps each case's scores in a cache keyed by
+running Dask scheduler with ``--scheduler tls://host:8786`` and ``--tls-*`` certificates, or ``tcp://`` on a
+network only you use: Dask exchanges pickles, which run code), keeps each case's scores in a cache keyed by
 the file's content and the model id so that a re-run or a grown pool only scores the new cases, then picks
 ``--budget`` items with ``--strategy`` and writes the worklist:
 
@@ -20,7 +21,7 @@ import sys
 from pathlib import Path
 
 from AnomalyScoutLib.active.cache import ScoreCache, default_cache_dir
-from AnomalyScoutLib.active.distributed import score_pool
+from AnomalyScoutLib.active.distributed import TlsFiles, insecure_scheduler_warning, score_pool
 from AnomalyScoutLib.active.ranking import LEVELS, RANK_STRATEGIES, CaseScorer, build_worklist, write_worklist
 from AnomalyScoutLib.cli import add_command_parser
 from AnomalyScoutLib.errors import AnomalyScoutError, ConfigError
@@ -64,7 +65,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, required=True, help="worklist CSV; the JSON goes beside it")
     parser.add_argument("--level", choices=LEVELS, default="case", help="rank whole cases or single slices")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes on this machine (default 1)")
-    parser.add_argument("--scheduler", help="'local' or the address of a running Dask scheduler")
+    parser.add_argument(
+        "--scheduler",
+        help="'local' or the address of a running Dask scheduler; tcp:// sends unauthenticated pickles "
+        "(trusted networks only), tls:// with the --tls-* files for a shared cluster",
+    )
+    parser.add_argument("--tls-ca-file", help="tls:// scheduler: the cluster's certificate authority (PEM)")
+    parser.add_argument("--tls-cert", help="tls:// scheduler: this client's certificate (PEM)")
+    parser.add_argument("--tls-key", help="tls:// scheduler: this client's key, if not in --tls-cert")
     parser.add_argument(
         "--cache-dir", type=Path, default=None, help=f"score cache (default {default_cache_dir()})"
     )
@@ -91,6 +99,14 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out must name a .csv file (the JSON is written beside it), got {args.out}")
     if not args.out.parent.is_dir():
         raise ConfigError(f"--out: the folder {args.out.parent} does not exist")
+    tls = None
+    if args.tls_ca_file or args.tls_cert or args.tls_key:
+        if not (args.tls_ca_file and args.tls_cert):
+            raise ConfigError("TLS needs both --tls-ca-file and --tls-cert (and --tls-key if separate)")
+        tls = TlsFiles(args.tls_ca_file, args.tls_cert, args.tls_key)
+    warning = insecure_scheduler_warning(args.scheduler)
+    if warning is not None:
+        print(f"warning: {warning}", file=sys.stderr)
     scorer, model_id = load_case_scorer(args.model, args.device)
     cache = None if args.no_cache else ScoreCache(args.cache_dir or default_cache_dir())
     outcomes = score_pool(
@@ -100,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         cache=cache,
         jobs=args.jobs,
         scheduler=args.scheduler,
+        tls=tls,
         progress=not args.no_progress,
     )
     scored = [(o.case, o.scores) for o in outcomes if o.scores is not None]

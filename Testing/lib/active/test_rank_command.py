@@ -50,6 +50,14 @@ def test_writes_csv_and_json_worklists_and_skips_a_failed_case(tmp_path, make_ca
     assert "skipped" in capsys.readouterr().err
 
 
+def test_the_worklist_follows_the_calibrated_percentiles_not_the_raw_scores(tmp_path, make_case, fake_model):
+    noisy = make_case("noisy", [0.9, 0.2], percentiles=[55.0, 10.0])
+    rare = make_case("rare", [0.3, 0.2], percentiles=[99.5, 10.0])
+    assert _rank(tmp_path, noisy, rare, "--strategy", "anomaly", "--budget", "2") == 0
+    items = json.loads((tmp_path / "worklist.json").read_text())["items"]
+    assert [(i["case"], i["percentile"]) for i in items] == [(rare, 99.5), (noisy, 55.0)]
+
+
 def test_a_rerun_with_a_grown_list_scores_only_the_new_case(tmp_path, make_case, fake_model):
     listed = [make_case("a", [0.1]), make_case("b", [0.4])]
     (tmp_path / "pool.txt").write_text("# pool\n" + "\n".join(p.split("/")[-1] for p in listed) + "\n\n")
@@ -87,3 +95,10 @@ def test_exits_1_when_no_case_could_be_scored(tmp_path, fake_model, capsys):
     assert _rank(tmp_path, str(tmp_path / "missing.nrrd"), "--budget", "1") == 1
     assert "none of the 1 cases" in capsys.readouterr().err
     assert json.loads((tmp_path / "worklist.json").read_text())["items"] == []
+
+
+def test_a_tls_certificate_without_its_authority_is_refused_before_scoring(
+    tmp_path, make_case, fake_model, capsys
+):
+    code = _rank(tmp_path, make_case("a", [0.1]), "--budget", "1", "--tls-cert", "client.pem")
+    assert code != 0 and "--tls-ca-file" in capsys.readouterr().err and fake_model == []

@@ -12,12 +12,14 @@ from AnomalyScoutLib.active.ranking import CaseScores, build_worklist, hot_range
 from AnomalyScoutLib.errors import ConfigError
 
 
-def _case(scores, latents=None, calibrated: bool = True) -> CaseScores:
+def _case(scores, latents=None, calibrated: bool = True, percentiles=None) -> CaseScores:
+    """Percentiles default to 100 × score (NaN uncalibrated); the case's are the maxima of its slices'."""
     scores = np.asarray(scores, dtype=np.float64)
     latents = np.stack([scores, np.zeros_like(scores)], 1) if latents is None else np.asarray(latents)
-    percentiles = 100 * scores if calibrated else np.full_like(scores, np.nan)
-    case_percentile = 100 * scores.max() if calibrated else np.nan
-    return CaseScores(scores, percentiles, float(scores.max()), float(case_percentile), latents)
+    if percentiles is None:
+        percentiles = 100 * scores if calibrated else np.full_like(scores, np.nan)
+    percentiles = np.asarray(percentiles, dtype=np.float64)
+    return CaseScores(scores, percentiles, float(scores.max()), float(percentiles.max()), latents)
 
 
 def test_hot_range_is_the_run_of_high_slices_around_the_peak():
@@ -52,6 +54,19 @@ def test_hybrid_case_worklist_skips_a_near_copy_of_a_case_already_chosen():
     hybrid = build_worklist(cases, "hybrid", 2)
     assert [i.case for i in hybrid] == ["b", "c"]
     assert hybrid[0].reason.startswith("hybrid: the most anomalous") and "unlike" in hybrid[1].reason
+
+
+@pytest.mark.parametrize("strategy", ["anomaly", "hybrid"])
+def test_calibrated_cases_rank_by_percentile_even_against_the_raw_scores(strategy):
+    # a: a high raw score where normal scans score high too (pelvis); b: a lower score, rare at its position
+    cases = [
+        ("a", _case([0.9, 0.1], percentiles=[60.0, 5.0])),
+        ("b", _case([0.1, 0.4], percentiles=[5.0, 99.0])),
+    ]
+    assert [i.case for i in build_worklist(cases, strategy, 2, level="case")] == ["b", "a"]
+    slices = build_worklist(cases, strategy, 2, level="slice")
+    assert [(i.case, i.slice_start) for i in slices][0] == ("b", 1)
+    assert "99th percentile" in slices[0].reason
 
 
 def test_uncalibrated_scores_rank_by_raw_score():
