@@ -18,6 +18,7 @@ from pathlib import Path
 
 from AnomalyScoutLib.cli import EXIT_CANCELLED, add_command_parser
 from AnomalyScoutLib.commands.train_gan import add_runtime_arguments
+from AnomalyScoutLib.commands.training_run import train_until_done, training_device
 
 __all__ = ["register", "run"]
 
@@ -59,10 +60,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from AnomalyScoutLib.cancellation import CancelFlag, cancel_on_signals
-    from AnomalyScoutLib.devices import select_device
     from AnomalyScoutLib.errors import ConfigError
     from AnomalyScoutLib.train.data import list_volumes, load_slices
     from AnomalyScoutLib.train.encoder import (
@@ -73,8 +70,6 @@ def run(args: argparse.Namespace) -> int:
         warm_start_encoder,
     )
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if not args.out.parent.is_dir():
         raise ConfigError(f"--out: folder {args.out.parent} does not exist")
     options = EncoderOptions(
@@ -88,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes,
         seed=args.seed,
     )
-    device = select_device(args.device)
+    device = training_device(args)
     gan = load_gan_run(args.gan)
     data = load_slices(
         list_volumes(args.data or gan.settings["data_source"]),
@@ -99,9 +94,7 @@ def run(args: argparse.Namespace) -> int:
     )
     initial = warm_start_encoder(gan.model, args.init) if args.init else None
     trainer = EncoderTrainer(gan.model, options, data, device)
-    with cancel_on_signals(CancelFlag()) as flag:
-        finished = trainer.train(flag, progress=not args.no_progress)
-    if not finished:
+    if not train_until_done(trainer, args):
         print("cancelled: no model file was written", file=sys.stderr)
         return EXIT_CANCELLED
     model = gan.model

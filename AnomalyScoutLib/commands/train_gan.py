@@ -132,20 +132,17 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from AnomalyScoutLib.atomic import write_bytes_atomic
-    from AnomalyScoutLib.cancellation import CancelFlag, cancel_on_signals
-    from AnomalyScoutLib.devices import select_device
+    from AnomalyScoutLib.commands.training_run import train_until_done, training_device
     from AnomalyScoutLib.preprocessing import HUWindow
     from AnomalyScoutLib.train.data import list_volumes, load_slices
     from AnomalyScoutLib.train.ddp import init_distributed
     from AnomalyScoutLib.train.gan import GanOptions, GanTrainer
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     settings = _saved_settings(args) if args.resume else _fresh_settings(args)
     architecture = ArchitectureConfig.from_dict(settings["architecture"])
     options = GanOptions(**settings["options"])
     window = HUWindow.from_dict(settings["preprocessing"])
-    device = select_device(args.device)
+    device = training_device(args)
     info = init_distributed(device)
     if device.type == "cuda" and info.active:
         device = torch.device("cuda", info.local_rank)
@@ -169,9 +166,7 @@ def run(args: argparse.Namespace) -> int:
             f"device {device}, {info.world_size} process(es), {options.kimg} kimg",
             file=sys.stderr,
         )
-    with cancel_on_signals(CancelFlag()) as flag:
-        finished = trainer.train(flag, progress=not args.no_progress)
-    if not finished:
+    if not train_until_done(trainer, args):
         if info.is_main:
             print(
                 f"interrupted at {trainer.images_seen / 1000:.1f} kimg: checkpoint written to {args.out}; "

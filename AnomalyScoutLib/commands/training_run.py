@@ -1,0 +1,45 @@
+"""What every training command does around its trainer: CPU threads, the device, and a run that Ctrl-C stops.
+
+``train-gan``, ``train-encoder`` (and the commands that train heads on a model) differ in what they train,
+not in how a run starts and stops: ``--threads`` and ``--device`` (:func:`add_runtime_arguments` in
+``train_gan``) are applied the same way, and Ctrl-C or SIGTERM asks the trainer to stop at its next step, so
+that each command can then say what it kept (a checkpoint, nothing) and exit with ``EXIT_CANCELLED``.
+Torch is imported inside the functions so that ``anomalyscout --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import torch
+
+    from AnomalyScoutLib.cancellation import CancelFlag
+
+__all__ = ["Trainer", "train_until_done", "training_device"]
+
+
+class Trainer(Protocol):
+    """A trainer runs until done (True) or until ``cancel`` is set (False), with or without a progress bar."""
+
+    def train(self, cancel: CancelFlag | None = None, progress: bool = True) -> bool: ...
+
+
+def training_device(args: argparse.Namespace) -> torch.device:
+    """Apply ``--threads`` to torch and return the ``--device`` to train on."""
+    import torch
+
+    from AnomalyScoutLib.devices import select_device
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return select_device(args.device)
+
+
+def train_until_done(trainer: Trainer, args: argparse.Namespace) -> bool:
+    """Train until done (True) or stopped by Ctrl-C or SIGTERM (False); a bar unless ``--no-progress``."""
+    from AnomalyScoutLib.cancellation import CancelFlag, cancel_on_signals
+
+    with cancel_on_signals(CancelFlag()) as flag:
+        return trainer.train(flag, progress=not args.no_progress)
