@@ -178,6 +178,16 @@ class GanTrainer:
         # path length, the EMA and the checkpoints (a compiled module shares their parameters).
         self._generator_pass: Any = self.generator
         self._discriminator_pass: Any = self.discriminator
+        if (
+            device.type == "cpu"
+            and options.precision == "bf16"
+            and not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        ):
+            warnings.warn(
+                "--precision bf16 on a CPU without bf16 units: bf16 is emulated, about 9x slower than fp32 "
+                "here (benchmarks/train_speed.py)",
+                stacklevel=2,
+            )
         if options.compile:
             self._generator_pass = compile_or_eager(self.generator)
             self._discriminator_pass = compile_or_eager(self.discriminator)

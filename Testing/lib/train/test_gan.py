@@ -203,6 +203,7 @@ def test_bf16_precision_runs_the_passes_in_bfloat16_and_keeps_r1_in_float32(tmp_
         return real_r1(logits, images)
 
     monkeypatch.setattr(gan_module, "r1_penalty", spy_r1)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)  # no warning here
     trainer = _trainer(tmp_path, precision="bf16", r1_interval=1)
     trainer.discriminator.register_forward_hook(lambda m, i, out: seen["d"].append(out.dtype))
     stats = trainer.train_step()
@@ -219,6 +220,12 @@ def test_the_precision_option_picks_the_autocast_dtype(precision, device, expect
     from AnomalyScoutLib.train.gan import autocast_dtype
 
     assert autocast_dtype(precision, torch.device(device)) == expected
+
+
+def test_bf16_on_a_cpu_without_bf16_units_warns_that_it_is_emulated(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    with pytest.warns(UserWarning, match="emulated"):
+        _trainer(tmp_path, precision="bf16")
 
 
 def test_an_unknown_precision_is_refused_with_its_name():
