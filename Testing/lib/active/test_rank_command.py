@@ -70,6 +70,7 @@ def test_a_rerun_with_a_grown_list_scores_only_the_new_case(tmp_path, make_case,
 
 
 def test_the_same_worklist_comes_from_two_local_dask_workers(tmp_path, make_case, fake_model):
+    pytest.importorskip("distributed", reason="needs the distributed extra")
     cases = [make_case(f"c{i}", [0.1 * i, 0.05 * i]) for i in range(1, 5)]
     assert _rank(tmp_path, *cases, "--budget", "3", "--no-cache") == 0
     serial = (tmp_path / "worklist.csv").read_text()
