@@ -169,17 +169,21 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 @functools.lru_cache(maxsize=1)
-def _owner() -> tuple[int, int, str]:
-    """This process as a staging folder's owner: pid, start time (s since the epoch) and a machine tag.
-
-    The start time tells a reused pid from the owner; the tag (hostname and pid namespace) keeps a process on
-    another machine sharing the folder, or in another container, from being judged by our process table.
-    """
+def _machine_tag() -> str:
+    """Hostname and pid namespace, hashed: keeps a process on another machine sharing the folder, or in
+    another container, from being judged by this machine's process table."""
     namespace = ""
     with contextlib.suppress(OSError):
         namespace = str(os.stat("/proc/self/ns/pid").st_ino)
-    machine = hashlib.sha1(f"{socket.gethostname()}|{namespace}".encode()).hexdigest()[:8]
-    return os.getpid(), int(psutil.Process().create_time()), machine
+    return hashlib.sha1(f"{socket.gethostname()}|{namespace}".encode()).hexdigest()[:8]
+
+
+def _owner() -> tuple[int, int, str]:
+    """This process as a staging folder's owner: pid, start time (s since the epoch) and machine tag.
+
+    The start time tells a reused pid from the owner. Not cached: a forked worker is another owner.
+    """
+    return os.getpid(), int(psutil.Process().create_time()), _machine_tag()
 
 
 def _staging_prefix(out_dir: Path) -> str:
@@ -215,7 +219,7 @@ def remove_stale_staging(out_dir: str | os.PathLike[str]) -> list[Path]:
     """
     out = Path(out_dir).absolute()
     pattern = re.compile(re.escape(f".{out.name}{_PARTIAL}") + r"(\d+)-(\d+)-([0-9a-f]{8})-[0-9a-f]{8}")
-    machine = _owner()[2]
+    machine = _machine_tag()
     removed = []
     try:
         entries = list(os.scandir(out.parent))
