@@ -145,3 +145,27 @@ def test_a_scan_unlike_the_calibration_data_has_its_flags_withheld(tiny_architec
     assert not any(s["flagged"] for s in data["slices"]) and not data["case_flagged"]
     assert all(s["score"] > s["threshold"] for s in data["slices"])  # raw scores and thresholds stay
     assert data["domain_warning"] in recorder.warnings
+
+
+def test_out_of_range_slices_above_their_threshold_are_still_not_flagged(
+    tiny_architecture, tiny_regressor, tiny_phantom, phantom_file, monkeypatch, tmp_path
+):
+    # Normal scores tiny in the top position bin and huge elsewhere: every slice placed at the top of the
+    # range or above it lies above its threshold, the lower in-range slices do not (no domain warning).
+    positions = np.linspace(0.0, 1.0, 400)
+    normal = np.where(positions >= 0.9, 0.0, 1e6) + np.linspace(0.0, 1e-6, 400)
+    settings = _scorer(tiny_architecture).calibration_settings()
+    fitted = fit_mode_calibration([normal], [positions], [0.0], settings, n_bins=10, min_count=5)
+    calibration = Calibration({calibration_key("fast", "topk"): fitted}).to_json()
+    z_mm = np.arange(24) * tiny_phantom.volume.spacing_xyz[2]
+    _estimates(monkeypatch, np.minimum(0.6 + z_mm / 330.0, 0.99))
+    run = score_file(phantom_file, tmp_path / "out", _scorer(tiny_architecture, tiny_regressor, calibration))
+    data = json.loads((tmp_path / "out" / "scores.json").read_text())
+    assert data["domain_warning"] is None
+    flagged = np.array([s["flagged"] for s in data["slices"]])
+    in_range = np.array([s["in_range"] for s in data["slices"]])
+    raw_above = (
+        run.case.scores > fitted.apply(run.case.scores, run.case.positions, 0.0, data["fpr"]).threshold
+    )
+    assert raw_above[~in_range].all() and (~in_range).sum() > 0  # they would have been flagged
+    assert not flagged[~in_range].any() and flagged[in_range].any()
