@@ -224,7 +224,7 @@ class Calibration:
         return found
 
     def why_not_for_run(self, mode: str, score: ScoreConfig, steps: int) -> str:
-        """One line for a warning when :meth:`for_run` gives ``None``: missing, or made with other settings."""
+        """One line for a warning when :meth:`for_run` gives ``None``: missing, or other settings."""
         found = self.get(mode, score.key())
         if found is None:
             return f"the model has no calibration for mode {mode!r} and score {score.key()!r}"
