@@ -230,7 +230,22 @@ class WorkerRun:
     def _on_exit(self, exit_code: int) -> None:
         elapsed = None if self._started_at is None else self._clock() - self._started_at
         self.outcome = dataclasses.replace(self._outcome(exit_code), elapsed_s=elapsed)
+        if self.outcome.status != "done":
+            self._remove_staging()
         self.callbacks.finished(self.outcome)
+
+    def _remove_staging(self) -> None:
+        """A killed worker cannot delete its hidden staging folder (hundreds of MB for a large CT): do it
+        here, now that it has been reaped. Only folders of this output whose owner is gone are touched."""
+        from AnomalyScoutLib.outputs import remove_stale_staging  # psutil: only after the install offer
+
+        try:
+            removed = remove_stale_staging(self.request.out_dir)
+        except OSError as error:
+            self.callbacks.log(f"could not remove the cancelled run's staging folder: {error}")
+            return
+        for folder in removed:
+            self.callbacks.log(f"removed the cancelled run's staging folder {folder.name}")
 
     def _outcome(self, exit_code: int) -> RunOutcome:
         if self._cancelled or exit_code == 130 or (self._error or {}).get("kind") == "CancelledError":

@@ -219,3 +219,31 @@ def test_kill_process_tree_ends_the_child_and_its_grandchild():
 
     assert process.wait(timeout=5) is not None
     assert not grandchild_process.is_running() or grandchild_process.status() == psutil.STATUS_ZOMBIE
+
+
+def _staging_of_a_dead_owner(out_dir: Path) -> Path:
+    """A staging folder named as AtomicOutputDir names it, for a process that has exited (its pid is free)."""
+    from AnomalyScoutLib import outputs
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    _, started, machine = outputs._owner()
+    folder = out_dir.parent / f".{out_dir.name}.partial-{gone.pid}-{started}-{machine}-0000abcd"
+    folder.mkdir(parents=True)
+    (folder / "residual.nrrd").write_bytes(b"0" * 100)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("cancel", "exit_code", "removed"), [(True, -9, True), (False, 1, True), (False, 0, False)]
+)
+def test_a_cancelled_or_failed_run_removes_its_dead_workers_staging_folder(run, cancel, exit_code, removed):
+    worker, launcher, recorder, _ = run
+    staging = _staging_of_a_dead_owner(worker.request.out_dir)
+    if cancel:
+        worker.cancel()
+    if exit_code == 0:
+        launcher.send(event="done", outputs={}, case_score=0.1, flagged_slices=[])
+    launcher.on_exit(exit_code)
+    assert staging.exists() is not removed
+    assert any("staging folder" in line[0] for line in recorder.of("log")) is removed
