@@ -21,16 +21,18 @@ from AnomalyScoutLib.errors import AnomalyScoutError
 __all__ = ["REQUIREMENTS", "TORCH_REQUIREMENT", "InstallError", "InstallPlan", "install", "install_plan"]
 
 #: pip requirement -> the module it provides: ``pyproject.toml``'s dependencies except torch (a test checks).
+#: Ranges, not bare minimums: a major version we never ran is refused as surely as a missing package (the
+#: versions tested are in docs/slicer_module.md).
 REQUIREMENTS: dict[str, str] = {
-    "numpy>=1.24": "numpy",
-    "SimpleITK>=2.3": "SimpleITK",
-    "safetensors>=0.4": "safetensors",
-    "scipy>=1.10": "scipy",
-    "tqdm>=4.60": "tqdm",
-    "matplotlib>=3.7": "matplotlib",
-    "psutil>=5.9": "psutil",
+    "numpy>=1.24,<3": "numpy",
+    "SimpleITK>=2.3,<3": "SimpleITK",
+    "safetensors>=0.4,<1": "safetensors",
+    "scipy>=1.10,<2": "scipy",
+    "tqdm>=4.60,<5": "tqdm",
+    "matplotlib>=3.7,<4": "matplotlib",
+    "psutil>=5.9,<8": "psutil",
 }
-TORCH_REQUIREMENT = ">=2.1"
+TORCH_REQUIREMENT = ">=2.1,<3"
 
 
 class InstallError(AnomalyScoutError):
@@ -52,12 +54,12 @@ class InstallPlan:
         """Refuse early what an install cannot fix.
 
         Raises:
-            InstallError: torch is installed but older than :data:`TORCH_REQUIREMENT`.
+            InstallError: torch is installed but outside :data:`TORCH_REQUIREMENT`.
         """
         if self.old_torch is not None:
             raise InstallError(
                 f"PyTorch {self.old_torch} is installed but AnomalyScout needs torch{TORCH_REQUIREMENT}: "
-                f"install a newer one in the PyTorch Utils module (version requirement {TORCH_REQUIREMENT}), "
+                f"install one in that range in the PyTorch Utils module (requirement {TORCH_REQUIREMENT}), "
                 "then restart Slicer"
             )
 
@@ -94,24 +96,40 @@ def install_plan(
         find_spec: whether a module is importable (``importlib.util.find_spec``).
         version_of: an installed distribution's version from its metadata, ``None`` if unknown.
     """
-    packages = tuple(requirement for requirement, module in REQUIREMENTS.items() if find_spec(module) is None)
+    packages = tuple(
+        requirement
+        for requirement, module in REQUIREMENTS.items()
+        if find_spec(module) is None
+        or _outside(requirement, version_of(_distribution(requirement))) is not None
+    )
     missing_torch = find_spec("torch") is None
     return InstallPlan(
         torch=missing_torch,
         packages=packages,
-        old_torch=None if missing_torch else _too_old(version_of("torch")),
+        old_torch=None if missing_torch else _outside(f"torch{TORCH_REQUIREMENT}", version_of("torch")),
     )
 
 
-def _too_old(version: str | None) -> str | None:
-    """``version`` if it fails :data:`TORCH_REQUIREMENT`; an unreadable version is given the benefit."""
-    from packaging.specifiers import SpecifierSet  # Slicer bundles packaging (PythonQt's requirements)
+def _distribution(requirement: str) -> str:
+    """The distribution a pip requirement names (``"numpy>=1.24,<3"``: ``"numpy"``)."""
+    from packaging.requirements import Requirement
+
+    return Requirement(requirement).name
+
+
+def _outside(requirement: str, version: str | None) -> str | None:
+    """``version`` if it fails ``requirement`` (pip syntax); an unknown or unreadable version passes.
+
+    A package outside its range goes into the plan: pip installs the requirement as written, which moves it
+    into the range.
+    """
+    from packaging.requirements import Requirement  # Slicer bundles packaging (PythonQt's requirements)
     from packaging.version import InvalidVersion, Version
 
     if version is None:
         return None
     try:
-        ok = SpecifierSet(TORCH_REQUIREMENT).contains(Version(version), prereleases=True)
+        ok = Requirement(requirement).specifier.contains(Version(version), prereleases=True)
     except InvalidVersion:
         return None
     return None if ok else version

@@ -237,11 +237,11 @@ class WorkerRun:
     def _remove_staging(self) -> None:
         """A killed worker cannot delete its hidden staging folder (hundreds of MB for a large CT): do it
         here, now that it has been reaped. Only folders of this output whose owner is gone are touched."""
-        from AnomalyScoutLib.outputs import remove_stale_staging  # psutil: only after the install offer
-
         try:
+            from AnomalyScoutLib.outputs import remove_stale_staging  # needs psutil: after the install offer
+
             removed = remove_stale_staging(self.request.out_dir)
-        except OSError as error:
+        except (ImportError, OSError) as error:
             self.callbacks.log(f"could not remove the cancelled run's staging folder: {error}")
             return
         for folder in removed:

@@ -30,15 +30,15 @@ def test_requirements_are_the_librarys_dependencies_except_torch():
 def test_plan_lists_exactly_the_missing_modules():
     missing = {"torch", "safetensors"}
     plan = install_plan(lambda name: None if name in missing else object())
-    assert plan.torch and plan.packages == ("safetensors>=0.4",)
-    assert "PyTorch" in plan.describe() and "safetensors>=0.4" in plan.describe()
+    assert plan.torch and plan.packages == ("safetensors>=0.4,<1",)
+    assert "PyTorch" in plan.describe() and "safetensors>=0.4,<1" in plan.describe()
     assert install_plan(lambda name: object()).empty
 
 
 def test_torch_comes_from_the_pytorch_extension_never_from_pip():
     torch_utils, pip_calls = FakeTorchUtils(), []
     install(InstallPlan(torch=True, packages=("tqdm>=4.60",)), torch_utils, pip_calls.append)
-    assert torch_utils.calls == [{"askConfirmation": False, "torchVersionRequirement": ">=2.1"}]
+    assert torch_utils.calls == [{"askConfirmation": False, "torchVersionRequirement": ">=2.1,<3"}]
     assert pip_calls == [["tqdm>=4.60"]]
 
 
@@ -51,7 +51,7 @@ def test_a_missing_extension_or_a_failed_torch_install_is_an_install_error(torch
 
 
 @pytest.mark.parametrize(
-    ("version", "old"), [("1.13.1", True), ("2.0.1+cu118", True), ("2.3.0+cu121", False)]
+    ("version", "old"), [("1.13.1", True), ("2.0.1+cu118", True), ("2.3.0+cu121", False), ("3.0.0", True)]
 )
 def test_an_installed_torch_older_than_required_is_refused_before_anything_is_asked(version, old):
     plan = install_plan(lambda name: object(), lambda distribution: version)
@@ -66,3 +66,17 @@ def test_an_installed_torch_older_than_required_is_refused_before_anything_is_as
 def test_a_missing_torch_is_not_called_old():
     plan = install_plan(lambda name: None if name == "torch" else object(), lambda distribution: "1.0")
     assert plan.torch and plan.old_torch is None
+
+
+@pytest.mark.parametrize(
+    ("numpy_version", "planned"), [("1.26.4", False), ("2.4.6", False), ("1.21.0", True), ("3.0.0", True)]
+)
+def test_an_installed_package_outside_its_tested_range_is_planned_for_install(numpy_version, planned):
+    def version_of(distribution):
+        return numpy_version if distribution == "numpy" else {"torch": "2.13.0"}.get(distribution)
+
+    plan = install_plan(lambda name: object(), version_of)
+    assert ("numpy>=1.24,<3" in plan.packages) is planned
+    assert all(
+        not package.startswith(("scipy", "tqdm")) for package in plan.packages
+    )  # unknown: no reinstall
