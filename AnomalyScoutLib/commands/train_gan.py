@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--res", type=int, default=128, help="image resolution (default 128)")
     parser.add_argument(
         "--config",
-        help="architecture preset: 64, 128, 256, 512 or cpu-small (default: the one named by --res)",
+        help="architecture preset: 64, 128, 256, 512, cpu-small or cpu-mid (default: the one named by --res)",
     )
     parser.add_argument("--unconditional", action="store_true", help="ignore the slice position (baseline)")
     parser.add_argument("--kimg", type=float, help="thousands of real images to train on (default 50)")
@@ -69,6 +69,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--min-body-fraction", type=float, default=0.05, help="skip slices with less body")
     parser.add_argument("--sample-every", type=float, default=2.0, help="kimg between sample grids")
     parser.add_argument("--checkpoint-every", type=float, default=180.0, help="seconds between checkpoints")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="bf16 autocast of the G and D passes (auto: bf16 on CUDA, fp32 elsewhere; bf16 pays on CPUs "
+        "with bf16 units for wide networks)",
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the G and D passes (eager if it fails)"
+    )
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     add_runtime_arguments(parser)
     parser.set_defaults(func=run)
@@ -108,6 +118,8 @@ def _fresh_settings(args: argparse.Namespace) -> dict[str, Any]:
         sample_every_kimg=args.sample_every,
         checkpoint_every_s=args.checkpoint_every,
         seed=args.seed,
+        precision=args.precision,
+        compile=args.compile,
     )
     return {
         "architecture": architecture.to_dict(),
@@ -125,6 +137,12 @@ def _saved_settings(args: argparse.Namespace) -> dict[str, Any]:
     settings = json.loads(path.read_text())
     if args.kimg:
         settings["options"]["kimg"] = args.kimg
+    # How the passes are executed may change between work periods (a GPU today, CPU tomorrow); what is trained
+    # may not.
+    if args.precision != "auto":
+        settings["options"]["precision"] = args.precision
+    if args.compile:
+        settings["options"]["compile"] = True
     return settings
 
 
