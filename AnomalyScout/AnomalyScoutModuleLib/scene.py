@@ -43,7 +43,7 @@ ROLE_ATTRIBUTE = "AnomalyScout.Role"
 INPUT_ATTRIBUTE = "AnomalyScout.InputNodeID"
 RESULTS_DIR_ATTRIBUTE = "AnomalyScout.ResultsDir"
 FOLDER_NAME = "AnomalyScout results"
-SCORE_COLUMNS = ("slice_index", "position", "score", "percentile", "flagged", "threshold")
+SCORE_COLUMNS = ("slice_index", "position", "score", "percentile", "flagged", "threshold", "in_range")
 CENTER_COLUMNS = ("center_r", "center_a", "center_s")
 
 
@@ -58,6 +58,8 @@ class SliceScore:
     flagged: bool = False
     threshold: float = math.nan
     center_ras: tuple[float, float, float] = (math.nan, math.nan, math.nan)
+    in_range: bool = True
+    """False for a slice outside the model's anatomical range: scored but never flagged (docs/position.md)."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,7 @@ def read_score_report(out_dir: str | Path) -> ScoreReport:
                 flagged=bool(row.get("flagged", False)),
                 threshold=_number(row.get("threshold")),
                 center_ras=tuple(float(c) for c in row["center_ras"]),
+                in_range=bool(row.get("in_range", True)),
             )
             for row in data["slices"]
         )
@@ -198,8 +201,8 @@ class SceneResults:
         table = self._get_or_create(input_node, "scores", "vtkMRMLTableNode", "slice scores")
         flagged_table = self._get_or_create(input_node, "flagged", "vtkMRMLTableNode", "flagged slices")
         for node in (table, flagged_table):
-            if node.GetNumberOfColumns() == 0:
-                for name in SCORE_COLUMNS + CENTER_COLUMNS:
+            for name in SCORE_COLUMNS + CENTER_COLUMNS:  # by name: a table of an older version lacks some
+                if node.GetTable().GetColumnByName(name) is None:
                     node.AddColumn(vtk.vtkDoubleArray()).SetName(name)
         chart = self._get_or_create(input_node, "chart", "vtkMRMLPlotChartNode", "anomaly scores")
         chart.SetTitle(f"{input_node.GetName()}: slice anomaly score")
@@ -261,9 +264,11 @@ class SceneResults:
         ):
             table.GetTable().SetNumberOfRows(0)
             _append_rows(table, rows)
+        outside = sum(not s.in_range for s in report.slices)
         nodes.chart.SetTitle(
             f"{input_node.GetName()}: case score {report.case_score:.3g}"
             + (" (flagged)" if report.case_flagged else "")
+            + (f"; {outside} of {len(report.slices)} slices outside the model's range" if outside else "")
         )
         return nodes
 
@@ -506,6 +511,7 @@ def _append_rows(table: slicer.vtkMRMLTableNode, rows: Iterable[SliceScore]) -> 
             row.percentile,
             float(row.flagged),
             row.threshold,
+            float(row.in_range),
             *row.center_ras,
         )
         for column, value in zip(columns, values):

@@ -138,6 +138,21 @@ def test_score_table_and_plot_hold_every_slice_and_the_flagged_ones(scene, ct_no
     assert nodes.flagged_series.GetTableNode() is nodes.flagged_table
 
 
+def test_slices_outside_the_models_range_are_marked_in_the_table_and_the_plot_title(scene, ct_node, tmp_path):
+    out = tmp_path / "run"
+    report = write_contract_outputs(out, flagged=(2,))
+    for row in report["slices"]:
+        row["in_range"] = row["slice_index"] < 20  # the top slices lie above the model's range
+    (out / "scores.json").write_text(json.dumps(report))
+
+    nodes = SceneResults(scene).show_results(ct_node, out)
+
+    in_range = _column(nodes.table, "in_range")
+    assert list(in_range) == [float(row["slice_index"] < 20) for row in report["slices"]]
+    outside = len(report["slices"]) - 20
+    assert f"{outside} of {len(report['slices'])} slices outside the model's range" in nodes.chart.GetTitle()
+
+
 def test_flagged_list_is_sorted_by_score(scene, ct_node, tmp_path):
     out = tmp_path / "run"
     report = write_contract_outputs(out, flagged=(2, 9, 20))
