@@ -100,7 +100,9 @@ def gaussian_smooth(maps: torch.Tensor, sigma_px: float) -> torch.Tensor:
     """Separable Gaussian blur of ``(N, H, W)`` maps with reflected borders (no dark rim at the edge)."""
     if sigma_px <= 0:
         return maps
-    radius = max(1, int(math.ceil(3.0 * sigma_px)))
+    # Three sigmas, but never past the far edge: reflection cannot pad by more than the map's size - 1
+    # (a wide blur of a small map, as the anomaly-map synthesis asks of a 16 px test model).
+    radius = max(1, min(int(math.ceil(3.0 * sigma_px)), min(maps.shape[-2:]) - 1))
     offsets = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
     kernel = torch.exp(-0.5 * (offsets / sigma_px) ** 2)
     kernel = kernel / kernel.sum()

@@ -8,7 +8,9 @@ It runs the stages a user would otherwise chain by hand, each with its own progr
 
 1. ``train-gan``: the position-conditioned GAN on the training volumes (checkpoints every few minutes);
 2. ``train-encoder``: the encoder of that GAN, written as a model file;
-3. ``calibrate``: normal score distributions per body position on held-out normal volumes (never the
+3. optionally ``train-head`` (``--head-steps``: the learned anomaly map) and ``attach-position``
+   (``--position-regressor``: slices placed by anatomy, range gate);
+4. ``calibrate``: normal score distributions per body position on held-out normal volumes (never the
    training volumes: a calibration on seen data would under-state the false-positive rate).
 
 Everything lives in the work folder (default: ``MODEL`` with ``.run`` appended): the volume lists, the GAN
@@ -55,6 +57,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--gan-kimg", type=float, default=200.0, help="GAN length in kimg (default 200)")
     parser.add_argument("--encoder-kimg", type=float, default=40.0, help="encoder length (default 40)")
     parser.add_argument("--encoder-minutes", type=float, default=0.0, help="cap on the encoder's time")
+    parser.add_argument(
+        "--head-steps",
+        type=int,
+        default=0,
+        help="also train the anomaly-map head this long (default 0: none)",
+    )
+    parser.add_argument(
+        "--position-regressor",
+        type=Path,
+        help="body-part regressor file to put in the model (position-train)",
+    )
     parser.add_argument("--batch", type=int, default=16, help="GAN batch size (default 16)")
     parser.add_argument("--augment", default="translation", help="DiffAugment policy (default translation)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
@@ -136,17 +149,11 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
 
-    started = _stage(1, 3, f"GAN ({args.config}, {args.gan_kimg:g} kimg)")
+    stages = 3 + (args.head_steps > 0) + (args.position_regressor is not None)
+    started = _stage(1, stages, f"GAN ({args.config}, {args.gan_kimg:g} kimg)")
     gan_dir = work / "gan"
-    gan_args = [
-        "train-gan",
-        "--out",
-        str(gan_dir),
-        "--kimg",
-        str(args.gan_kimg),
-        "--precision",
-        args.precision,
-    ]
+    gan_args = ["train-gan", "--out", str(gan_dir), "--kimg", str(args.gan_kimg)]
+    gan_args += ["--precision", args.precision]
     if (gan_dir / "checkpoint.safetensors").is_file():
         gan_args.append("--resume")
     else:
@@ -161,20 +168,41 @@ def run(args: argparse.Namespace) -> int:
         return 0  # the other ranks only help with the GAN
     print(f"      GAN done in {time.monotonic() - started:.0f} s", file=sys.stderr)
 
-    encoder_file = work / "encoder.safetensors"
-    started = _stage(2, 3, f"encoder ({args.encoder_kimg:g} kimg)")
-    if encoder_file.is_file():
-        print(f"      kept {encoder_file} from an earlier run (delete it to train again)", file=sys.stderr)
-    else:
-        encoder_args = ["train-encoder", "--gan", str(gan_dir), "--out", str(encoder_file)]
-        encoder_args += ["--kimg", str(args.encoder_kimg), "--max-minutes", str(args.encoder_minutes)]
-        code = cli_main(encoder_args + _runtime(args))
+    model_file = work / "encoder.safetensors"
+    code = _kept_or_made(
+        _stage(2, stages, f"encoder ({args.encoder_kimg:g} kimg)"),
+        model_file,
+        ["train-encoder", "--gan", str(gan_dir), "--out", str(model_file), "--kimg", str(args.encoder_kimg),
+         "--max-minutes", str(args.encoder_minutes), *_runtime(args)],
+    )  # fmt: skip
+    if code:
+        return code
+    stage = 3
+    if args.head_steps > 0:
+        head_file = work / "head.safetensors"
+        code = _kept_or_made(
+            _stage(stage, stages, f"anomaly-map head ({args.head_steps} steps)"),
+            head_file,
+            ["train-head", "--model", str(model_file), "--data", str(train_list), "--out", str(head_file),
+             "--run", str(work / "head"), "--steps", str(args.head_steps), *_runtime(args)],
+        )  # fmt: skip
         if code:
             return code
-        print(f"      encoder done in {time.monotonic() - started:.0f} s", file=sys.stderr)
+        model_file, stage = head_file, stage + 1
+    if args.position_regressor is not None:
+        placed_file = work / "placed.safetensors"
+        code = _kept_or_made(
+            _stage(stage, stages, f"body-part regressor from {args.position_regressor}"),
+            placed_file,
+            ["attach-position", "--model", str(model_file), "--position", str(args.position_regressor),
+             "--out", str(placed_file)],
+        )  # fmt: skip
+        if code:
+            return code
+        model_file, stage = placed_file, stage + 1
 
-    started = _stage(3, 3, f"calibration on {len(calibration)} held-out normal volume(s)")
-    calibrate_args = ["calibrate", "--model", str(encoder_file), "--out", str(args.out)]
+    started = _stage(stage, stages, f"calibration on {len(calibration)} held-out normal volume(s)")
+    calibrate_args = ["calibrate", "--model", str(model_file), "--out", str(args.out)]
     calibrate_args += ["--data", str(calibration_list), "--modes", args.calibration_modes]
     calibrate_args += ["--device", args.device]
     code = cli_main(calibrate_args)
@@ -182,3 +210,16 @@ def run(args: argparse.Namespace) -> int:
         return code
     print(f"      calibration done in {time.monotonic() - started:.0f} s; model: {args.out}", file=sys.stderr)
     return 0
+
+
+def _kept_or_made(started: float, output: Path, command: list[str]) -> int:
+    """Runs ``command`` unless ``output`` exists from an earlier run (what makes ``train`` resumable)."""
+    from AnomalyScoutLib.cli import main as cli_main
+
+    if output.is_file():
+        print(f"      kept {output} from an earlier run (delete it to make it again)", file=sys.stderr)
+        return 0
+    code = cli_main(command)
+    if not code:
+        print(f"      done in {time.monotonic() - started:.0f} s", file=sys.stderr)
+    return code

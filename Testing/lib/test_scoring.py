@@ -145,3 +145,14 @@ def test_case_score_is_the_mean_of_the_highest_slice_scores_ignoring_nan():
 def test_refuses_an_invalid_score_configuration(kwargs):
     with pytest.raises(ConfigError):
         ScoreConfig(**kwargs)
+
+
+def test_a_blur_wider_than_a_small_map_keeps_a_constant_map_constant():
+    from AnomalyScoutLib.scoring import gaussian_smooth
+
+    maps = torch.full((2, 6, 6), 0.7)
+    maps[1, 2, 3] = 5.0
+    blurred = gaussian_smooth(maps, sigma_px=9.0)
+    assert blurred.shape == maps.shape
+    torch.testing.assert_close(blurred[0], maps[0])
+    assert blurred[1].max() < 5.0 and torch.isfinite(blurred).all()

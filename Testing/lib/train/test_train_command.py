@@ -85,3 +85,30 @@ def test_calibration_volumes_that_were_trained_on_are_refused(tmp_path, volumes,
                  "--calibration-data", str(held_out), *COMMON])  # fmt: skip
     assert code == 1 and "shares 2 volume" in capsys.readouterr().err
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_the_head_and_the_position_regressor_are_optional_stages_before_calibration(
+    tmp_path, volumes, tiny_config_file
+):
+    from AnomalyScoutLib.model_file import AnomalyModel
+
+    model_path = tmp_path / "site.safetensors"
+    regressor = Path(__file__).resolve().parents[3] / "models" / "position.safetensors"
+    args = [
+        "train",
+        str(volumes),
+        "--out",
+        str(model_path),
+        "--config",
+        str(tiny_config_file),
+        "--holdout",
+        "1",
+    ]
+    args += ["--gan-kimg", "0.008", "--encoder-kimg", "0.008", "--head-steps", "2"]
+    assert main([*args, "--position-regressor", str(regressor), *COMMON]) == 0
+
+    work = tmp_path / "site.safetensors.run"
+    assert (work / "head.safetensors").is_file() and (work / "placed.safetensors").is_file()
+    model = AnomalyModel.load(model_path)
+    assert model.head is not None and model.position_regressor is not None
+    assert model.calibration is not None  # calibrated last: the head changes the score it calibrates
