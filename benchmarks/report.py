@@ -173,6 +173,15 @@ def _segfail(results: dict[str, Any]) -> list[str]:
         f"(≥ {settings['min_liver_px']} liver pixels); failure = Dice < {settings['failure_dice']}.",
         "",
     ]
+    if "normal_dice" in results:
+        segmenter = results["segmenter"]
+        lines += [
+            f"Segmenter: {segmenter['network']}, {segmenter['step']} steps (best validation Dice "
+            f"{_number(segmenter['best_dice'])}); **normal Dice {_number(results['normal_dice'])}** on the "
+            f"held-out normal cases. Default score ({results['default_score']}): **failure AUROC "
+            f"{_number(results['failure_auroc'])}**.",
+            "",
+        ]
     for group, row in results["dice"].items():
         lines.append(
             f"- {group}: mean Dice {_number(row['mean'])}, {row['failures']} failures of "
@@ -180,15 +189,21 @@ def _segfail(results: dict[str, Any]) -> list[str]:
         )
     lines += [
         "",
-        "| score | slices | Spearman(score, 1 − Dice) | failure AUROC | failure AP |",
-        "|---|---|---:|---:|---:|",
+        "| score | slices | Spearman(score, 1 − Dice) | Spearman(score, error area) | failure AUROC "
+        "| failure AP |",
+        "|---|---|---:|---:|---:|---:|",
     ]
-    for name, groups in results["scores"].items():
-        for group, row in groups.items():
-            lines.append(
-                f"| {name} | {group} | {_number(row['spearman_vs_1_minus_dice'])} | "
-                f"{_number(row['failure_auroc'])} | {_number(row['failure_ap'])} |"
-            )
+    tables = [("", results["scores"])]
+    if "real_fixture" in results:
+        tables.append(("real fixture: ", results["real_fixture"]["scores"]))
+    for prefix, scores in tables:
+        for name, groups in scores.items():
+            for group, row in groups.items():
+                lines.append(
+                    f"| {name} | {prefix}{group} | {_number(row['spearman_vs_1_minus_dice'])} | "
+                    f"{_number(row.get('spearman_vs_error_area'))} | {_number(row['failure_auroc'])} | "
+                    f"{_number(row['failure_ap'])} |"
+                )
     return lines
 
 
