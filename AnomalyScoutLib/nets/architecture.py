@@ -96,8 +96,8 @@ def _widths(resolution: int, base: int, cap: int) -> tuple[int, ...]:
 
 
 #: Named configurations: GPU ones for 64-512 px, and two for 2 CPU cores: ``cpu-small`` (the first shipped
-#: model) and ``cpu-mid`` (6x its compute per image; wide layers are compute-bound, narrow ones memory-bound, so
-#: with bf16 and ``torch.compile`` it trains at ~80 % of ``cpu-small``'s eager speed).
+#: model) and ``cpu-mid`` (6x its compute per image; 2-3x slower to train in fp32 on AVX2 cores, almost
+#: as fast as ``cpu-small`` where bf16 units exist: docs/training.md).
 PRESETS: dict[str, ArchitectureConfig] = {
     "64": ArchitectureConfig(64, _widths(64, 16384, 512), z_dim=256, w_dim=256, mapping_layers=8),
     "128": ArchitectureConfig(128, _widths(128, 16384, 512), z_dim=256, w_dim=256, mapping_layers=8),
