@@ -191,7 +191,7 @@ def train(
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     state: dict[str, Any] = {"step": 0, "best_dice": -1.0, "best_step": 0, "history": [], "wall_s": 0.0}
     if spec.checkpoint.is_file():
-        state = torch.load(spec.checkpoint, weights_only=False)
+        state = torch.load(spec.checkpoint, weights_only=True)
         model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
         log(f"resumed at step {state['step']} (best Dice {state['best_dice']:.4f})")
@@ -242,7 +242,7 @@ def load_segmenter(spec: SegmenterSpec) -> tuple[nn.Module, dict[str, Any]]:
         raise FileNotFoundError(
             f"no trained segmenter at {spec.checkpoint}: run `python -m benchmarks.monai_segmenter` first"
         )
-    state = torch.load(spec.checkpoint, weights_only=False)
+    state = torch.load(spec.checkpoint, weights_only=True)
     model = build_segmenter(spec.channels)
     model.load_state_dict(state.get("best_model", state["model"]))
     model.eval()
