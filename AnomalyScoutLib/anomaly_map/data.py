@@ -12,14 +12,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from AnomalyScoutLib.errors import ConfigError, VolumeError
-from AnomalyScoutLib.io.geometry import axial_frame, to_canonical
 from AnomalyScoutLib.io.volume import read_volume
-from AnomalyScoutLib.preprocessing import HUWindow, body_mask, model_grid
+from AnomalyScoutLib.preprocessing import HUWindow
 from AnomalyScoutLib.train.data import DEFAULT_MIN_BODY_FRACTION, preprocess_volume
 
 __all__ = ["NormalSlices", "load_normal_slices"]
@@ -76,19 +74,17 @@ def load_normal_slices(
     """
     images, positions, bodies, volumes = [], [], [], []
     for index, path in enumerate(tqdm(list(paths), desc="reading volumes", unit="vol", disable=not progress)):
-        volume = read_volume(path)
-        frame = axial_frame(volume)
-        canonical = to_canonical(volume.array_zyx, frame).astype(np.float32)
-        grid = model_grid(canonical.shape[1:], frame.spacing_kji[1:], resolution)
-        body = torch.from_numpy(grid.to_model(body_mask(canonical).astype(np.float32), fill=0.0) > 0.5)
-        slices, slice_positions, _ = preprocess_volume(
-            volume, resolution, window, position_method=position_method, min_body_fraction=0.0
+        volume = preprocess_volume(
+            read_volume(path),
+            resolution,
+            window,
+            position_method=position_method,
+            min_body_fraction=min_body_fraction,
         )
-        keep = body.float().mean(dim=(1, 2)) >= min_body_fraction
-        images.append(slices[keep, 0].float())
-        positions.append(slice_positions[keep])
-        bodies.append(body[keep])
-        volumes.append(torch.full((int(keep.sum()),), index, dtype=torch.long))
+        images.append(volume.images[:, 0].float())
+        positions.append(volume.positions)
+        bodies.append(volume.body)
+        volumes.append(torch.full((len(volume.positions),), index, dtype=torch.long))
     if sum(len(p) for p in positions) == 0:
         raise VolumeError(f"no slice with at least {min_body_fraction:.0%} body in the volumes given")
     return NormalSlices(torch.cat(images), torch.cat(positions), torch.cat(bodies), torch.cat(volumes))

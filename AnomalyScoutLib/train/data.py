@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -22,7 +23,14 @@ from AnomalyScoutLib.io.geometry import axial_frame, to_canonical
 from AnomalyScoutLib.io.volume import Volume, read_volume
 from AnomalyScoutLib.preprocessing import HUWindow, body_mask, model_grid, slice_positions
 
-__all__ = ["VOLUME_SUFFIXES", "SliceSet", "list_volumes", "load_slices", "preprocess_volume"]
+__all__ = [
+    "VOLUME_SUFFIXES",
+    "PreprocessedVolume",
+    "SliceSet",
+    "list_volumes",
+    "load_slices",
+    "preprocess_volume",
+]
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 #: A slice whose body covers less of the image than this is air/table only and teaches the GAN nothing.
@@ -105,6 +113,15 @@ class SliceSet:
         }
 
 
+class PreprocessedVolume(NamedTuple):
+    """The usable slices of one volume on the model grid, as training and the anomaly-map head need them."""
+
+    images: torch.Tensor  #: (n, 1, res, res) float16, window-normalised
+    positions: torch.Tensor  #: (n,) slice positions
+    body: torch.Tensor  #: (n, res, res) bool body mask (the head's synthesis stays inside it)
+    skipped: int  #: slices dropped for having too little body
+
+
 def preprocess_volume(
     volume: Volume,
     resolution: int,
@@ -112,8 +129,8 @@ def preprocess_volume(
     *,
     position_method: str = "index",
     min_body_fraction: float = DEFAULT_MIN_BODY_FRACTION,
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """One volume -> (images (n, 1, res, res) float16, positions (n,), number of slices skipped).
+) -> PreprocessedVolume:
+    """One volume -> its slices with enough body, their positions and body masks, on the model grid.
 
     Positions are computed over the whole volume before any slice is dropped, so skipping an empty slice
     never shifts its neighbours' positions.
@@ -127,7 +144,9 @@ def preprocess_volume(
     keep = body.mean(axis=(1, 2)) >= min_body_fraction
     images = grid.to_model(window.normalize(torch.from_numpy(canonical[keep])))
     positions = torch.from_numpy(slice_positions(canonical, frame.spacing_kji, position_method)[keep])
-    return images.to(torch.float16)[:, None], positions, int((~keep).sum())
+    return PreprocessedVolume(
+        images.to(torch.float16)[:, None], positions, torch.from_numpy(body[keep]), int((~keep).sum())
+    )
 
 
 def load_slices(
@@ -147,16 +166,16 @@ def load_slices(
     paths = list(paths)
     images, positions, skipped = [], [], 0
     for path in tqdm(paths, desc="reading volumes", unit="vol", disable=not progress):
-        volume_images, volume_positions, volume_skipped = preprocess_volume(
+        volume = preprocess_volume(
             read_volume(path),
             resolution,
             window,
             position_method=position_method,
             min_body_fraction=min_body_fraction,
         )
-        images.append(volume_images)
-        positions.append(volume_positions)
-        skipped += volume_skipped
+        images.append(volume.images)
+        positions.append(volume.positions)
+        skipped += volume.skipped
     if sum(len(p) for p in positions) == 0:
         raise VolumeError(f"no slice with at least {min_body_fraction:.0%} body in {len(paths)} volume(s)")
     return SliceSet(torch.cat(images), torch.cat(positions), [str(p) for p in paths], skipped)

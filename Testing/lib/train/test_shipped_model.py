@@ -28,7 +28,7 @@ def test_the_shipped_model_is_small_and_describes_its_training(shipped):
 
 def test_the_encoder_reconstructs_held_out_normal_slices_better_than_the_mean_latent(shipped):
     volume = make_phantom(HELD_OUT_SEED, shape_xyz=(128, 128, 40)).volume
-    images, positions, _ = preprocess_volume(volume, shipped.resolution, shipped.window)
+    images, positions, *_ = preprocess_volume(volume, shipped.resolution, shipped.window)
     x = images.float()[::2]
     position = positions[::2]
     generator = shipped.generator
