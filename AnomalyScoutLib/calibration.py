@@ -8,10 +8,13 @@ the same part of the body, and it is flagged when it exceeds the ``1 - fpr`` qua
 about ``fpr`` of slices are flagged.
 
 Calibrations are stored in the model file's metadata (``"calibration"``) per reconstruction mode and score
-method, because each changes the score's scale. A bin with fewer than ``min_count`` normal slices borrows
-the slices of its neighbours. Without a calibration, :func:`self_calibrated` ranks slices against the same
-case's own median and spread instead (a documented, weaker fallback that assumes most slices of the case are
-normal).
+method, because each changes the score's scale, with the slice placement their bins were made with
+(``"placement"``: ``"anatomy"`` or ``"index"``; calibrations older than the field were all made by index).
+A run that places slices the other way gets one warning (:func:`placement_mismatch`): its slices would be
+compared with the normal slices of another part of the body. A bin with fewer than ``min_count`` normal
+slices borrows the slices of its neighbours. Without a calibration, :func:`self_calibrated` ranks slices
+against the same case's own median and spread instead (a documented, weaker fallback that assumes most slices
+of the case are normal).
 """
 
 from __future__ import annotations
@@ -37,10 +40,13 @@ __all__ = [
     "calibration_settings",
     "check_fpr",
     "fit_mode_calibration",
+    "placement_mismatch",
     "self_calibrated",
 ]
 
 CALIBRATION_VERSION = 1
+#: Slice placements a calibration can be made with (``position.placement.resolve_method``).
+_PLACEMENTS: tuple[str, ...] = ("anatomy", "index")
 #: Quantile levels stored per distribution (every 0.5 %).
 LEVELS = np.linspace(0.0, 1.0, 201)
 
@@ -117,6 +123,8 @@ class ModeCalibration:
     case: ScoreDistribution
     score_config: Mapping[str, Any]
     n_cases: int
+    #: How the normal slices were placed into the bins (``position.placement``): "anatomy" or "index".
+    placement: str = "index"
 
     def bin_of(self, positions: np.ndarray) -> np.ndarray:
         """Bin index of relative slice positions in [0, 1] (equal-width; outside values go to the ends)."""
@@ -149,6 +157,7 @@ class ModeCalibration:
         return {
             "n_bins": len(self.bins),
             "n_cases": self.n_cases,
+            "placement": self.placement,
             "score_config": dict(self.score_config),
             "bins": [b.to_json() for b in self.bins],
             "case": self.case.to_json(),
@@ -159,8 +168,15 @@ class ModeCalibration:
         bins = tuple(ScoreDistribution.from_json(b) for b in data["bins"])
         if not bins or len(bins) != int(data["n_bins"]):
             raise ValueError("n_bins does not match the stored bins")
+        placement = str(data.get("placement", "index"))
+        if placement not in _PLACEMENTS:
+            raise ValueError(f"unknown placement {placement!r}")
         return cls(
-            bins, ScoreDistribution.from_json(data["case"]), dict(data["score_config"]), int(data["n_cases"])
+            bins,
+            ScoreDistribution.from_json(data["case"]),
+            dict(data["score_config"]),
+            int(data["n_cases"]),
+            placement,
         )
 
 
@@ -171,13 +187,17 @@ def fit_mode_calibration(
     score_config: Mapping[str, Any],
     n_bins: int = 10,
     min_count: int = 50,
+    placement: str = "index",
 ) -> ModeCalibration:
     """Fit the per-bin distributions from the slice scores and positions of normal volumes (one array each).
 
-    A bin with fewer than ``min_count`` slices pools its neighbours until it has enough.
+    A bin with fewer than ``min_count`` slices pools its neighbours until it has enough. ``placement`` says
+    how the positions were made (``"anatomy"`` or ``"index"``) and is stored with the bins.
     """
     if n_bins < 1 or min_count < 1:
         raise ConfigError("n_bins and min_count must be at least 1")
+    if placement not in _PLACEMENTS:
+        raise ConfigError(f"placement must be one of {', '.join(_PLACEMENTS)}, got {placement!r}")
     if len(slice_scores) != len(slice_positions) or len(slice_scores) != len(case_scores) or not case_scores:
         raise ConfigError(
             "calibration needs one score array, position array and case score per normal volume"
@@ -197,7 +217,27 @@ def fit_mode_calibration(
             radius += 1
         bins.append(ScoreDistribution.fit(pooled))
     return ModeCalibration(
-        tuple(bins), ScoreDistribution.fit(np.asarray(case_scores)), dict(score_config), len(case_scores)
+        tuple(bins),
+        ScoreDistribution.fit(np.asarray(case_scores)),
+        dict(score_config),
+        len(case_scores),
+        placement,
+    )
+
+
+def placement_mismatch(calibration: ModeCalibration | None, placement: str) -> str | None:
+    """One warning line when a run places its slices (``placement``) unlike the calibration's bins, else None.
+
+    Typical case: a regressor attached to a model calibrated by index. The thresholds then belong to other
+    parts of the body than the slices compared with them, until the model is calibrated again.
+    """
+    if calibration is None or calibration.placement == placement:
+        return None
+    return (
+        f"this model's calibration was made with {calibration.placement} positions but this run places "
+        f"slices by {placement}: its per-position thresholds may belong to other parts of the body; "
+        f"recalibrate with `anomalyscout calibrate` (it places by {placement} too) or score with "
+        f"--position {calibration.placement}"
     )
 
 

@@ -34,6 +34,7 @@ from AnomalyScoutLib.calibration import (
     ModeCalibration,
     calibration_settings,
     check_fpr,
+    placement_mismatch,
     self_calibrated,
 )
 from AnomalyScoutLib.cancellation import CancelFlag
@@ -44,14 +45,8 @@ from AnomalyScoutLib.io.volume import read_label_map, read_volume
 from AnomalyScoutLib.montage import MontagePanel, most_anomalous, write_montage
 from AnomalyScoutLib.outputs import AtomicOutputDir, NrrdVolumeWriter
 from AnomalyScoutLib.position.fit import SlicePlacement
-from AnomalyScoutLib.position.gate import (
-    GateResult,
-    apply_range_gate,
-    body_widths_mm,
-    domain_check,
-    require_in_range,
-)
-from AnomalyScoutLib.position.placement import NO_REGRESSOR_NOTE, PLACEMENT_METHODS, place_slices
+from AnomalyScoutLib.position.gate import GateResult, domain_check, require_in_range
+from AnomalyScoutLib.position.placement import NO_REGRESSOR_NOTE, PLACEMENT_METHODS, place_and_gate
 from AnomalyScoutLib.preprocessing import ModelGrid, body_mask, model_grid, slice_positions
 from AnomalyScoutLib.scoring import ScoreConfig, case_score, residual_maps, score_slices
 
@@ -539,17 +534,17 @@ def _place_and_gate(
     Raises:
         VolumeError: no slice lies in the model's range (a head, a limb, a chest crop): nothing is scored.
     """
-    placement = place_slices(
+    placement, gate = place_and_gate(
         scan.canonical_hu, scan.frame.spacing_kji, scorer.model.position_regressor, options.position
     )
-    gate = apply_range_gate(placement, body_widths_mm(scan.canonical_hu, scan.frame.spacing_kji[1:]))
     require_in_range(gate, placement)
     return placement, gate
 
 
-def _placement_warnings(placement: SlicePlacement, gate: GateResult) -> list[str]:
-    """What the user must hear about the placement: no regressor, too few slices, slices out of range."""
-    warnings = []
+def _placement_warnings(placement: SlicePlacement, gate: GateResult, scorer: VolumeScorer) -> list[str]:
+    """What the user must hear about the placement: no regressor, too few slices, slices out of range, a
+    calibration made with the other placement."""
+    warnings = [m for m in [placement_mismatch(scorer.mode_calibration(), placement.method)] if m]
     if placement.how == NO_REGRESSOR_NOTE or len(placement.positions) < 5 or placement.reversed:
         warnings.append(placement.how)
     if gate.summary is not None:
@@ -619,7 +614,7 @@ def score_file(
     timings["read_s"] = time.perf_counter() - clock
     model_id = str(scorer.model.metadata.get("model_id", ""))
     listener.started(scan.frame.n_slices, str(scorer.device), scorer.inversion.mode, model_id)
-    for message in _placement_warnings(placement, gate):
+    for message in _placement_warnings(placement, gate, scorer):
         listener.warning(message)
     if scan.region is not None:
         listener.warning(
