@@ -121,6 +121,7 @@ class HeadTrainer:
         options: the run's settings.
         window: the HU window of the slices (the synthesis works in HU).
         device: where the head trains.
+        run_folder: where ``log.csv`` and ``head_best.safetensors`` go as training runs (None: nowhere).
     """
 
     def __init__(
@@ -132,8 +133,10 @@ class HeadTrainer:
         options: HeadTrainingOptions,
         window: HUWindow,
         device: torch.device,
+        run_folder: Path | None = None,
     ) -> None:
         self.head = head.to(device)
+        self.run_folder = run_folder
         self.train_set, self.validation_set = train, validation
         self.reconstruct, self.options, self.window, self.device = reconstruct, options, window, device
         self.generator = torch.Generator().manual_seed(options.seed)
@@ -227,16 +230,11 @@ class HeadTrainer:
         self.step += 1
         return float(loss.detach())
 
-    def train(
-        self,
-        cancel: CancelFlag | None = None,
-        run_folder: Path | None = None,
-        progress: bool = False,
-    ) -> bool:
+    def train(self, cancel: CancelFlag | None = None, progress: bool = False) -> bool:
         """Train until ``steps`` or ``max_minutes``; keep the best validated weights in the head.
 
         Writes ``log.csv`` (one row per validation) and ``head_best.safetensors`` (the best weights so far,
-        with the options and validation in its header) to ``run_folder`` as it goes.
+        with the options and validation in its header) to the run folder as it goes.
 
         Returns:
             False when ``cancel`` stopped it (the head then holds the best weights so far).
@@ -255,7 +253,7 @@ class HeadTrainer:
                 elapsed = time.perf_counter() - started
                 out_of_time = options.max_minutes > 0 and elapsed > 60.0 * options.max_minutes
                 if self.step % options.validate_every == 0 or self.step == options.steps or out_of_time:
-                    self._checkpoint(float(np.mean(losses)), elapsed, run_folder)
+                    self._checkpoint(float(np.mean(losses)), elapsed)
                     losses = []
                 if out_of_time:
                     break
@@ -264,7 +262,8 @@ class HeadTrainer:
         self.head.eval()
         return finished
 
-    def _checkpoint(self, loss: float, elapsed: float, run_folder: Path | None) -> None:
+    def _checkpoint(self, loss: float, elapsed: float) -> None:
+        run_folder = self.run_folder
         row = {"step": self.step, "loss": round(loss, 5), "seconds": round(elapsed, 1), **self.validate()}
         self.history.append(row)
         criterion = row["slice_auroc"] + row["pixel_ap"]

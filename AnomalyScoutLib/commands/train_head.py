@@ -66,14 +66,12 @@ def run(args: argparse.Namespace) -> int:
         attach_head,
         fast_reconstruction,
     )
-    from AnomalyScoutLib.cancellation import CancelFlag, cancel_on_signals
-    from AnomalyScoutLib.devices import select_device
+    from AnomalyScoutLib.commands.training_run import train_until_done, training_device
     from AnomalyScoutLib.errors import ConfigError
     from AnomalyScoutLib.model_file import AnomalyModel
     from AnomalyScoutLib.train.data import list_volumes
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = training_device(args)
     if not args.out.parent.is_dir():
         raise ConfigError(f"--out: folder {args.out.parent} does not exist")
     config = HeadConfig(
@@ -91,7 +89,6 @@ def run(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes,
         seed=args.seed,
     )
-    device = select_device(args.device)
     model = AnomalyModel.load(args.model, device)
     data = load_normal_slices(
         list_volumes(args.data),
@@ -112,10 +109,9 @@ def run(args: argparse.Namespace) -> int:
         options,
         model.window,
         device,
+        run_folder=args.run,
     )
-    with cancel_on_signals(CancelFlag()) as flag:
-        finished = trainer.train(flag, args.run, progress=not args.no_progress)
-    if not finished:
+    if not train_until_done(trainer, args):
         print("cancelled: no model file was written", file=sys.stderr)
         return EXIT_CANCELLED
     model = AnomalyModel.load(args.model, "cpu")  # a clean copy (the reconstructor changed memory layouts)

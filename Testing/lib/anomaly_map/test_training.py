@@ -66,8 +66,9 @@ def test_a_short_run_logs_each_validation_and_keeps_the_best_weights(tiny_phanto
         options,
         HUWindow(),
         torch.device("cpu"),
+        run_folder=tmp_path,
     )
-    assert trainer.train(run_folder=tmp_path)
+    assert trainer.train()
     rows = list(csv.DictReader((tmp_path / "log.csv").open()))
     assert [int(r["step"]) for r in rows] == [2, 4]
     best = max(rows, key=lambda r: float(r["slice_auroc"]) + float(r["pixel_ap"]))
