@@ -1,5 +1,9 @@
 """``python -m AnomalyScoutLib.worker CT --out DIR [options]``: score one CT, report in JSON lines on stdout.
 
+Two jobs: scoring (the options and outputs of ``anomalyscout score``) and, with ``--review SEG``, reviewing a
+segmentation (the outputs of ``anomalyscout review``: ``review.csv``, ``review.png`` and the score outputs of
+the region scored). Both report the same messages, so one reader serves both.
+
 Every outcome ends with exactly one ``done`` or ``error`` line and the exit code of
 ``docs/worker-protocol.md`` (0 done, 1 invalid input, 2 usage, 3 internal error, 130 cancelled). SIGTERM and
 SIGINT only set a flag that the scoring loop checks between batches and optimisation steps, so a cancel takes
@@ -14,12 +18,14 @@ import argparse
 import sys
 import traceback
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from AnomalyScoutLib.cancellation import CancelFlag, cancel_on_signals
 from AnomalyScoutLib.commands.score import add_scoring_arguments, build_scorer, score_options
 from AnomalyScoutLib.engine import score_file
 from AnomalyScoutLib.errors import AnomalyScoutError
+from AnomalyScoutLib.segmentation.review import review_segmentation
 from AnomalyScoutLib.worker.protocol import Done, ErrorEvent, EventWriter, Progress, Started, WarningEvent
 
 __all__ = ["EXIT_INTERNAL_ERROR", "EXIT_USAGE", "JsonLinesListener", "main"]
@@ -53,29 +59,66 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(message)
 
 
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The options of ``anomalyscout score``, plus ``--review SEG`` and its margin for the review job."""
+    parser = _Parser(prog="python -m AnomalyScoutLib.worker", description=__doc__.splitlines()[0])
+    add_scoring_arguments(parser)
+    parser.add_argument(
+        "--review",
+        type=Path,
+        default=None,
+        metavar="SEG",
+        help="review this segmentation (label map on the CT's grid, organ = label > 0) instead of scoring",
+    )
+    parser.add_argument(
+        "--margin-mm", type=float, default=10.0, help="--review: score this far around the organ too"
+    )
+    args = parser.parse_args(argv)
+    scoring_only = {"--mask": args.mask, "--mask-label": args.mask_label, "--position": args.position}
+    given = [name for name, value in scoring_only.items() if value not in (None, "auto")]
+    if args.review is not None and given:
+        parser.error(f"--review scores its own region around the segmentation: leave out {', '.join(given)}")
+    return args
+
+
+def _run_job(args: argparse.Namespace, writer: EventWriter, cancel: CancelFlag) -> Done:
+    """Score, or review with ``--review``; the ``done`` message names the outputs and the flagged slices
+    (for a review: the slices at risk, riskiest first)."""
+    scorer = build_scorer(args)
+    cancel.raise_if_set()
+    listener = JsonLinesListener(writer)
+    if args.review is None:
+        result = score_file(args.ct, args.out, scorer, score_options(args), listener=listener, cancel=cancel)
+        outputs, case_score, flagged = result.outputs, result.case_score, result.flagged_slices
+    else:
+        review = review_segmentation(
+            args.ct,
+            args.review,
+            args.out,
+            scorer,
+            margin_mm=args.margin_mm,
+            fpr=args.fpr,
+            series_uid=args.series_uid,
+            listener=listener,
+            cancel=cancel,
+        )
+        outputs, case_score, flagged = review.outputs, review.score_run.case_score, review.risky_slices
+    paths = {name: str(path) for name, path in outputs.items()}
+    return Done(outputs=paths, case_score=case_score, flagged_slices=list(flagged))
+
+
 def main(argv: Sequence[str] | None = None, stdout=None) -> int:
     """Run the worker; returns the exit code (the ``__main__`` guard passes it to :func:`sys.exit`)."""
     writer = EventWriter(stdout or sys.stdout)
-    parser = _Parser(prog="python -m AnomalyScoutLib.worker", description=__doc__.splitlines()[0])
-    add_scoring_arguments(parser)
     try:
-        args = parser.parse_args(argv)
+        args = _parse(argv)
     except _UsageError as error:
         writer.emit(ErrorEvent(message=f"usage: {error}", kind="UsageError"))
         return EXIT_USAGE
     cancel = CancelFlag()
     with cancel_on_signals(cancel):
         try:
-            scorer = build_scorer(args)
-            cancel.raise_if_set()
-            result = score_file(
-                args.ct,
-                args.out,
-                scorer,
-                score_options(args),
-                listener=JsonLinesListener(writer),
-                cancel=cancel,
-            )
+            done = _run_job(args, writer, cancel)
         except AnomalyScoutError as error:
             writer.emit(ErrorEvent(message=str(error), kind=type(error).__name__))
             return error.exit_code
@@ -85,8 +128,7 @@ def main(argv: Sequence[str] | None = None, stdout=None) -> int:
                 ErrorEvent(message=f"internal error (a bug in AnomalyScout): {error!r}", kind="InternalError")
             )
             return EXIT_INTERNAL_ERROR
-    outputs = {name: str(path) for name, path in result.outputs.items()}
-    writer.emit(Done(outputs=outputs, case_score=result.case_score, flagged_slices=result.flagged_slices))
+    writer.emit(done)
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -109,3 +110,43 @@ def test_sigterm_after_the_first_progress_line_cancels_and_leaves_nothing_behind
     assert events[-1]["event"] == "error" and events[-1]["kind"] == "CancelledError"
     assert "done" not in [e["event"] for e in events]
     assert list(tmp_path.iterdir()) == []  # neither the output folder nor a temporary one
+
+
+@pytest.fixture(scope="module")
+def segmentation(tiny_phantom, files) -> Path:
+    """The tiny phantom's label map (every organ > 0) on the CT's grid: what ``--review`` reviews."""
+    from AnomalyScoutLib.io.volume import Volume
+
+    volume = tiny_phantom.volume
+    path = files["ct"].with_name("labels.nrrd")
+    labels = (tiny_phantom.labels > 0).astype("uint8")
+    write_volume(Volume(labels, volume.spacing_xyz, volume.origin_xyz, volume.direction), path)
+    return path
+
+
+def test_the_review_job_reports_like_scoring_and_its_done_line_lists_the_slices_at_risk(
+    files, segmentation, tmp_path
+):
+    out = tmp_path / "out"
+    code, events, lines = _run(_command(files["ct"], out, files["model"], "--review", str(segmentation)))
+    assert code == 0, events
+    assert len(events) == len(lines)
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "started" and kinds[-1] == "done"
+    assert kinds.count("progress") == events[0]["slices"]
+    done = events[-1]
+    assert {"review.csv", "review.png", "review_region.nrrd", "scores.json"} <= set(done["outputs"])
+    assert all(Path(p).is_file() for p in done["outputs"].values())
+    with open(out / "review.csv", newline="", encoding="utf-8") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["flagged"] == "1"]
+    assert rows, "no slice at risk: the check below would compare two empty lists"
+    riskiest_first = sorted(rows, key=lambda r: -float(r["risk"]))
+    assert done["flagged_slices"] == [int(r["slice_index"]) for r in riskiest_first]
+
+
+def test_review_with_a_scoring_only_option_is_a_usage_error_and_writes_nothing(files, segmentation, tmp_path):
+    extra = ("--review", str(segmentation), "--mask", str(segmentation))
+    status, events, _ = _run(_command(files["ct"], tmp_path / "out", files["model"], *extra))
+    assert status == 2
+    assert events[-1]["kind"] == "UsageError" and "--mask" in events[-1]["message"]
+    assert list(tmp_path.iterdir()) == []
