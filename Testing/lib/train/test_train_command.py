@@ -31,6 +31,11 @@ def volumes(tmp_path, tiny_phantom) -> Path:
     return folder
 
 
+def _train_args(volumes: Path, model_path: Path, config_file: Path) -> list[str]:
+    """``anomalyscout train`` on the three tiny volumes with the tiny architecture, the last one held out."""
+    return ["train", str(volumes), "--out", str(model_path), "--config", str(config_file), "--holdout", "1"]
+
+
 def test_split_holds_out_the_last_volumes_and_refuses_to_hold_out_everything():
     paths = [Path(f"v{i}.nrrd") for i in range(10)]
     training, held_out = split_volumes(paths, None)
@@ -46,16 +51,7 @@ def test_one_command_trains_calibrates_on_held_out_volumes_and_resumes(tmp_path,
     from AnomalyScoutLib.model_file import AnomalyModel
 
     model_path = tmp_path / "site.safetensors"
-    args = [
-        "train",
-        str(volumes),
-        "--out",
-        str(model_path),
-        "--config",
-        str(tiny_config_file),
-        "--holdout",
-        "1",
-    ]
+    args = _train_args(volumes, model_path, tiny_config_file)
     assert main([*args, "--gan-kimg", "0.016", "--encoder-kimg", "0.016", *COMMON]) == 0
 
     work = tmp_path / "site.safetensors.run"
@@ -94,16 +90,7 @@ def test_the_head_and_the_position_regressor_are_optional_stages_before_calibrat
 
     model_path = tmp_path / "site.safetensors"
     regressor = Path(__file__).resolve().parents[3] / "models" / "position.safetensors"
-    args = [
-        "train",
-        str(volumes),
-        "--out",
-        str(model_path),
-        "--config",
-        str(tiny_config_file),
-        "--holdout",
-        "1",
-    ]
+    args = _train_args(volumes, model_path, tiny_config_file)
     args += ["--gan-kimg", "0.008", "--encoder-kimg", "0.008", "--head-steps", "2"]
     assert main([*args, "--position-regressor", str(regressor), *COMMON]) == 0
 
