@@ -386,6 +386,9 @@ def _write_tables(
 class _ScanInput:
     """What a run keeps of its input once read: the canonical CT, the organ region, and where the slices lie.
 
+    ``canonical_hu`` holds the file's own voxel type: int16 for most CT (half the memory of float32), float32
+    for float files.
+
     The file-order volume itself is dropped after reading (the canonical copy is all scoring needs), so only
     its ``geometry`` (shape, spacing, origin, direction) is kept, for the output volumes' headers.
     """
@@ -404,7 +407,8 @@ def _read_input(input_path: str | os.PathLike[str], options: ScoreOptions) -> _S
     Raises:
         VolumeError: the input or the mask cannot be read, or the mask has no voxel of the requested label.
     """
-    volume = read_volume(input_path, options.series_uid)
+    # An int16 CT stays int16: the scorer converts each batch to float32, with the same values.
+    volume = read_volume(input_path, options.series_uid, native_integers=True)
     frame = axial_frame(volume)
     region = None
     if options.mask_path is not None:
@@ -483,7 +487,7 @@ def _write_flagged_montage(
     panels = [
         MontagePanel(
             k,
-            np.asarray(scan.canonical_hu[k]),
+            np.asarray(scan.canonical_hu[k], dtype=np.float32),
             np.array(residual[k]),
             float(case.scores[k]),
             float(calibrated.percentile[k]),

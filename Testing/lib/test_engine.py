@@ -76,6 +76,25 @@ def test_volumes_are_written_on_the_inputs_exact_grid(oblique_ct, oblique_run):
         assert image.GetPixelID() == sitk.sitkFloat32
 
 
+def test_an_int16_file_scores_exactly_like_the_same_values_stored_as_float32(scorer, oblique_ct, tmp_path):
+    # score_file keeps an int16 CT as int16 and converts batch by batch: nothing may change but memory.
+    volume, _ = oblique_ct
+    whole_hu = np.round(volume.array_zyx)
+    outputs = {}
+    for dtype in (np.int16, np.float32):
+        path = tmp_path / f"ct-{np.dtype(dtype).name}.nrrd"
+        image = sitk.GetImageFromArray(whole_hu.astype(dtype))
+        image.SetSpacing(volume.spacing_xyz)
+        image.SetOrigin(volume.origin_xyz)
+        image.SetDirection(volume.direction)
+        sitk.WriteImage(image, str(path))
+        assert sitk.GetArrayFromImage(sitk.ReadImage(str(path))).dtype == dtype
+        score_file(path, tmp_path / np.dtype(dtype).name, scorer)
+        outputs[dtype] = tmp_path / np.dtype(dtype).name
+    for name in ("residual.nrrd", "reconstruction.nrrd", "scores.csv", "flagged.png"):
+        assert (outputs[np.int16] / name).read_bytes() == (outputs[np.float32] / name).read_bytes(), name
+
+
 def test_residual_is_zero_outside_the_body_and_the_reconstruction_keeps_the_input_there(
     tiny_phantom, oblique_ct, oblique_run
 ):

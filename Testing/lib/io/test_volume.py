@@ -96,6 +96,23 @@ def test_reads_the_real_nifti_in_hounsfield_units_with_its_geometry():
     assert volume.source == str(NIFTI)
 
 
+def test_native_integers_keep_an_int16_ct_as_stored_and_floats_as_float32(tmp_path):
+    array = _ct_like()
+    path = _write_image(tmp_path / "int16.nrrd", array)
+    native = read_volume(path, native_integers=True)
+    assert native.array_zyx.dtype == np.int16
+    np.testing.assert_array_equal(native.array_zyx, array)
+    assert read_volume(path).array_zyx.dtype == np.float32
+    floats = _write_image(tmp_path / "float64.nrrd", array.astype(np.float64))
+    assert read_volume(floats, native_integers=True).array_zyx.dtype == np.float32
+
+
+def test_an_integer_volume_is_still_checked_for_a_constant_value(tmp_path):
+    path = _write_image(tmp_path / "flat.nrrd", np.full((4, 32, 32), -1000, np.int16))
+    with pytest.raises(VolumeError, match="same value"):
+        read_volume(path, native_integers=True)
+
+
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha"])
 def test_writes_and_rereads_a_volume_voxel_for_voxel(tmp_path, suffix):
     original = read_volume(NIFTI_SMALL)
