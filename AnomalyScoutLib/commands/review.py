@@ -19,9 +19,10 @@ from AnomalyScoutLib.commands.score import (
     add_model_arguments,
     build_scorer,
 )
-from AnomalyScoutLib.segmentation.review import review_segmentation
+from AnomalyScoutLib.engine import RunListener, VolumeScorer
+from AnomalyScoutLib.segmentation.review import SegmentationReview, review_segmentation
 
-__all__ = ["register", "run"]
+__all__ = ["add_review_arguments", "register", "review_from_args", "run"]
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,36 +31,50 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         "--segmentation", required=True, help="label map of the organ on the CT's grid (from any model)"
     )
     parser.add_argument(
-        "--label", type=int, default=None, help="organ label in --segmentation (default: > 0)"
-    )
-    parser.add_argument(
         "--out", required=True, type=Path, help="output folder (created; existing outputs replaced)"
     )
-    parser.add_argument(
-        "--margin-mm", type=float, default=10.0, help="score this far around the organ too (default 10)"
-    )
+    add_review_arguments(parser)
     add_model_arguments(parser)
     parser.add_argument("--series-uid", default=None, help="DICOM series to read when a folder holds several")
     parser.add_argument("--seed", type=int, default=0, help="seed of the projector's latent noise")
     add_device_arguments(parser)
 
 
+def add_review_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--label`` and ``--margin-mm``: what a review takes besides the CT and the segmentation (shared with
+    the worker's review job)."""
+    parser.add_argument(
+        "--label", type=int, default=None, help="organ label in the segmentation (default: > 0)"
+    )
+    parser.add_argument(
+        "--margin-mm", type=float, default=10.0, help="score this far around the organ too (default 10)"
+    )
+
+
+def review_from_args(
+    args: argparse.Namespace, scorer: VolumeScorer, listener: RunListener, cancel: CancelFlag
+) -> SegmentationReview:
+    """The review the options ask for (``args.segmentation``, :func:`add_review_arguments`, ``--fpr``,
+    ``--series-uid``): one call for the command and the worker."""
+    return review_segmentation(
+        args.ct,
+        args.segmentation,
+        args.out,
+        scorer,
+        label=args.label,
+        margin_mm=args.margin_mm,
+        fpr=args.fpr,
+        series_uid=args.series_uid,
+        listener=listener,
+        cancel=cancel,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     scorer = build_scorer(args)
     cancel = CancelFlag()
     with cancel_on_signals(cancel), TqdmListener() as listener:
-        review = review_segmentation(
-            args.ct,
-            args.segmentation,
-            args.out,
-            scorer,
-            label=args.label,
-            margin_mm=args.margin_mm,
-            fpr=args.fpr,
-            series_uid=args.series_uid,
-            listener=listener,
-            cancel=cancel,
-        )
+        review = review_from_args(args, scorer, listener, cancel)
     risky = review.risky_slices
     shown = ", ".join(str(k) for k in risky[:20]) + (" ..." if len(risky) > 20 else "")
     print(f"outputs in {args.out}: review.csv, review.png (and the score outputs)")

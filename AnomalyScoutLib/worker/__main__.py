@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import NoReturn
 
 from AnomalyScoutLib.cancellation import CancelFlag, cancel_on_signals
+from AnomalyScoutLib.commands.review import add_review_arguments, review_from_args
 from AnomalyScoutLib.commands.score import add_scoring_arguments, build_scorer, score_options
 from AnomalyScoutLib.engine import score_file
 from AnomalyScoutLib.errors import AnomalyScoutError
-from AnomalyScoutLib.segmentation.review import review_segmentation
 from AnomalyScoutLib.worker.protocol import Done, ErrorEvent, EventWriter, Progress, Started, WarningEvent
 
 __all__ = ["EXIT_INTERNAL_ERROR", "EXIT_USAGE", "JsonLinesListener", "main"]
@@ -60,23 +60,25 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    """The options of ``anomalyscout score``, plus ``--review SEG`` and its margin for the review job."""
+    """The options of ``anomalyscout score``, plus ``--review SEG`` and ``anomalyscout review``'s own ones
+    (``--label``, ``--margin-mm``) for the review job."""
     parser = _Parser(prog="python -m AnomalyScoutLib.worker", description=__doc__.splitlines()[0])
     add_scoring_arguments(parser)
     parser.add_argument(
         "--review",
+        dest="segmentation",
         type=Path,
         default=None,
         metavar="SEG",
-        help="review this segmentation (label map on the CT's grid, organ = label > 0) instead of scoring",
+        help="review this segmentation (a label map on the CT's grid) instead of scoring the whole CT",
     )
-    parser.add_argument(
-        "--margin-mm", type=float, default=10.0, help="--review: score this far around the organ too"
-    )
+    add_review_arguments(parser)
     args = parser.parse_args(argv)
+    if args.segmentation is None and args.label is not None:
+        parser.error("--label names the organ of --review SEG; to score inside a mask use --mask-label")
     scoring_only = {"--mask": args.mask, "--mask-label": args.mask_label, "--position": args.position}
     given = [name for name, value in scoring_only.items() if value not in (None, "auto")]
-    if args.review is not None and given:
+    if args.segmentation is not None and given:
         parser.error(f"--review scores its own region around the segmentation: leave out {', '.join(given)}")
     return args
 
@@ -87,21 +89,11 @@ def _run_job(args: argparse.Namespace, writer: EventWriter, cancel: CancelFlag) 
     scorer = build_scorer(args)
     cancel.raise_if_set()
     listener = JsonLinesListener(writer)
-    if args.review is None:
+    if args.segmentation is None:
         result = score_file(args.ct, args.out, scorer, score_options(args), listener=listener, cancel=cancel)
         outputs, case_score, flagged = result.outputs, result.case_score, result.flagged_slices
     else:
-        review = review_segmentation(
-            args.ct,
-            args.review,
-            args.out,
-            scorer,
-            margin_mm=args.margin_mm,
-            fpr=args.fpr,
-            series_uid=args.series_uid,
-            listener=listener,
-            cancel=cancel,
-        )
+        review = review_from_args(args, scorer, listener, cancel)
         outputs, case_score, flagged = review.outputs, review.score_run.case_score, review.risky_slices
     paths = {name: str(path) for name, path in outputs.items()}
     return Done(outputs=paths, case_score=case_score, flagged_slices=list(flagged))

@@ -150,3 +150,9 @@ def test_review_with_a_scoring_only_option_is_a_usage_error_and_writes_nothing(f
     assert status == 2
     assert events[-1]["kind"] == "UsageError" and "--mask" in events[-1]["message"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_label_without_review_is_a_usage_error(files, tmp_path):
+    status, events, _ = _run(_command(files["ct"], tmp_path / "out", files["model"], "--label", "2"))
+    assert status == 2 and "--mask-label" in events[-1]["message"]
+    assert list(tmp_path.iterdir()) == []
