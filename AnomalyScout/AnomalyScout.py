@@ -1,10 +1,11 @@
 """AnomalyScout: the 3D Slicer module shell (metadata, widget, logic glue, self-test).
 
 Thin on purpose: the helpers live in the ``AnomalyScoutModuleLib`` package beside this file (scene logic
-without qt, the worker process, the worklist, case loading, dependencies, run folders, device advice, sample
-data), tested with pytest outside Slicer. Slicer imports this file when it starts, before anything could be
-installed, so it and the helpers import only what Slicer bundles; torch and the other packages of
-``AnomalyScoutLogic.ensureDependencies`` are imported inside the functions that run after it.
+without qt, the worker process, the segmentation review, the worklist, case loading, dependencies, run
+folders, device advice, sample data), tested with pytest outside Slicer. Slicer imports this file when it
+starts, before anything could be installed, so it and the helpers import only what Slicer bundles; torch
+and the other packages of ``AnomalyScoutLogic.ensureDependencies`` are imported inside the functions that
+run after it.
 ``Testing/module/test_module_load.py`` imports it as Slicer would, with those packages blocked, and drives
 the widget through a stand-in for qt, ctk and slicer.util whose names come from Slicer's source.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -37,6 +39,7 @@ except ImportError:  # a source checkout: the library sits next to the module fo
 from AnomalyScoutModuleLib.case_loading import load_case
 from AnomalyScoutModuleLib.dependencies import install, install_plan
 from AnomalyScoutModuleLib.device_advice import cuda_memory_bytes, device_advice
+from AnomalyScoutModuleLib.review import ReviewRow, check_review_inputs, read_review, review_summary
 from AnomalyScoutModuleLib.run_folders import RunFolders
 from AnomalyScoutModuleLib.sample_data import register_sample_data
 from AnomalyScoutModuleLib.scene import SceneResults, export_segment_mask, export_volume
@@ -57,6 +60,8 @@ from AnomalyScoutModuleLib.worklist import (
     read_worklist,
     results_dir,
 )
+
+from AnomalyScoutLib.errors import AnomalyScoutError
 
 __all__ = [
     "AnomalyScout",
@@ -155,14 +160,26 @@ class AnomalyScoutLogic(ScriptedLoadableModuleLogic):
         return True
 
     def prepareRun(
-        self, params, model: Path | None, segmentation, segmentId: str, runDir: Path
+        self, params, model: Path | None, segmentation, segmentId: str, runDir: Path, review: bool = False
     ) -> RunRequest:
-        """Export the CT (and the organ mask) for the worker; the input node is not touched."""
-        inputPath = export_volume(params.inputVolume, runDir / "input.nrrd")
-        maskPath = None
+        """Export the CT and the segment for the worker; the input nodes are not touched.
+
+        The segment goes onto the CT's grid: the organ mask of a score run, or with ``review`` the
+        segmentation the worker reviews (results in ``runDir/review``).
+
+        Raises:
+            VolumeError: the segment is empty on the CT's grid (checked before the CT is exported).
+        """
+        segmentPath = None
         if segmentation is not None and segmentId:
-            maskPath = export_segment_mask(segmentation, segmentId, params.inputVolume, runDir / "mask.nrrd")
-        return RunRequest(inputPath, runDir / "results", model, params.device, params.mode, maskPath)
+            name = "segment.nrrd" if review else "mask.nrrd"
+            segmentPath = export_segment_mask(segmentation, segmentId, params.inputVolume, runDir / name)
+        inputPath = export_volume(params.inputVolume, runDir / "input.nrrd")
+        if review:
+            return RunRequest(
+                inputPath, runDir / "review", model, params.device, params.mode, review_path=segmentPath
+            )
+        return RunRequest(inputPath, runDir / "results", model, params.device, params.mode, segmentPath)
 
 
 class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -185,6 +202,9 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._liveNodes = None
         self._resultNodes = None
         self._plotConnected = False
+        self._review: WorkerRun | None = None
+        self._reviewInput = None  # the CT being reviewed
+        self._reviewRows: tuple[ReviewRow, ...] = ()
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -209,6 +229,8 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.scoreFolderButton.connect("clicked(bool)", self.onScoreFolder)
         self.ui.openWorklistButton.connect("clicked(bool)", self.onOpenWorklist)
         self.ui.loadNextCaseButton.connect("clicked(bool)", self.onLoadNextCase)
+        self.ui.reviewButton.connect("clicked(bool)", self.onReview)
+        self.ui.reviewTable.connect("cellClicked(int,int)", self.onReviewRowClicked)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.initializeParameterNode()
@@ -235,6 +257,7 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._cancelJobs()
         self.setParameterNode(None)
         self._liveNodes = self._resultNodes = None
+        self._showReview(())
         self._runFolders.clear()
 
     def onSceneEndClose(self, *_) -> None:
@@ -250,7 +273,7 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _cancelJobs(self) -> None:
         """Never leave a worker running behind a closed scene or a removed module."""
-        for job in (self._run, self._batch):
+        for job in (self._run, self._batch, self._review):
             if job is not None:
                 job.cancel()
 
@@ -305,24 +328,21 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.deviceNoteLabel.text = device_advice(
                 params.device, params.mode, None if params.device == "cpu" else cuda_memory_bytes()
             )
-            runFolder = self._runFolders.create()
-            try:
-                segments = self.ui.segmentSelector
-                request = self.logic.prepareRun(
-                    params, self._modelPath(), segments.currentNode(), segments.currentSegmentID(), runFolder
-                )
-                callbacks = RunCallbacks(
-                    started=self._onStarted,
-                    progress=self._onProgress,
-                    warning=lambda message: self._setStatus(f"Warning: {message}"),
-                    log=self._log,
-                    finished=self._onFinished,
-                )
-                run = WorkerRun(request, slicer_launcher, callbacks)
-            except Exception:
-                self._runFolders.discard(runFolder)
-                raise
-            self._run, self._runFolder, self._runInput = run, runFolder, params.inputVolume
+            segments = self.ui.segmentSelector
+            callbacks = RunCallbacks(
+                started=self._onStarted,
+                progress=self._onProgress,
+                warning=lambda message: self._setStatus(f"Warning: {message}"),
+                log=self._log,
+                finished=self._onFinished,
+            )
+            run = self._newWorkerRun(
+                lambda runDir: self.logic.prepareRun(
+                    params, self._modelPath(), segments.currentNode(), segments.currentSegmentID(), runDir
+                ),
+                callbacks,
+            )
+            self._run, self._runFolder, self._runInput = run, run.request.out_dir.parent, params.inputVolume
             self._liveNodes = self.scene.start_live_scores(self._runInput)
             self.scene.show_chart(self._liveNodes.chart, slicer.modules.plots.logic())
             self._connectPlotView()
@@ -331,6 +351,23 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._setStatus("Starting the worker (loading the model)…")
             self.ui.progressBar.show()
             self._updateApply()
+
+    def _newWorkerRun(self, prepare: Callable[[Path], RunRequest], callbacks: RunCallbacks) -> WorkerRun:
+        """A worker run (not started yet) whose inputs ``prepare`` exports into a new run folder, which goes
+        again if that fails."""
+        runFolder = self._runFolders.create()
+        try:
+            return WorkerRun(prepare(runFolder), slicer_launcher, callbacks)
+        except Exception:
+            self._runFolders.discard(runFolder)
+            raise
+
+    @staticmethod
+    def _removeExports(request: RunRequest) -> None:
+        """The copies of the CT and the segment made for the worker, no longer needed once it has exited."""
+        for path in (request.input_path, request.mask_path, request.review_path):
+            if path is not None:
+                Path(path).unlink(missing_ok=True)
 
     def _onStarted(self, slices: int, device: str, mode: str) -> None:
         self.ui.progressBar.maximum = slices
@@ -350,9 +387,8 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Show what the worker left, unless the input has gone with a closed scene meanwhile."""
         self.ui.progressBar.hide()
         inputVolume, runFolder = self._runInput, self._runFolder
-        Path(self._run.request.input_path).unlink(missing_ok=True)  # a copy of the CT, no longer needed
-        elapsed = f" ({format_eta(outcome.elapsed_s)})" if outcome.elapsed_s is not None else ""
-        self._setStatus(outcome.message + elapsed)
+        self._removeExports(self._run.request)
+        self._setStatus(_withElapsed(outcome.message, outcome))
         shown = False
         if self.scene.contains(inputVolume):
             with slicer.util.tryWithErrorDisplay("The results could not be shown."):
@@ -390,16 +426,13 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._resultNodes = nodes
 
     def _showFlagged(self, table) -> None:
-        vtkTable, widget = table.GetTable(), self.ui.flaggedSlicesTable
-        widget.setRowCount(vtkTable.GetNumberOfRows())
+        vtkTable = table.GetTable()
+        formats = (("slice_index", "{:.0f}"), ("score", "{:.3g}"), ("percentile", "{:.1f}"))
+        rows = []
         for row in range(vtkTable.GetNumberOfRows()):
-            for column, (name, fmt) in enumerate(
-                (("slice_index", "{:.0f}"), ("score", "{:.3g}"), ("percentile", "{:.1f}"))
-            ):
-                value = vtkTable.GetColumnByName(name).GetValue(row)
-                widget.setItem(
-                    row, column, qt.QTableWidgetItem("" if math.isnan(value) else fmt.format(value))
-                )
+            values = [vtkTable.GetColumnByName(name).GetValue(row) for name, _ in formats]
+            rows.append(["" if math.isnan(v) else fmt.format(v) for v, (_, fmt) in zip(values, formats)])
+        _fillTable(self.ui.flaggedSlicesTable, rows)
 
     def onFlaggedRowClicked(self, row: int, _column: int) -> None:
         if self._resultNodes is not None:
@@ -488,17 +521,19 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._showWorklist(Worklist(read_worklist(path)))
 
     def _showWorklist(self, worklist: Worklist) -> None:
-        self._worklist, widget = worklist, self.ui.worklistTable
-        widget.setRowCount(len(worklist.entries))
-        for row, entry in enumerate(worklist.entries):
-            values = (
-                Path(entry.case).name,
-                f"{entry.score:.3g}",
-                "" if math.isnan(entry.percentile) else f"{entry.percentile:.1f}",
-                entry.reason,
-            )
-            for column, text in enumerate(values):
-                widget.setItem(row, column, qt.QTableWidgetItem(text))
+        self._worklist = worklist
+        _fillTable(
+            self.ui.worklistTable,
+            [
+                (
+                    Path(entry.case).name,
+                    f"{entry.score:.3g}",
+                    "" if math.isnan(entry.percentile) else f"{entry.percentile:.1f}",
+                    entry.reason,
+                )
+                for entry in worklist.entries
+            ],
+        )
         self.ui.worklistStatusLabel.text = f"{len(worklist.entries)} cases, most urgent first."
         self.ui.loadNextCaseButton.enabled = bool(worklist.entries)
 
@@ -526,6 +561,109 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 start = int(entry.extra["slice_start"])
                 self.scene.jump_to_slice(self.scene.center_of_slice(self._resultNodes.table, start))
             self.ui.worklistStatusLabel.text = f"{name}: {entry.reason}"
+
+    # --- segmentation review ---
+
+    def onReview(self) -> None:
+        """Review the chosen segment of the CT in the worker, or cancel the review in progress.
+
+        Bad input (no CT, segmentation, segment or model; a segment empty on the CT's grid) is one line in
+        the section's status and launches nothing; a segmentation on another grid is resampled onto the CT's
+        by the export.
+        """
+        if self._review is not None and self._review.running:
+            self._setReviewStatus("Cancelling the review…")
+            self._review.cancel()
+            return
+        params = self._parameterNode
+        volume = params.inputVolume if params else None
+        segments = self.ui.reviewSegmentSelector
+        segmentation, segmentId = segments.currentNode(), segments.currentSegmentID()
+        model = self._modelPath()
+        try:
+            check_review_inputs(volume, segmentation, segmentId, model)
+        except AnomalyScoutError as error:
+            self._setReviewStatus(str(error))
+            return
+        if self._run is not None and self._run.running:
+            self._setReviewStatus("A scoring run is in progress: review when it has finished.")
+            return
+        with slicer.util.tryWithErrorDisplay("The review could not start.", waitCursor=True):
+            if not self.logic.ensureDependencies():
+                return
+            callbacks = RunCallbacks(
+                started=lambda slices, device, mode: self._setReviewStatus(
+                    f"Reviewing: scoring {slices} slices on {device} ({mode})…"
+                ),
+                progress=self._onReviewProgress,
+                warning=lambda message: self._log(f"Warning: {message}"),
+                log=self._log,
+                finished=self._onReviewFinished,
+            )
+            try:
+                run = self._newWorkerRun(
+                    lambda runDir: self.logic.prepareRun(
+                        params, model, segmentation, segmentId, runDir, review=True
+                    ),
+                    callbacks,
+                )
+            except AnomalyScoutError as error:  # the segment is empty on the CT's grid
+                self._setReviewStatus(str(error))
+                return
+            self._review, self._reviewInput = run, volume
+            self._showReview(())
+            run.start()
+            self.ui.reviewButton.text = "Cancel review"
+            self._setReviewStatus("Starting the review (loading the model)…")
+
+    def _onReviewProgress(self, i, n, _sliceIndex, _position, _score, eta) -> None:
+        left = f", {format_eta(eta)} left" if eta is not None else ""
+        self.ui.reviewStatusLabel.text = f"Reviewing: slice {i}/{n}{left}"
+
+    def _onReviewFinished(self, outcome: RunOutcome) -> None:
+        """List the slices at risk, unless the CT has gone with a closed scene meanwhile."""
+        request, volume = self._review.request, self._reviewInput
+        self._removeExports(request)
+        self.ui.reviewButton.text = "Review segmentation"
+        message = outcome.message
+        if outcome.status == "done" and self.scene.contains(volume):
+            try:
+                rows = read_review(request.out_dir)
+            except AnomalyScoutError as error:
+                message = f"Failed: {error}"
+            else:
+                self._showReview(rows)
+                self._runFolders.keep(f"review:{volume.GetID()}", request.out_dir.parent)
+                self._setReviewStatus(_withElapsed(review_summary(rows), outcome))
+                return
+        self._runFolders.discard(request.out_dir.parent)
+        self._setReviewStatus(_withElapsed(message, outcome))
+
+    def _showReview(self, rows: Sequence[ReviewRow]) -> None:
+        self._reviewRows = tuple(rows)
+        _fillTable(self.ui.reviewTable, [row.cells() for row in rows])
+
+    def onReviewRowClicked(self, row: int, _column: int) -> None:
+        """Move every slice view to the clicked slice (the same jump as the flagged-slice list)."""
+        if 0 <= row < len(self._reviewRows):
+            self.scene.jump_to_slice(self._reviewRows[row].center_ras)
+
+    def _setReviewStatus(self, text: str) -> None:
+        self.ui.reviewStatusLabel.text = text
+        self._log(text)
+
+
+def _fillTable(widget, rows: Sequence[Sequence[str]]) -> None:
+    """Put ``rows`` of texts into a QTableWidget, replacing what it showed."""
+    widget.setRowCount(len(rows))
+    for row, texts in enumerate(rows):
+        for column, text in enumerate(texts):
+            widget.setItem(row, column, qt.QTableWidgetItem(text))
+
+
+def _withElapsed(message: str, outcome: RunOutcome) -> str:
+    """A run's status line with the time it took, when known."""
+    return message + (f" ({format_eta(outcome.elapsed_s)})" if outcome.elapsed_s is not None else "")
 
 
 def _as_list(value) -> list[str]:

@@ -450,12 +450,18 @@ def export_segment_mask(
     reference: slicer.vtkMRMLScalarVolumeNode,
     path: str | Path,
 ) -> Path:
-    """Write one segment (e.g. the liver) as a label map on the CT's grid: the worker's ``--mask``.
+    """Write one segment (e.g. the liver) as a label map (1 inside) on the CT's grid: the worker's ``--mask``
+    or ``--review``.
+
+    The segment is resampled onto ``reference``'s geometry by Slicer's own export, so a segmentation made on
+    another grid (another series, a cropped or resampled label map) lines up with the CT voxel by voxel. A
+    segment with no voxel there (empty, or lying outside the CT) is refused here, before any worker starts.
 
     Raises:
-        VolumeError: the segment does not exist or cannot be exported.
+        VolumeError: the segment does not exist, cannot be exported or is empty on the CT's grid.
     """
-    if segmentation_node.GetSegmentation().GetSegment(segment_id) is None:
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    if segment is None:
         raise VolumeError(f"the segmentation {segmentation_node.GetName()!r} has no segment {segment_id!r}")
     scene = segmentation_node.GetScene()
     labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "AnomalyScout mask (temporary)")
@@ -466,6 +472,11 @@ def export_segment_mask(
         if not logic.ExportSegmentsToLabelmapNode(segmentation_node, ids, labelmap, reference):
             raise VolumeError(
                 f"cannot export segment {segment_id!r} onto the grid of {reference.GetName()!r}"
+            )
+        if labelmap.GetImageData().GetScalarRange()[1] <= 0:
+            raise VolumeError(
+                f"the segment {segment.GetName()!r} of {segmentation_node.GetName()!r} is empty on the grid "
+                f"of {reference.GetName()!r}: nothing to look at"
             )
         return export_volume(labelmap, path)
     finally:

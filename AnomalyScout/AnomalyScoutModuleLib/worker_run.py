@@ -73,7 +73,12 @@ class Launcher(Protocol):
 
 @dataclass(frozen=True)
 class RunRequest:
-    """One scoring run: the exported CT, where the outputs go and the options of ``anomalyscout score``."""
+    """One worker run: the exported CT, where the outputs go and the options of ``anomalyscout score``.
+
+    With ``review_path`` (a label map on the CT's grid) the worker reviews that segmentation instead of
+    scoring the whole CT (``--review``, the outputs of ``anomalyscout review``); ``mask_path`` is for scoring
+    only, since a review scores its own region around the segmentation.
+    """
 
     input_path: Path
     out_dir: Path
@@ -82,21 +87,26 @@ class RunRequest:
     mode: str = "fast"
     mask_path: Path | None = None
     threads: int | None = None
+    review_path: Path | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("fast", "accurate", "projector"):
             raise ValueError(f"mode must be fast, accurate or projector, not {self.mode!r}")
         if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu, cuda[:N] or mps, not {self.device!r}")
+        if self.mask_path is not None and self.review_path is not None:
+            raise ValueError("a review scores its own region around the segmentation: no mask_path with it")
 
     def arguments(self, python: str) -> list[str]:
-        """The worker's command line (the same options as ``anomalyscout score``)."""
+        """The worker's command line (the same options as ``anomalyscout score``, or ``--review``)."""
         args = [python, "-m", "AnomalyScoutLib.worker", str(self.input_path), "--out", str(self.out_dir)]
         args += ["--mode", self.mode, "--device", self.device]
         if self.model_path is not None:
             args += ["--model", str(self.model_path)]
         if self.mask_path is not None:
             args += ["--mask", str(self.mask_path)]
+        if self.review_path is not None:
+            args += ["--review", str(self.review_path)]
         if self.threads is not None:
             args += ["--threads", str(self.threads)]
         return args

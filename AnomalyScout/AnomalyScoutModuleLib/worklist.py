@@ -12,7 +12,6 @@ which Slicer does not bundle, and this file is imported when Slicer loads the mo
 
 from __future__ import annotations
 
-import csv
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from AnomalyScoutLib.errors import AnomalyScoutError, ResultsError
+from AnomalyScoutModuleLib.csv_files import read_csv_rows
 from AnomalyScoutModuleLib.scene import ScoreReport, read_score_report
 from AnomalyScoutModuleLib.worker_run import Launcher, RunCallbacks, RunOutcome, RunRequest, WorkerRun
 
@@ -83,25 +83,18 @@ def read_worklist(path: str | Path) -> list[WorklistEntry]:
     Raises:
         ResultsError: the file is missing or lacks one of :data:`WORKLIST_COLUMNS`.
     """
-    path = Path(path)
+    rows = read_csv_rows(path, WORKLIST_COLUMNS, "worklist")
     try:
-        with path.open(newline="", encoding="utf-8") as stream:
-            reader = csv.DictReader(stream)
-            missing = [c for c in WORKLIST_COLUMNS if c not in (reader.fieldnames or ())]
-            if missing:
-                raise ResultsError(f"{path} is not a worklist: it has no column {', '.join(missing)}")
-            return [
-                WorklistEntry(
-                    case=row["case"],
-                    score=_float(row["score"]),
-                    percentile=_float(row["percentile"]),
-                    reason=row["reason"],
-                    extra={k: v for k, v in row.items() if k not in WORKLIST_COLUMNS},
-                )
-                for row in reader
-            ]
-    except FileNotFoundError as error:
-        raise ResultsError(f"no worklist at {path}") from error
+        return [
+            WorklistEntry(
+                case=row["case"],
+                score=_float(row["score"]),
+                percentile=_float(row["percentile"]),
+                reason=row["reason"],
+                extra={k: v for k, v in row.items() if k not in WORKLIST_COLUMNS},
+            )
+            for row in rows
+        ]
     except ValueError as error:
         raise ResultsError(f"{path} has a score that is not a number ({error})") from error
 

@@ -20,6 +20,7 @@ slicer = pytest.importorskip("slicer", reason="the module tests need slicer-core
 pytest.importorskip("SimpleITK")
 
 from module_helpers import load_volume_node, synthetic_ct, write_contract_outputs, write_volume_file  # noqa: E402
+from widget_harness import slicer_app, widget  # noqa: E402, F401 - fixtures of the widget tests
 
 
 @pytest.fixture
@@ -80,24 +81,28 @@ class RealRun:
 
 
 @pytest.fixture(scope="session")
-def real_run(tmp_path_factory, tiny_anomalous_phantom) -> RealRun:
-    """The real worker on the tiny anomalous phantom with a tiny random model, launched in blocking mode.
-
-    A random model checks the plumbing (files, grid, tables, callbacks), not detection quality; the library's
-    tests and benchmarks measure that with the shipped model.
-    """
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny random model file (32 px): the real worker's runs here check plumbing, not detection quality;
+    the library's tests and benchmarks measure that with the shipped model."""
     pytest.importorskip("torch")
-    from AnomalyScoutModuleLib.worker_run import RunCallbacks, RunRequest, WorkerRun, blocking_launcher
-
-    from AnomalyScoutLib.io.volume import write_volume
     from AnomalyScoutLib.model_file import AnomalyModel
     from AnomalyScoutLib.nets.architecture import ArchitectureConfig
 
-    root = tmp_path_factory.mktemp("real_worker")
     tiny = ArchitectureConfig(
         32, (16, 16, 8, 8), z_dim=16, w_dim=16, mapping_layers=2, position_frequencies=2
     )
-    model_path = AnomalyModel.create(tiny, seed=0).save(root / "tiny.safetensors")
+    return AnomalyModel.create(tiny, seed=0).save(tmp_path_factory.mktemp("model") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="session")
+def real_run(tmp_path_factory, tiny_anomalous_phantom, tiny_model) -> RealRun:
+    """The real worker on the tiny anomalous phantom with the tiny random model, launched in blocking mode."""
+    from AnomalyScoutModuleLib.worker_run import RunCallbacks, RunRequest, WorkerRun, blocking_launcher
+
+    from AnomalyScoutLib.io.volume import write_volume
+
+    root = tmp_path_factory.mktemp("real_worker")
+    model_path = tiny_model
     ct_path = root / "ct.nrrd"
     write_volume(tiny_anomalous_phantom.volume, ct_path)
     events: list = []

@@ -173,11 +173,23 @@ class PlainTextEdit(Widget):
 
 
 class SegmentSelector(Widget):
+    """qMRMLSegmentSelectorWidget: a segmentation node and one of its segment IDs, set through its slots."""
+
+    def __init__(self, qt_class: str = "qMRMLSegmentSelectorWidget") -> None:
+        super().__init__(qt_class)
+        self._node, self._segment_id = None, ""
+
     def currentNode(self) -> Any:  # noqa: N802
-        return None
+        return self._node
+
+    def setCurrentNode(self, node: Any) -> None:  # noqa: N802
+        self._node = node
 
     def currentSegmentID(self) -> str:  # noqa: N802
-        return ""
+        return self._segment_id
+
+    def setCurrentSegmentID(self, segment_id: str) -> None:  # noqa: N802
+        self._segment_id = segment_id
 
 
 WIDGET_TYPES = {

@@ -3,79 +3,25 @@
 ``strict_slicer`` stands in for qt, ctk and slicer.util with the names of Slicer's real API
 (``slicer_api.py``) and blocks torch, tqdm, safetensors, psutil and dask; the MRML scene and nodes are
 slicer-core's real ones. The worker is a fake launcher that plays the worker's JSON lines, as in
-``test_module_worker_run.py``.
+``test_module_worker_run.py``; the widget fixture is ``widget_harness.py``'s.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 import types
 from pathlib import Path
 
 import pytest
 import vtk
 from module_helpers import write_contract_outputs
-from strict_slicer import NOT_BUNDLED, StrictObject, slicer_application
-
-MODULE_DIR = Path(__file__).resolve().parents[2] / "AnomalyScout"
-
-
-class FakeProcess:
-    pid = 4242
-
-
-class FakeLauncher:
-    """Records the launch and lets the test play the worker: lines, then an exit code."""
-
-    def __call__(self, args, cwd, on_line, on_exit):
-        self.args, self.on_line, self.on_exit = list(args), on_line, on_exit
-        return FakeProcess()
-
-    def send(self, **message) -> None:
-        self.on_line(json.dumps(message) + "\n")
-
-
-@pytest.fixture
-def slicer_app(scene, tmp_path):
-    with slicer_application(scene, tmp_path / "SlicerTemp", MODULE_DIR) as app:
-        yield app
-
-
-def _import_module(app):
-    module = importlib.import_module("AnomalyScout")
-    app.modules["AnomalyScout"] = module
-    return module
-
-
-def _module_parent(entered: bool = True) -> StrictObject:
-    """The qSlicerScriptedLoadableModuleWidget Slicer passes as ``parent``."""
-    parent = StrictObject("qSlicerAbstractModuleWidget")
-    added: list = []
-    parent._values.update(layout=lambda: types.SimpleNamespace(addWidget=added.append), isEntered=entered)
-    return parent
-
-
-@pytest.fixture
-def widget(slicer_app, monkeypatch):
-    """The module's widget after ``setup()``, with torch and the rest reported installed and a fake worker."""
-    module = _import_module(slicer_app)
-    real_plan = module.install_plan
-    monkeypatch.setattr(module, "install_plan", lambda: real_plan(find_spec=lambda name: object()))
-    launcher = FakeLauncher()
-    monkeypatch.setattr(module, "slicer_launcher", launcher)
-    kills: list[int] = []
-    monkeypatch.setattr("AnomalyScoutModuleLib.worker_run.kill_process_tree", kills.append)
-    widget = module.AnomalyScoutWidget(_module_parent())
-    widget.setup()
-    widget.launcher, widget.kills, widget.module = launcher, kills, module
-    yield widget
-    widget.cleanup()  # as Slicer does when the module is unloaded: no observer outlives the test
+from strict_slicer import NOT_BUNDLED
+from widget_harness import MODULE_DIR, FakeProcess, import_anomalyscout
 
 
 def test_the_module_imports_with_only_what_slicer_bundles(slicer_app):
-    module = _import_module(slicer_app)
+    module = import_anomalyscout(slicer_app)
     assert slicer_app.blocker.attempts == [], "the module tried to import a package Slicer does not bundle"
     import sys
 
@@ -175,7 +121,7 @@ def test_run_without_torch_says_the_pytorch_extension_is_missing(widget, ct_node
 
 
 def test_the_phantom_is_registered_as_sample_data(slicer_app):
-    module = _import_module(slicer_app)
+    module = import_anomalyscout(slicer_app)
     module.registerSampleData()
     (source,) = slicer_app.sample_sources
     assert source["category"] == "AnomalyScout" and callable(source["customDownloader"])
