@@ -1,9 +1,10 @@
 """Per-case scores kept on disk, so that re-ranking a pool (or a grown pool) only scores what is new.
 
 An entry's key is the SHA-256 of the case's *content* (the file, or every file of a DICOM folder with its
-relative path) together with the model id: a renamed or copied file is still a hit, an edited file or another
-model is a miss. Entries are ``.npz`` files (numbers only, read with ``allow_pickle=False``) written
-atomically; an entry that cannot be read is treated as a miss and overwritten, never as an error.
+relative path) together with the model id (``rank`` passes the scorer's whole identity: model id, slice
+placement and calibration): a renamed or copied file is still a hit, an edited file or another model is a
+miss. Entries are ``.npz`` files (numbers only, read with ``allow_pickle=False``) written atomically; an entry
+that cannot be read is treated as a miss and overwritten, never as an error.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ class ScoreCache:
                     case_score=float(entry["case_score"]),
                     case_percentile=float(entry["case_percentile"]),
                     latents=entry["latents"],
+                    in_range=entry["in_range"] if "in_range" in entry.files else None,
                 )
         except (OSError, KeyError, ValueError, zipfile.BadZipFile, ConfigError):
             return None
@@ -103,5 +105,6 @@ class ScoreCache:
             case_score=np.float64(scores.case_score),
             case_percentile=np.float64(scores.case_percentile),
             latents=np.asarray(scores.latents, dtype=np.float32),
+            in_range=scores.judged,
         )
         write_bytes_atomic(self._path(key), buffer.getvalue())

@@ -57,6 +57,8 @@ class CaseScores:
         case_score: the case's score.
         case_percentile: its percentile among normal cases (NaN without calibration).
         latents: (n, d) the encoder's latent code per slice, for the diversity strategies.
+        in_range: (n,) bool, the slices the model may judge (``position.gate``, as ``score`` decides); the
+            others are never listed and never point the annotator. None: every slice.
     """
 
     slice_scores: np.ndarray
@@ -64,6 +66,7 @@ class CaseScores:
     case_score: float
     case_percentile: float
     latents: np.ndarray = field(repr=False)
+    in_range: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         n = len(self.slice_scores)
@@ -78,6 +81,15 @@ class CaseScores:
                 f"{np.shape(self.slice_percentiles)}, latents of shape "
                 f"{np.shape(self.latents)}"
             )
+        if self.in_range is not None and (np.shape(self.in_range) != (n,) or not np.any(self.in_range)):
+            raise ConfigError(f"in_range must be {n} booleans with at least one slice in range")
+
+    @property
+    def judged(self) -> np.ndarray:
+        """(n,) bool: the slices in the model's range (all of them when :attr:`in_range` is None)."""
+        if self.in_range is None:
+            return np.ones(len(self.slice_scores), dtype=bool)
+        return np.asarray(self.in_range, dtype=bool)
 
 
 #: Scores one case given its path (file or DICOM folder); raises an AnomalyScoutError for a bad case.
@@ -158,15 +170,18 @@ def build_worklist(
     if not cases:
         return []
     if level == "case":
-        items = [(name, *hot_range(s.slice_scores), s.case_score, s.case_percentile) for name, s in cases]
-        latents = np.stack([s.latents.mean(axis=0) for _, s in cases])
+        items = [
+            (name, *hot_range(np.where(s.judged, s.slice_scores, np.nan)), s.case_score, s.case_percentile)
+            for name, s in cases
+        ]
+        latents = np.stack([s.latents[s.judged].mean(axis=0) for _, s in cases])
     else:
         items = [
             (name, k, k, float(s.slice_scores[k]), float(s.slice_percentiles[k]))
             for name, s in cases
-            for k in range(len(s.slice_scores))
+            for k in np.flatnonzero(s.judged).tolist()
         ]
-        latents = np.concatenate([s.latents for _, s in cases])
+        latents = np.concatenate([s.latents[s.judged] for _, s in cases])
     scores = np.array([item[3] for item in items], dtype=np.float64)
     percentiles = np.array([item[4] for item in items], dtype=np.float64)
     signals = PoolSignals(size=len(items), anomaly=_anomaly_signal(percentiles, scores), latents=latents)

@@ -6,6 +6,11 @@ per-position-bin distribution of their slice scores and the distribution of thei
 rate. The normals must not have been used for training: with ``--phantom N`` they are phantom cases with seeds
 from ``--phantom-seed`` (default 900000) upwards, far from the training seeds. Modes already calibrated in the
 model and not recomputed are kept. The tensors are untouched, so the model id stays the same.
+
+Slices are placed as ``anomalyscout score`` places them (``--position``, default ``auto``: by anatomy when the
+model holds a body-part regressor), through the same function, and the placement is stored with each mode's
+bins. Slices that ``score`` would not judge (outside the model's range, or narrower than an abdomen) are left
+out of the bins and counted; a volume with no slice in range is skipped.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +28,17 @@ from tqdm import tqdm
 
 from AnomalyScoutLib.calibration import Calibration, calibration_key, check_fpr, fit_mode_calibration
 from AnomalyScoutLib.cli import add_command_parser
-from AnomalyScoutLib.commands.score import add_device_arguments, device_from_args
+from AnomalyScoutLib.commands.score import add_device_arguments, add_position_argument, device_from_args
 from AnomalyScoutLib.engine import VolumeScorer
 from AnomalyScoutLib.errors import ConfigError
 from AnomalyScoutLib.inversion import MODES, InversionConfig
 from AnomalyScoutLib.io.geometry import axial_frame, to_canonical
 from AnomalyScoutLib.io.volume import Volume, read_volume
 from AnomalyScoutLib.model_file import AnomalyModel
+from AnomalyScoutLib.position.placement import place_and_gate, resolve_method
 from AnomalyScoutLib.scoring import SCORE_METHODS, ScoreConfig, case_score
 
-__all__ = ["DEFAULT_PHANTOM_SEED", "calibrate_model", "phantom_normals", "register", "run"]
+__all__ = ["DEFAULT_PHANTOM_SEED", "CalibrationRun", "calibrate_model", "phantom_normals", "register", "run"]
 
 #: First seed of the held-out normal phantoms (training uses small seeds).
 DEFAULT_PHANTOM_SEED = 900_000
@@ -46,41 +53,98 @@ def phantom_normals(count: int, first_seed: int, shape_xyz: Sequence[int]) -> It
         yield make_phantom(seed, shape_xyz=shape_xyz).volume
 
 
+@dataclass(frozen=True)
+class CalibrationRun:
+    """A calibration and how its normal slices were placed.
+
+    Attributes:
+        calibration: the model's calibration with the new modes added.
+        placement: ``"anatomy"`` or ``"index"``, stored with every new mode.
+        volumes: normal volumes in the bins.
+        slices: normal slices in the bins.
+        skipped_slices: slices left out: outside the model's range or narrower than an abdomen (the gate).
+        skipped_volumes: volumes left out whole (no slice in range).
+    """
+
+    calibration: Calibration
+    placement: str
+    volumes: int
+    slices: int
+    skipped_slices: int
+    skipped_volumes: int
+
+    def summary(self) -> str:
+        """One line about the placement and what it left out."""
+        line = f"slices placed by {self.placement}: {self.slices} normal slices of {self.volumes} volume(s)"
+        if self.skipped_slices:
+            line += (
+                f"; {self.skipped_slices} slice(s) outside the model's range (or narrower than an abdomen) "
+                "left out of the bins"
+            )
+        if self.skipped_volumes:
+            line += f", {self.skipped_volumes} volume(s) with no slice in range skipped"
+        return line
+
+
 def calibrate_model(
     model: AnomalyModel,
     normals: Sequence[Volume] | Iterator[Volume],
     scorers: Sequence[VolumeScorer],
     *,
+    position: str = "auto",
     n_bins: int = 10,
     default_fpr: float = 0.01,
     progress: Any = None,
-) -> Calibration:
+) -> CalibrationRun:
     """Score every normal volume with every scorer and return the model's calibration with those modes added.
 
-    Each volume is read (or generated) once and scored by all scorers before the next, so a slow source of
-    volumes is paid once. ``progress`` wraps the volume iterator (e.g. ``tqdm``).
+    Each volume is read (or generated) once, placed and gated once (:func:`place_and_gate`, as ``score``
+    does) and its in-range slices scored by all scorers before the next, so a slow source of volumes is paid
+    once and out-of-range slices cost no reconstruction. ``progress`` wraps the volume iterator (``tqdm``).
+
+    Raises:
+        ConfigError: unknown ``position``, ``"anatomy"`` without a regressor, or no volume with a slice in
+            range.
     """
+    regressor = model.position_regressor
+    method = resolve_method(position, regressor)
     collected: list[dict[str, list[Any]]] = [{"scores": [], "positions": [], "cases": []} for _ in scorers]
+    volumes = slices = skipped_slices = skipped_volumes = 0
     for volume in progress(normals) if progress else normals:
         frame = axial_frame(volume)
         canonical = to_canonical(volume.array_zyx, frame)
+        placement, gate = place_and_gate(canonical, frame.spacing_kji, regressor, method)
+        inside = gate.in_range
+        skipped_slices += int((~inside).sum())
+        if not inside.any():
+            skipped_volumes += 1
+            continue
+        volumes, slices = volumes + 1, slices + int(inside.sum())
+        positions = placement.positions[inside]
+        canonical_inside = canonical if inside.all() else canonical[inside]
         for scorer, store in zip(scorers, collected):
-            result = scorer.score(canonical, frame.spacing_kji)
+            result = scorer.score(canonical_inside, frame.spacing_kji, positions=positions)
             store["scores"].append(result.scores)
-            store["positions"].append(result.positions)
+            store["positions"].append(positions)
             store["cases"].append(case_score(result.scores, scorer.score_config))
     if not collected or not collected[0]["cases"]:
-        raise ConfigError("calibration needs at least one normal volume")
+        why = f" ({skipped_volumes} had no slice in the model's range)" if skipped_volumes else ""
+        raise ConfigError(f"calibration needs at least one normal volume{why}")
     stored = Calibration.from_json(model.calibration)
     calibration = Calibration(stored.modes, check_fpr(default_fpr))
     for scorer, store in zip(scorers, collected):
         fitted = fit_mode_calibration(
-            store["scores"], store["positions"], store["cases"], scorer.calibration_settings(), n_bins=n_bins
+            store["scores"],
+            store["positions"],
+            store["cases"],
+            scorer.calibration_settings(),
+            n_bins=n_bins,
+            placement=method,
         )
         calibration = calibration.with_mode(
             calibration_key(scorer.inversion.mode, scorer.score_config.key()), fitted
         )
-    return calibration
+    return CalibrationRun(calibration, method, volumes, slices, skipped_slices, skipped_volumes)
 
 
 def _stored_in_half(path: Path) -> bool:
@@ -134,9 +198,16 @@ def run(args: argparse.Namespace) -> int:
     def progress(items: Any) -> Any:
         return tqdm(items, total=total, unit="volume", desc="calibrating", file=sys.stderr)
 
-    calibration = calibrate_model(
-        model, normals, scorers, n_bins=args.bins, default_fpr=args.default_fpr, progress=progress
+    done = calibrate_model(
+        model,
+        normals,
+        scorers,
+        position=args.position,
+        n_bins=args.bins,
+        default_fpr=args.default_fpr,
+        progress=progress,
     )
+    calibration = done.calibration
     model.calibration = calibration.to_json()
     model.save(args.out, half=_stored_in_half(model_path))
     for key in sorted(calibration.modes):
@@ -145,6 +216,13 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"{key}: {entry.n_cases} normal volumes; slice thresholds per position bin "
             f"at fpr {calibration.default_fpr:g}: {np.round(thresholds, 4).tolist()}"
+        )
+    print(done.summary())
+    kept = sorted(k for k, m in calibration.modes.items() if m.placement != done.placement)
+    if kept:
+        print(
+            f"note: the kept mode(s) {', '.join(kept)} were calibrated with the other placement; "
+            "recalibrate them too (--modes)"
         )
     print(f"calibrated model written to {args.out}")
     return 0
@@ -181,5 +259,6 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--bins", type=int, default=10, help="slice-position bins (default 10)")
     parser.add_argument("--default-fpr", type=float, default=0.01, help="false-positive rate used by default")
+    add_position_argument(parser)
     add_device_arguments(parser)
     parser.set_defaults(func=run)

@@ -9,9 +9,11 @@ the file's content and the model id so that a re-run or a grown pool only scores
     worklist.csv    rank,case,slice_start,slice_end,score,percentile,reason
     worklist.json   the same items plus the run's settings and the cases that failed (with the reason)
 
-A case that cannot be read or scored is reported and skipped; the batch goes on. Strategies: ``hybrid``
-(anomaly-weighted diversity, the default), ``anomaly``, ``diversity`` (k-center on the encoder's latent
-codes) and ``random``; see ``docs/active_learning.md`` for how they compare.
+Slices are placed and gated as ``anomalyscout score`` places them (``--position``, the same default: by
+anatomy when the model holds a body-part regressor); slices outside the model's range are never listed. A
+case that cannot be read or scored (no slice in range included) is reported and skipped; the batch goes on.
+Strategies: ``hybrid`` (anomaly-weighted diversity, the default), ``anomaly``, ``diversity`` (k-center on the
+encoder's latent codes) and ``random``; see ``docs/active_learning.md`` for how they compare.
 """
 
 from __future__ import annotations
@@ -24,19 +26,22 @@ from AnomalyScoutLib.active.cache import ScoreCache, default_cache_dir
 from AnomalyScoutLib.active.distributed import TlsFiles, insecure_scheduler_warning, score_pool
 from AnomalyScoutLib.active.ranking import LEVELS, RANK_STRATEGIES, CaseScorer, build_worklist, write_worklist
 from AnomalyScoutLib.cli import add_command_parser
+from AnomalyScoutLib.commands.score import add_position_argument
 from AnomalyScoutLib.errors import AnomalyScoutError, ConfigError
 
 __all__ = ["load_case_scorer", "read_case_list", "register", "run"]
 
 
-def load_case_scorer(model: str | None, device: str) -> tuple[CaseScorer, str]:
-    """The scoring engine as a per-case function, and the model's id (half of every cache key).
+def load_case_scorer(model: str | None, device: str, position: str) -> tuple[CaseScorer, str, str, str]:
+    """The scoring engine as a per-case function, the model's id, the placement it uses (``"anatomy"`` or
+    ``"index"``) and the scorer's identity (half of every cache key: model id, placement, calibration).
 
     Imported here, not at the top, so that ``anomalyscout --help`` does not load the networks.
     """
     from AnomalyScoutLib.active.engine import model_case_scorer
 
-    return model_case_scorer(model, device)
+    scorer, model_id = model_case_scorer(model, device, position=position)
+    return scorer, model_id, scorer.placement(), scorer.cache_identity()
 
 
 def read_case_list(path: Path) -> list[str]:
@@ -78,6 +83,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--no-cache", action="store_true", help="score every case, keep nothing")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mps (default auto)")
+    add_position_argument(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the random and diversity strategies")
     parser.add_argument(
         "--alpha",
@@ -107,12 +113,12 @@ def run(args: argparse.Namespace) -> int:
     warning = insecure_scheduler_warning(args.scheduler)
     if warning is not None:
         print(f"warning: {warning}", file=sys.stderr)
-    scorer, model_id = load_case_scorer(args.model, args.device)
+    scorer, model_id, placement, identity = load_case_scorer(args.model, args.device, args.position)
     cache = None if args.no_cache else ScoreCache(args.cache_dir or default_cache_dir())
     outcomes = score_pool(
         cases,
         scorer,
-        model_id=model_id,
+        model_id=identity,
         cache=cache,
         jobs=args.jobs,
         scheduler=args.scheduler,
@@ -131,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "alpha": args.alpha,
         "model_id": model_id,
+        "position": placement,
         "cases": len(cases),
         "scored": len(scored),
         "from_cache": sum(o.cached for o in outcomes),

@@ -22,12 +22,14 @@ from AnomalyScoutLib.devices import select_device
 from AnomalyScoutLib.engine import ScoreOptions, ScoreRun, VolumeScorer, score_file
 from AnomalyScoutLib.errors import ConfigError
 from AnomalyScoutLib.inversion import MODES, InversionConfig
+from AnomalyScoutLib.position.placement import PLACEMENT_METHODS
 from AnomalyScoutLib.scoring import SCORE_METHODS, ScoreConfig
 
 __all__ = [
     "TqdmListener",
     "add_device_arguments",
     "add_model_arguments",
+    "add_position_argument",
     "add_scoring_arguments",
     "build_scorer",
     "device_from_args",
@@ -52,15 +54,21 @@ def add_scoring_arguments(parser: argparse.ArgumentParser) -> None:
         "--mask-label", type=int, default=None, help="label value in --mask (default: any > 0)"
     )
     parser.add_argument("--series-uid", default=None, help="DICOM series to read when a folder holds several")
+    add_position_argument(parser)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the projector's latent noise")
+    add_device_arguments(parser)
+
+
+def add_position_argument(parser: argparse.ArgumentParser) -> None:
+    """``--position``: how slices are placed, the same option (and default) in ``score``, ``calibrate`` and
+    ``rank`` (``AnomalyScoutLib.position.placement``)."""
     parser.add_argument(
         "--position",
-        choices=("auto", "anatomy", "index"),
+        choices=PLACEMENT_METHODS,
         default="auto",
         help="how slices are placed on the model's scale: anatomy (the model's body-part regressor), index "
         "(k + 0.5) / n over the scanned range, auto: anatomy when the model has a regressor (default)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the projector's latent noise")
-    add_device_arguments(parser)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

@@ -14,6 +14,7 @@ from AnomalyScoutLib.calibration import (
     calibration_settings,
     check_fpr,
     fit_mode_calibration,
+    placement_mismatch,
     self_calibrated,
 )
 from AnomalyScoutLib.errors import ConfigError, ModelFileError
@@ -135,3 +136,27 @@ def test_the_calibrate_command_stores_a_calibration_that_scoring_reads_back(tiny
     entry = Calibration.from_json(calibrated.calibration).get("fast", "topk")
     assert entry is not None and entry.n_cases == 2 and len(entry.bins) == 2
     assert entry.score_config["steps"] == 0 and entry.score_config["method"] == "topk"
+
+
+def test_a_calibration_keeps_the_placement_of_its_bins_and_older_ones_read_as_index():
+    scores, positions, cases = _normal_volumes(np.random.default_rng(7))
+    fitted = fit_mode_calibration(scores, positions, cases, {"method": "topk"}, n_bins=4, placement="anatomy")
+    stored = Calibration({calibration_key("fast", "topk"): fitted}).to_json()
+    assert stored["modes"]["fast/topk"]["placement"] == "anatomy"
+    assert Calibration.from_json(json.loads(json.dumps(stored))).get("fast", "topk").placement == "anatomy"
+    del stored["modes"]["fast/topk"]["placement"]  # made before the field existed: by index
+    assert Calibration.from_json(stored).get("fast", "topk").placement == "index"
+    stored["modes"]["fast/topk"]["placement"] = "ruler"
+    with pytest.raises(ModelFileError, match="placement"):
+        Calibration.from_json(stored)
+    with pytest.raises(ConfigError, match="placement"):
+        fit_mode_calibration(scores, positions, cases, {"method": "topk"}, placement="auto")
+
+
+def test_a_run_placed_unlike_its_calibration_gets_one_line_naming_both_and_the_fix():
+    scores, positions, cases = _normal_volumes(np.random.default_rng(8))
+    by_index = fit_mode_calibration(scores, positions, cases, {"method": "topk"}, n_bins=4)
+    message = placement_mismatch(by_index, "anatomy")
+    assert message is not None and "\n" not in message
+    assert "made with index positions" in message and "anomalyscout calibrate" in message
+    assert placement_mismatch(by_index, "index") is None and placement_mismatch(None, "anatomy") is None

@@ -19,7 +19,9 @@ def fake_model(monkeypatch, scorer):
         calls.append(case)
         return scorer(case)
 
-    monkeypatch.setattr(rank, "load_case_scorer", lambda model, device: (counted, "fake-model-1"))
+    monkeypatch.setattr(
+        rank, "load_case_scorer", lambda model, device, position: (counted, "fake-model-1", "index", "fake-1")
+    )
     return calls
 
 
