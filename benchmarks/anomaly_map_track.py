@@ -111,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     track = TrackStart("anomaly_map", args, argv)
-    split, train, test, data_key = phantom_data(args, track.model.window)
+    split, train, test, data_key = phantom_data(args, track.model.window, track.placer)
     unavailable: dict[str, str] = {}
     runs: list[MethodRun] = _baseline_runs(
         args, train, test, data_key, unavailable

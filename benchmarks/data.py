@@ -1,8 +1,11 @@
 """Data preparation shared by every track: volumes -> :class:`~benchmarks.slices.SliceSet` on the model grid.
 
 One function (:func:`volume_slices`) takes any canonical CT volume with its truth masks and applies
-exactly the preprocessing the engine applies (``preprocessing.body_mask``, ``slice_positions``,
-``HUWindow``, ``ModelGrid``), so a method scored here sees what ``anomalyscout score`` would feed it.
+exactly the preprocessing the engine applies (``preprocessing.body_mask``, the slice placement of
+``position.placement``, ``HUWindow``, ``ModelGrid``), so a method scored here sees what ``anomalyscout score``
+would feed it. Slices are placed as ``score`` places them for the model under test (:class:`SlicePlacer`,
+the tracks' ``--position``, default ``auto``: by the model's body-part regressor when it holds one, else by
+index); every method of a track sees the same positions.
 Phantom cases are made with the project's phantom; the real-anatomy cases reuse the phantom's anomaly
 inserters on the real CT (:mod:`benchmarks.real_anatomy`). Every case is cached in ``benchmarks/work/``
 (git-ignored) by its parameters, so that tracks and reruns share the CPU minutes spent making them.
@@ -13,23 +16,31 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from AnomalyScoutLib.io.geometry import axial_frame, to_canonical
 from AnomalyScoutLib.io.volume import read_label_map, read_volume
+from AnomalyScoutLib.model_file import AnomalyModel, tensor_digest
 from AnomalyScoutLib.phantom import make_phantom
 from AnomalyScoutLib.phantom.anatomy import LABEL_NAMES
-from AnomalyScoutLib.preprocessing import HUWindow, body_mask, model_grid, slice_positions
+from AnomalyScoutLib.position.network import PositionRegressor
+from AnomalyScoutLib.position.placement import place_slices, resolve_method
+from AnomalyScoutLib.position.store import regressor_tensors
+from AnomalyScoutLib.preprocessing import HUWindow, body_mask, model_grid
 from benchmarks.slices import CaseInfo, SliceSet, concatenate
 
 __all__ = [
     "ANOMALY_TYPES",
+    "BY_INDEX",
     "LIVER_LABEL",
     "WORK_DIR",
     "PhantomSplit",
+    "SlicePlacer",
     "phantom_case",
     "phantom_split",
     "volume_file_case",
@@ -44,6 +55,47 @@ LIVER_LABEL = next(code for code, name in LABEL_NAMES.items() if name == "liver"
 _TRUTH_FRACTION = 0.0
 
 
+@dataclass(frozen=True)
+class SlicePlacer:
+    """How the harness places slices: ``anomalyscout score``'s ``--position`` for the model under test.
+
+    Attributes:
+        method: ``"anatomy"`` or ``"index"`` (resolved: :func:`~AnomalyScoutLib.position.placement.
+            resolve_method`).
+        regressor: the model's body-part regressor (None places by index).
+    """
+
+    method: str = "index"
+    regressor: PositionRegressor | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def for_model(cls, model: AnomalyModel, position: str = "auto") -> SlicePlacer:
+        """The placement ``score --position <position>`` uses for ``model``."""
+        return cls(resolve_method(position, model.position_regressor), model.position_regressor)
+
+    @property
+    def key(self) -> str | None:
+        """What cache names must hold besides the data: None by index (the caches made before placement
+        existed stay valid), else the regressor's weights."""
+        if self.method == "index" or self.regressor is None:
+            return None
+        return f"anatomy-{tensor_digest(regressor_tensors(self.regressor))[:16]}"
+
+    def data_key(self, parts: list[Any]) -> str:
+        """A track's name for its data selection in cache files: ``parts`` as JSON, plus :attr:`key` when
+        the slices are not placed by index (so that both placements never share a cached run)."""
+        return json.dumps(parts + ([self.key] if self.key else []))
+
+    def positions(self, canonical_hu: np.ndarray, spacing_kji: tuple[float, float, float]) -> np.ndarray:
+        """float32 ``(n,)`` positions of a canonical volume's slices (``place_slices``, as ``score``)."""
+        placed = place_slices(canonical_hu, spacing_kji, self.regressor, self.method)
+        return placed.positions.astype(np.float32)
+
+
+#: The historical placement, ``(k + 0.5) / n``: the phantom's own anatomical scale.
+BY_INDEX = SlicePlacer()
+
+
 def volume_slices(
     canonical_hu: np.ndarray,
     spacing_kji: tuple[float, float, float],
@@ -52,11 +104,13 @@ def volume_slices(
     info: CaseInfo,
     resolution: int,
     window: HUWindow,
+    placer: SlicePlacer = BY_INDEX,
 ) -> SliceSet:
     """One canonical volume (k, rows, cols) in HU with its boolean truth masks -> a one-case slice set.
 
     Images, body and masks are resampled with the engine's :class:`ModelGrid`; a model pixel is anomalous
-    when any part of it is (``_TRUTH_FRACTION``), organ pixels when at least half is.
+    when any part of it is (``_TRUTH_FRACTION``), organ pixels when at least half is. Slices are placed on
+    the whole volume by ``placer`` (before any subset is taken, as ``score`` places a whole scan).
     """
     if anomaly.shape != canonical_hu.shape or organ.shape != canonical_hu.shape:
         raise ValueError("the masks must have the volume's shape")
@@ -69,7 +123,7 @@ def volume_slices(
 
     return SliceSet(
         images=grid.to_model(window.normalize(hu)).numpy().astype(np.float32),
-        positions=slice_positions(canonical_hu, spacing_kji, "index"),
+        positions=placer.positions(canonical_hu, spacing_kji),
         body=resample(body_mask(canonical_hu), 0.5),
         anomaly=resample(anomaly, _TRUTH_FRACTION),
         organ=resample(organ, 0.5),
@@ -79,13 +133,20 @@ def volume_slices(
     )
 
 
-def _cache_path(kind: str, parameters: dict) -> Path:
+def _cache_path(kind: str, parameters: dict, placer: SlicePlacer) -> Path:
+    if placer.key is not None:
+        parameters = {**parameters, "position": placer.key}
     digest = hashlib.sha256(json.dumps(parameters, sort_keys=True).encode()).hexdigest()[:12]
     return WORK_DIR / kind / f"{parameters.get('name', kind)}-{digest}.npz"
 
 
 def phantom_case(
-    seed: int, anomaly: str, resolution: int, window: HUWindow, shape_xyz: Sequence[int] = (256, 256, 100)
+    seed: int,
+    anomaly: str,
+    resolution: int,
+    window: HUWindow,
+    shape_xyz: Sequence[int] = (256, 256, 100),
+    placer: SlicePlacer = BY_INDEX,
 ) -> SliceSet:
     """One phantom case (``anomaly="normal"`` for a control) as a slice set, cached on disk."""
     parameters = {
@@ -97,7 +158,7 @@ def phantom_case(
         "shape_xyz": list(shape_xyz),
         "version": 1,
     }
-    path = _cache_path("phantom", parameters)
+    path = _cache_path("phantom", parameters, placer)
     if path.is_file():
         return SliceSet.load(path)
     case = make_phantom(seed, shape_xyz=shape_xyz, anomalies=() if anomaly == "normal" else (anomaly,))
@@ -110,6 +171,7 @@ def phantom_case(
         CaseInfo(name=f"{anomaly}-{seed}", anomaly=anomaly, seed=seed),
         resolution,
         window,
+        placer,
     )
     slices.save(path)
     return slices
@@ -122,6 +184,7 @@ def volume_file_case(
     info: CaseInfo,
     resolution: int,
     window: HUWindow,
+    placer: SlicePlacer = BY_INDEX,
 ) -> SliceSet:
     """A normal CT file (any orientation the engine reads) with its label map, as a one-case slice set.
 
@@ -137,7 +200,7 @@ def volume_file_case(
         "window": [window.low, window.high],
         "version": 1,
     }
-    path = _cache_path("files", parameters)
+    path = _cache_path("files", parameters, placer)
     if path.is_file():
         return SliceSet.load(path)
     volume = read_volume(ct_path)
@@ -145,7 +208,7 @@ def volume_file_case(
     hu = to_canonical(volume.array_zyx, frame)
     organ = to_canonical(read_label_map(labels_path, volume), frame) == organ_label
     slices = volume_slices(
-        hu, frame.spacing_kji, np.zeros(hu.shape, dtype=bool), organ, info, resolution, window
+        hu, frame.spacing_kji, np.zeros(hu.shape, dtype=bool), organ, info, resolution, window, placer
     )
     slices.save(path)
     return slices
@@ -187,8 +250,12 @@ class PhantomSplit:
         return {"train_seeds": list(self.train_seeds), "test_cases": [list(c) for c in self.test_cases]}
 
 
-def phantom_split(split: PhantomSplit, resolution: int, window: HUWindow) -> tuple[SliceSet, SliceSet]:
+def phantom_split(
+    split: PhantomSplit, resolution: int, window: HUWindow, placer: SlicePlacer = BY_INDEX
+) -> tuple[SliceSet, SliceSet]:
     """``(train, test)`` slice sets of a split (cases made or read from the cache one by one)."""
-    train = concatenate([phantom_case(s, "normal", resolution, window) for s in split.train_seeds])
-    test = concatenate([phantom_case(s, kind, resolution, window) for s, kind in split.test_cases])
+    train = concatenate(
+        [phantom_case(s, "normal", resolution, window, placer=placer) for s in split.train_seeds]
+    )
+    test = concatenate([phantom_case(s, k, resolution, window, placer=placer) for s, k in split.test_cases])
     return train, test

@@ -48,7 +48,7 @@ class HeadRun:
     def _compute_maps(self, slices: SliceSet) -> tuple[np.ndarray, float]:
         images = torch.from_numpy(slices.images)
         recon = torch.from_numpy(self.reconstructions.reconstructions.images)
-        positions = torch.from_numpy(slices.positions.astype(np.float32))
+        positions = torch.from_numpy(slices.condition)
         body = torch.from_numpy(slices.body)
         out = []
         start = time.perf_counter()

@@ -83,7 +83,7 @@ class GeneratorDetector:
             part = slice(start, start + self.batch_size)
             result = self.reconstructor.reconstruct(
                 torch.from_numpy(slices.images[part]),
-                torch.from_numpy(slices.positions[part].astype(np.float32)),
+                torch.from_numpy(slices.condition[part]),
                 torch.from_numpy(slices.body[part]),
             )
             images.append(result.images.numpy())

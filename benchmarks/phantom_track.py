@@ -41,7 +41,7 @@ from benchmarks import plots
 from benchmarks.baselines.anomalib_runner import AnomalibDetector, AnomalibUnavailable
 from benchmarks.baselines.atlas import PositionAtlas
 from benchmarks.baselines.autoencoder import AutoencoderDetector
-from benchmarks.data import WORK_DIR, PhantomSplit, phantom_split
+from benchmarks.data import BY_INDEX, WORK_DIR, PhantomSplit, SlicePlacer, phantom_split
 from benchmarks.detectors import Detector
 from benchmarks.evaluate import MethodRun, detection_metrics, method_entry, run_method
 from benchmarks.generator_runs import generator_run
@@ -92,13 +92,16 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resolution", type=int, default=128)
 
 
-def phantom_data(args: argparse.Namespace, window: HUWindow) -> tuple[PhantomSplit, SliceSet, SliceSet, str]:
-    """``(split, train, test, data_key)``; ``data_key`` names the test selection in cache files."""
+def phantom_data(
+    args: argparse.Namespace, window: HUWindow, placer: SlicePlacer = BY_INDEX
+) -> tuple[PhantomSplit, SliceSet, SliceSet, str]:
+    """``(split, train, test, data_key)``; ``data_key`` names the test selection (and, when not by index,
+    the placement) in cache files."""
     split = PhantomSplit(args.train_cases, args.per_type, args.normal_cases)
     print(f"[phantom] {len(split.train_seeds)} training and {len(split.test_cases)} test cases", flush=True)
-    train, test = phantom_split(split, args.resolution, window)
+    train, test = phantom_split(split, args.resolution, window, placer)
     test = test.subset(test.slice_index % args.stride == 0)
-    return split, train, test, json.dumps([split.as_dict(), args.stride, args.resolution])
+    return split, train, test, placer.data_key([split.as_dict(), args.stride, args.resolution])
 
 
 def sweep_summary(metrics_by_type: dict[str, dict[str, Any]]) -> dict[str, float]:
@@ -185,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     track = TrackStart("phantom", args, argv)
     model = track.model
     window = model.window
-    split, train, test, data_key = phantom_data(args, window)
+    split, train, test, data_key = phantom_data(args, window, track.placer)
     unavailable: dict[str, str] = {}
     if args.unconditional_model is None:
         unavailable["poster (unconditional StyleGAN2 + projector)"] = (

@@ -15,9 +15,10 @@ tumour (inside the liver mask), metal (clip with streaks), ascites (fluid).
 What this favours, said plainly: baselines trained on the even slices have seen this very patient, which
 makes their normal model nearly perfect here; our model is the shipped one, trained on phantoms only (no
 model trained on real slices exists: one scan is far too little to train a GAN). Its slice positions are
-the scan's own index positions (pelvis..upper liver), which do not match the phantom's range (pelvis
-floor..lung bases), so the conditioning is off by design of the data. ``accurate`` mode runs on a balanced
-subset of slices (CPU), every other method on all test slices.
+placed as ``anomalyscout score`` places them (``--position``, default ``auto``): by index, the scan's own
+range (pelvis..upper liver), which does not match the phantom's (pelvis floor..lung bases), unless the model
+holds a body-part regressor, which places them on the phantom's anatomical scale. ``accurate`` mode runs on
+a balanced subset of slices (CPU), every other method on all test slices.
 
 Writes ``benchmarks/results/real.json`` and ``docs/benchmarks/real_*.png``.
 """
@@ -42,7 +43,7 @@ from benchmarks import plots
 from benchmarks.baselines.anomalib_runner import AnomalibDetector, AnomalibUnavailable
 from benchmarks.baselines.atlas import PositionAtlas
 from benchmarks.baselines.autoencoder import AutoencoderDetector
-from benchmarks.data import volume_slices
+from benchmarks.data import BY_INDEX, SlicePlacer, volume_slices
 from benchmarks.evaluate import detection_metrics, method_entry
 from benchmarks.generator_runs import generator_run
 from benchmarks.ours import GeneratorDetector
@@ -74,6 +75,7 @@ def real_data(
     seed: int,
     resolution: int,
     window: HUWindow,
+    placer: SlicePlacer = BY_INDEX,
 ) -> tuple[SliceSet, SliceSet, dict[str, Any]]:
     """``(train, test, provenance)``: even slices for training, odd slices of the control and the anomalous
     copies for testing (see the module docstring)."""
@@ -86,7 +88,7 @@ def real_data(
     spacing = frame.spacing_kji
 
     def case(volume_hu: np.ndarray, truth: np.ndarray, info: CaseInfo) -> SliceSet:
-        return volume_slices(volume_hu, spacing, truth, liver, info, resolution, window)
+        return volume_slices(volume_hu, spacing, truth, liver, info, resolution, window, placer)
 
     normal = case(hu, np.zeros(hu.shape, dtype=bool), CaseInfo("real-normal", "normal", 0))
     train = normal.subset(normal.slice_index % 2 == 0)
@@ -136,9 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     track = TrackStart("real", args, argv)
     model = track.model
     train, test, provenance = real_data(
-        args.ct, args.liver, REAL_TYPES, args.per_type, args.seed, args.resolution, model.window
+        args.ct, args.liver, REAL_TYPES, args.per_type, args.seed, args.resolution, model.window, track.placer
     )
-    data_key = json.dumps(
+    data_key = track.placer.data_key(
         ["real", file_digest(args.ct), REAL_TYPES, args.per_type, args.seed, args.resolution]
     )
     print(

@@ -19,7 +19,10 @@ import numpy as np
 import torch
 
 from AnomalyScoutLib.atomic import atomic_destination
+from AnomalyScoutLib.calibration import Calibration
 from AnomalyScoutLib.model_file import DEFAULT_MODEL_PATH, AnomalyModel
+from AnomalyScoutLib.position.placement import PLACEMENT_METHODS
+from benchmarks.data import SlicePlacer
 
 __all__ = ["DOCS_PLOTS", "RESULTS_DIR", "TrackStart", "add_common_arguments", "file_digest", "write_json"]
 
@@ -60,8 +63,15 @@ def file_digest(path: Path) -> str:
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, results_name: str) -> None:
-    """``--model --ae-steps --seed --threads --out --plots``, the options every track has."""
+    """``--model --position --ae-steps --seed --threads --out --plots``, the options every track has."""
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH, help="our (conditional) model file")
+    parser.add_argument(
+        "--position",
+        choices=PLACEMENT_METHODS,
+        default="auto",
+        help="slice placement, as `anomalyscout score --position` (default auto: anatomy when the model "
+        "holds a body-part regressor); every method of the track sees these positions",
+    )
     parser.add_argument("--ae-steps", type=int, default=400, help="autoencoder baseline training steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -70,7 +80,8 @@ def add_common_arguments(parser: argparse.ArgumentParser, results_name: str) -> 
 
 
 class TrackStart:
-    """A track's start: threads set, model loaded, clock started; :meth:`header` opens its results."""
+    """A track's start: threads set, model loaded, placement chosen, clock started; :meth:`header` opens its
+    results."""
 
     def __init__(self, track: str, args: argparse.Namespace, argv: list[str] | None) -> None:
         torch.set_num_threads(args.threads)
@@ -79,6 +90,7 @@ class TrackStart:
         self.started = time.time()
         self.model_path = Path(args.model)
         self.model = AnomalyModel.load(self.model_path, "cpu")
+        self.placer = SlicePlacer.for_model(self.model, args.position)
 
     def header(self) -> dict[str, Any]:
         return {
@@ -96,5 +108,12 @@ class TrackStart:
                 "model_id": self.model.model_id,
                 "sha256_16": file_digest(self.model_path),
                 "training": self.model.metadata.get("training", {}),
+            },
+            "position": {
+                "placement": self.placer.method,
+                "calibrated_with": {
+                    key: mode.placement
+                    for key, mode in Calibration.from_json(self.model.calibration).modes.items()
+                },
             },
         }

@@ -46,7 +46,7 @@ from benchmarks.aggregation import slice_scores
 from benchmarks.baselines.atlas import PositionAtlas
 from benchmarks.baselines.autoencoder import AutoencoderDetector
 from benchmarks.baselines.denoising_autoencoder import DenoisingAutoencoderDetector
-from benchmarks.data import volume_file_case
+from benchmarks.data import SlicePlacer, volume_file_case
 from benchmarks.generator_runs import generator_run
 from benchmarks.monai_segmenter import SegmenterSpec, load_segmenter, predict_liver, slice_dice, train
 from benchmarks.ours import GeneratorDetector
@@ -164,18 +164,20 @@ def _liver_slices(slices: SliceSet, min_px: int) -> np.ndarray:
     return slices.organ.reshape(len(slices), -1).sum(axis=1) >= min_px
 
 
-def _real_fixture(model: Any, args: argparse.Namespace, window: Any, train_set: SliceSet) -> dict[str, Any]:
+def _real_fixture(
+    model: Any, args: argparse.Namespace, window: Any, train_set: SliceSet, placer: SlicePlacer
+) -> dict[str, Any]:
     """The segmenter, ours and the atlas on the one real patient, TotalSegmentator's liver as truth (all
-    trained on the normal phantoms only)."""
+    trained on the normal phantoms only); slices placed as the rest of the track."""
     real = volume_file_case(
-        REAL_CT, REAL_LIVER, 1, CaseInfo("example_ct", "normal", 0), args.resolution, window
+        REAL_CT, REAL_LIVER, 1, CaseInfo("example_ct", "normal", 0), args.resolution, window, placer
     )
     liver = _liver_slices(real, args.min_liver_px)
     predicted = np.zeros_like(real.organ)
     predicted[liver] = predict_liver(model, real.images[liver])
     region = review_region(predicted, real.body, args.margin_px)
     # The atlas only: the autoencoders would be trained again for this cache key, CPU minutes not to spare.
-    key = f"segfail-real-{args.resolution}"
+    key = placer.data_key(["segfail-real", args.resolution])
     scores = _region_scores(real, region, args, key, train_set, (PositionAtlas(),))
     result = _evaluate(real, predicted, scores, {"liver slices": liver}, args)
     result.pop("_dice")
@@ -202,7 +204,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     track = TrackStart("segfail", args, argv)
-    split, train_set, test, data_key = phantom_data(args, track.model.window)
+    split, train_set, test, data_key = phantom_data(args, track.model.window, track.placer)
     spec = SegmenterSpec(
         resolution=args.resolution, window=track.model.window, min_liver_px=args.min_liver_px
     )
@@ -251,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             for kind in sorted(set(test.case_anomaly))
             if (liver & (test.case_anomaly == kind)).any()
         },
-        "real_fixture": _real_fixture(segmenter, args, track.model.window, train_set),
+        "real_fixture": _real_fixture(segmenter, args, track.model.window, train_set, track.placer),
     }
     write_json(results, args.out)
     plots.plot_scatter(

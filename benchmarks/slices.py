@@ -41,7 +41,8 @@ class SliceSet:
 
     Attributes:
         images: ``(n, res, res)`` float32, HU window normalised to [-1, 1].
-        positions: ``(n,)`` float32 relative slice position in [0, 1] (design.md's ``"index"`` definition).
+        positions: ``(n,)`` float32 slice positions on the model's scale, as the track's placement made them
+            (``benchmarks.data.SlicePlacer``: by index, in (0, 1), or by anatomy, which may lie beyond).
         body: ``(n, res, res)`` bool body mask (the region every score is restricted to).
         anomaly: ``(n, res, res)`` bool truth of inserted anomalies (all False in normal cases).
         organ: ``(n, res, res)`` bool liver mask (truth), used by the segmentation-failure track.
@@ -71,6 +72,12 @@ class SliceSet:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    @property
+    def condition(self) -> np.ndarray:
+        """``(n,)`` float32 positions the networks are conditioned on: clipped to the trained range [0, 1],
+        as the engine does."""
+        return np.clip(self.positions, 0.0, 1.0).astype(np.float32)
 
     @property
     def labels(self) -> np.ndarray:
