@@ -8,6 +8,7 @@ the rules are tested here, the trained regressor's accuracy in ``benchmarks/posi
 from __future__ import annotations
 
 from dataclasses import replace
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -29,20 +30,6 @@ from AnomalyScoutLib.scoring import ScoreConfig
 
 N = 24  # slices of the tiny phantom (13.75 mm each: 330 mm, the whole scale)
 TRUTH = (np.arange(N) + 0.5) / N
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.warnings: list[str] = []
-
-    def started(self, *args) -> None:
-        pass
-
-    def progress(self, *args) -> None:
-        pass
-
-    def warning(self, message: str) -> None:
-        self.warnings.append(message)
 
 
 def _scorer(model: AnomalyModel) -> VolumeScorer:
@@ -151,9 +138,10 @@ def test_score_warns_in_one_line_when_it_places_slices_unlike_its_calibration(
     write_volume(tiny_phantom.volume, path)
     estimates(TRUTH)
     scorer = _scorer(_calibrated(AnomalyModel.load(regressor_model_file), calibrated_with))
-    recorder = Recorder()
-    score_file(path, tmp_path / "out", scorer, ScoreOptions(position=position), listener=recorder)
-    mismatch = [w for w in recorder.warnings if "calibration was made with" in w]
+    listener = mock.Mock()
+    score_file(path, tmp_path / "out", scorer, ScoreOptions(position=position), listener=listener)
+    warnings = [call.args[0] for call in listener.warning.call_args_list]
+    mismatch = [w for w in warnings if "calibration was made with" in w]
     assert len(mismatch) == int(warned)
     if warned:
         assert (
