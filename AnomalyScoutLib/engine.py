@@ -2,8 +2,9 @@
 
 :class:`VolumeScorer` is the streaming core shared by ``anomalyscout score``, the worker, calibration and the
 benchmark: it walks the canonical slices in batches, so at most one batch exists at model resolution, and
-writes each batch's residual and reconstruction straight into the output arrays it is given (memory maps of
-the output files, see :mod:`AnomalyScoutLib.outputs`). On CUDA, out-of-memory halves the batch and retries.
+hands each batch's residual and reconstruction on the input grid to a :class:`BatchSink` (in a run: the output
+files, written batch by batch, see :mod:`AnomalyScoutLib.outputs`). The next batch is prepared and the last
+one written on helper threads while the networks run. On CUDA, out-of-memory halves the batch and retries.
 
 :func:`score_file` is the whole run behind the score contract of ``docs/design.md``: read and validate the
 input, score, calibrate, and write ``residual.nrrd``, ``reconstruction.nrrd``, ``scores.csv``, ``scores.json``
@@ -20,7 +21,8 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -56,6 +58,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ANOMALY_MAP_FILE",
     "OUTPUT_FILES",
+    "BatchSink",
     "CaseScores",
     "RunListener",
     "ScoreOptions",
@@ -180,7 +183,8 @@ class VolumeScorer:
                     f"{self.device} ran out of memory on a single slice; use --device cpu or a smaller model"
                 ) from None
             torch.cuda.empty_cache()
-            self.batch_size = max(1, len(x) // 2)
+            # min: a batch prepared before an earlier halving must not raise the size again
+            self.batch_size = min(self.batch_size, max(1, len(x) // 2))
             listener.warning(f"{self.device} ran out of memory; batch size reduced to {self.batch_size}")
             half = len(x) // 2
             parts = [
@@ -201,27 +205,29 @@ class VolumeScorer:
         spacing_kji: tuple[float, float, float],
         *,
         region: np.ndarray | None = None,
-        residual_out: np.ndarray | None = None,
-        reconstruction_out: np.ndarray | None = None,
+        sink: BatchSink | None = None,
         listener: RunListener | None = None,
         cancel: CancelFlag | None = None,
-        release_pages: Callable[[], None] | None = None,
         positions: np.ndarray | None = None,
-        anomaly_map_out: np.ndarray | None = None,
     ) -> CaseScores:
-        """Score every canonical slice of ``canonical_hu`` (k, rows, cols).
+        """Score every canonical slice of ``canonical_hu`` (k, rows, cols; float32 or integer HU).
+
+        Two helper threads keep a second core busy while the networks run on this one: one prepares the next
+        batch (float32 copy, body mask), one finishes the previous batch's maps on the input grid and hands
+        them to ``sink``. Both use numpy and scipy only, never torch, so they do not compete for torch's
+        thread pool; the results are those of doing the same steps one after another.
 
         Args:
             region: optional boolean canonical mask (an organ) that restricts the residual and the scores.
-            residual_out, reconstruction_out: canonical (views of) float32 arrays filled batch by batch.
+            sink: receives each batch's residual, reconstruction (HU) and, with a head, anomaly map on the
+                input grid (:class:`BatchSink`); ``None``: scores only.
             listener: told about each scored slice, with an ETA.
             cancel: checked between batches and between optimisation steps.
-            release_pages: called after each batch (lets memory-mapped outputs drop written pages).
             positions: each slice's position on the model's scale (``position.place_slices``); default: the
                 model's own definition. The generator is conditioned on it clipped to its range [0, 1].
-            anomaly_map_out: canonical (view of a) float32 array for the head's anomaly map. When the model
-                has a head, a slice's ``score`` is the head's top-k of its map (``pixel`` and ``feature``
-                stay the residual's parts).
+
+        When the model has a head, a slice's ``score`` is the head's top-k of its map (``pixel`` and
+        ``feature`` stay the residual's parts).
         """
         listener = listener or _SilentListener()
         model = self.model
@@ -235,45 +241,110 @@ class VolumeScorer:
         condition = np.clip(np.asarray(positions, dtype=np.float32), 0.0, 1.0)
         grid = model_grid((rows, cols), spacing_kji[1:], model.resolution)
         scores, pixel, feature = (np.zeros(n_slices, dtype=np.float64) for _ in range(3))
-        start, k0 = time.perf_counter(), 0
-        while k0 < n_slices:
-            if cancel is not None:
-                cancel.raise_if_set()
+        start = time.perf_counter()
+        preparing = ThreadPoolExecutor(1, thread_name_prefix="anomalyscout-prepare")
+        finishing = ThreadPoolExecutor(1, thread_name_prefix="anomalyscout-finish")
+
+        def prepare(k0: int) -> Future[_Batch]:
             k1 = min(n_slices, k0 + self.batch_size)
-            hu = np.array(canonical_hu[k0:k1], dtype=np.float32)  # a writable batch copy
-            body = body_mask(hu)
-            area = body if region is None else body & region[k0:k1]
-            x = grid.to_model(model.window.normalize(torch.from_numpy(hu))).to(self.device)
-            body_m = self._mask_to_model(grid, body)
-            area_m = body_m if region is None else self._mask_to_model(grid, area)
-            position = torch.from_numpy(condition[k0:k1]).to(self.device)
-            result = self._reconstruct(x, position, body_m, cancel, listener)
-            residual = residual_maps(x, result.images, area_m, self.score_config.smoothing_px)
-            batch_scores = score_slices(
-                x, result.images, area_m, residual, result.feature_residual, self.score_config
-            )
-            scores[k0:k1] = batch_scores.score.cpu().numpy()
-            pixel[k0:k1] = batch_scores.pixel.cpu().numpy()
-            feature[k0:k1] = batch_scores.feature.cpu().numpy()
-            if model.head is not None:
-                with torch.inference_mode():
-                    maps = model.head.anomaly_map(x, result.images, position, area_m)
-                    scores[k0:k1] = model.head.slice_scores(maps, area_m).cpu().numpy()
-                if anomaly_map_out is not None:
-                    anomaly_map_out[k0:k1] = grid.from_model(maps.cpu()).numpy() * area
-            if residual_out is not None:
-                residual_out[k0:k1] = grid.from_model(residual.cpu()).numpy() * area
-            if reconstruction_out is not None:
-                images_hu = model.window.denormalize(grid.from_model(result.images.cpu()))
-                reconstruction_out[k0:k1] = np.where(body, images_hu.numpy(), hu)
-            if release_pages is not None:
-                release_pages()
-            elapsed = time.perf_counter() - start
-            for k in range(k0, k1):
-                eta = elapsed / k1 * (n_slices - k1)
-                listener.progress(k + 1, n_slices, k, float(scores[k]), eta)
-            k0 = k1
+            return preparing.submit(_prepare_batch, canonical_hu, region, k0, k1)
+
+        finished: Future[None] | None = None
+        try:
+            upcoming: Future[_Batch] | None = prepare(0)
+            while upcoming is not None:
+                if cancel is not None:
+                    cancel.raise_if_set()
+                batch = upcoming.result()
+                k0, k1 = batch.k0, batch.k1
+                upcoming = prepare(k1) if k1 < n_slices else None
+                x = grid.to_model(model.window.normalize(torch.from_numpy(batch.hu))).to(self.device)
+                body_m = self._mask_to_model(grid, batch.body)
+                area_m = body_m if region is None else self._mask_to_model(grid, batch.area)
+                position = torch.from_numpy(condition[k0:k1]).to(self.device)
+                result = self._reconstruct(x, position, body_m, cancel, listener)
+                residual = residual_maps(x, result.images, area_m, self.score_config.smoothing_px)
+                batch_scores = score_slices(
+                    x, result.images, area_m, residual, result.feature_residual, self.score_config
+                )
+                scores[k0:k1] = batch_scores.score.cpu().numpy()
+                pixel[k0:k1] = batch_scores.pixel.cpu().numpy()
+                feature[k0:k1] = batch_scores.feature.cpu().numpy()
+                maps = None
+                if model.head is not None:
+                    with torch.inference_mode():
+                        maps = model.head.anomaly_map(x, result.images, position, area_m)
+                        scores[k0:k1] = model.head.slice_scores(maps, area_m).cpu().numpy()
+                if sink is not None:
+                    on_input_grid = (
+                        grid.from_model(residual.cpu()).numpy(),
+                        model.window.denormalize(grid.from_model(result.images.cpu())).numpy(),
+                        None if maps is None else grid.from_model(maps.cpu()).numpy(),
+                    )
+                    if finished is not None:
+                        finished.result()  # one batch in the writer at most: bounded memory, errors surface
+                    finished = finishing.submit(_finish_batch, sink, batch, *on_input_grid)
+                elapsed = time.perf_counter() - start
+                for k in range(k0, k1):
+                    eta = elapsed / k1 * (n_slices - k1)
+                    listener.progress(k + 1, n_slices, k, float(scores[k]), eta)
+            if finished is not None:
+                finished.result()
+        finally:
+            # also on an error or a cancellation: nothing may still write into the sink once score returns
+            preparing.shutdown(wait=True, cancel_futures=True)
+            finishing.shutdown(wait=True, cancel_futures=True)
         return CaseScores(positions=positions.astype(np.float64), scores=scores, pixel=pixel, feature=feature)
+
+
+class BatchSink(Protocol):
+    """Where :meth:`VolumeScorer.score` puts each batch's maps on the input grid, canonical slices ``k0:``.
+
+    Called from the scorer's finishing thread, one batch at a time and in order: an implementation needs no
+    lock, but must not call torch (the networks own its thread pool on the scoring thread).
+    """
+
+    def write(
+        self, k0: int, residual: np.ndarray, reconstruction_hu: np.ndarray, anomaly_map: np.ndarray | None
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """Canonical slices ``k0:k1`` on the input grid, made ready for the networks (one batch ahead)."""
+
+    k0: int
+    k1: int
+    hu: np.ndarray
+    body: np.ndarray
+    area: np.ndarray
+
+
+def _prepare_batch(canonical_hu: np.ndarray, region: np.ndarray | None, k0: int, k1: int) -> _Batch:
+    """A float32 copy of slices ``k0:k1``, their body mask, and the body within ``region`` (numpy, scipy)."""
+    hu = np.array(canonical_hu[k0:k1], dtype=np.float32)
+    body = body_mask(hu)
+    return _Batch(k0, k1, hu, body, body if region is None else body & region[k0:k1])
+
+
+def _finish_batch(
+    sink: BatchSink,
+    batch: _Batch,
+    residual: np.ndarray,
+    images_hu: np.ndarray,
+    anomaly_map: np.ndarray | None,
+) -> None:
+    """Mask a batch's maps on the input grid and hand them to ``sink`` (the finishing thread; numpy only).
+
+    The residual and the map are 0 outside the scored area; the reconstruction keeps the input outside the
+    body, so that it reads as the CT with only the patient re-generated.
+    """
+    sink.write(
+        batch.k0,
+        residual * batch.area,
+        np.where(batch.body, images_hu, batch.hu),
+        None if anomaly_map is None else anomaly_map * batch.area,
+    )
 
 
 @dataclass(frozen=True)
@@ -427,10 +498,14 @@ def _read_input(input_path: str | os.PathLike[str], options: ScoreOptions) -> _S
 
 
 class _OutputVolumes:
-    """``residual.nrrd`` and ``reconstruction.nrrd`` in the staging folder, filled in canonical order.
+    """``residual.nrrd`` and ``reconstruction.nrrd`` (and ``anomaly_map.nrrd`` with a head) in the staging
+    folder: the :class:`BatchSink` of a run.
 
-    A context manager: the memory maps are closed on leaving, also on an error or a cancellation (the
-    staging folder is then deleted by :class:`AtomicOutputDir`).
+    Each batch goes to disk as it comes: as one plain write per file where the canonical slices are the
+    file's z slices (axial acquisitions), else through the file's memory map; then it is flushed, so that
+    neither the process nor the final commit holds or waits for a whole volume. A context manager: the
+    files are closed on leaving, also on an error or a cancellation (the staging folder is then deleted by
+    :class:`AtomicOutputDir`).
     """
 
     def __init__(self, staging: Path, scan: _ScanInput, with_map: bool = False) -> None:
@@ -448,29 +523,29 @@ class _OutputVolumes:
         if self._map_file is not None:
             self._map_file.close()
 
-    def residual(self) -> np.ndarray:
-        """A writable canonical view of the residual file (drop it before the block ends)."""
-        return canonical_view(self._residual_file.array_zyx, self._frame)
-
-    def reconstruction(self) -> np.ndarray:
-        """A writable canonical view of the reconstruction file (drop it before the block ends)."""
-        return canonical_view(self._reconstruction_file.array_zyx, self._frame)
-
-    def anomaly_map(self) -> np.ndarray | None:
-        """A writable canonical view of the anomaly-map file (None without a head)."""
-        return None if self._map_file is None else canonical_view(self._map_file.array_zyx, self._frame)
+    def write(
+        self, k0: int, residual: np.ndarray, reconstruction_hu: np.ndarray, anomaly_map: np.ndarray | None
+    ) -> None:
+        """Store canonical slices ``k0 : k0 + len(residual)`` of every output (:class:`BatchSink`)."""
+        for file, batch in (
+            (self._residual_file, residual),
+            (self._reconstruction_file, reconstruction_hu),
+            (self._map_file, anomaly_map),
+        ):
+            if file is None or batch is None:
+                continue
+            slab = self._frame.file_slab(k0, batch)
+            if slab is not None:
+                file.write_slices(*slab)
+            else:
+                canonical_view(file.array_zyx, self._frame)[k0 : k0 + len(batch)] = batch
+            file.release_pages()
 
     def heatmap(self) -> np.ndarray:
-        """What the montage shows: the head's map when there is one, else the residual."""
-        found = self.anomaly_map()
-        return self.residual() if found is None else found
-
-    def release_pages(self) -> None:
-        """Hand the written pages of the files back to the operating system (see ``NrrdVolumeWriter``)."""
-        self._residual_file.release_pages()
-        self._reconstruction_file.release_pages()
-        if self._map_file is not None:
-            self._map_file.release_pages()
+        """What the montage shows, as a canonical view: the head's map when there is one, else the residual
+        (drop it before the block ends)."""
+        file = self._residual_file if self._map_file is None else self._map_file
+        return canonical_view(file.array_zyx, self._frame)
 
 
 def _write_flagged_montage(
@@ -632,13 +707,10 @@ def score_file(
                 scan.canonical_hu,
                 scan.frame.spacing_kji,
                 region=scan.region,
-                residual_out=volumes.residual(),
-                reconstruction_out=volumes.reconstruction(),
+                sink=volumes,
                 listener=listener,
                 cancel=cancel,
-                release_pages=volumes.release_pages,
                 positions=placement.positions,
-                anomaly_map_out=volumes.anomaly_map(),
             )
             timings["score_s"] = time.perf_counter() - clock
             clock = time.perf_counter()

@@ -61,6 +61,26 @@ class AxialFrame:
     def n_slices(self) -> int:
         return self.canonical_shape[0]
 
+    def file_slab(self, k0: int, batch_kji: np.ndarray) -> tuple[int, np.ndarray] | None:
+        """Canonical slices ``k0 : k0 + len(batch_kji)`` as the block of file z slices they are.
+
+        Returns ``(z0, slab_zyx)``: a C-contiguous ``slab_zyx`` that is the file array's ``z0 : z0 + n`` (in
+        file order, as :func:`from_canonical` would place it), so that a writer can store a batch as one
+        contiguous piece of the file. ``None`` when the canonical slices are not the file's z slices (a
+        sagittal or coronal acquisition): a batch is then scattered over the whole file.
+        """
+        if self.axes[0] != 0:
+            return None
+        batch_kji = np.asarray(batch_kji)
+        _check_grid(batch_kji, (len(batch_kji), *self.canonical_shape[1:]), "canonical batch")
+        if not 0 <= k0 <= self.n_slices - len(batch_kji):
+            raise VolumeError(f"slices {k0}..{k0 + len(batch_kji)} lie outside 0..{self.n_slices}")
+        flipped = tuple(axis for axis, flip in enumerate(self.flips) if flip)
+        unflipped = np.flip(batch_kji, axis=flipped) if flipped else batch_kji
+        z0 = self.n_slices - k0 - len(batch_kji) if self.flips[0] else k0
+        inverse = tuple(int(i) for i in np.argsort(self.axes))
+        return z0, np.ascontiguousarray(np.transpose(unflipped, inverse))
+
     def file_index_zyx(self, canonical_kji: np.ndarray) -> np.ndarray:
         """Map (continuous) canonical indices ``(..., 3)`` to file-array indices ``(..., 3)``, z y x order."""
         canonical_kji = np.asarray(canonical_kji, dtype=np.float64)

@@ -19,7 +19,7 @@ from AnomalyScoutLib.cancellation import CancelFlag
 from AnomalyScoutLib.engine import OUTPUT_FILES, ScoreOptions, VolumeScorer, canonical_view, score_file
 from AnomalyScoutLib.errors import CancelledError, ConfigError, UnreadableVolumeError
 from AnomalyScoutLib.inversion import InversionConfig
-from AnomalyScoutLib.io.geometry import axial_frame, slice_centers_ras, to_canonical
+from AnomalyScoutLib.io.geometry import axial_frame, from_canonical, slice_centers_ras, to_canonical
 from AnomalyScoutLib.io.volume import Volume, write_volume
 from AnomalyScoutLib.model_file import AnomalyModel
 from AnomalyScoutLib.scoring import ScoreConfig
@@ -93,6 +93,68 @@ def test_an_int16_file_scores_exactly_like_the_same_values_stored_as_float32(sco
         outputs[dtype] = tmp_path / np.dtype(dtype).name
     for name in ("residual.nrrd", "reconstruction.nrrd", "scores.csv", "flagged.png"):
         assert (outputs[np.int16] / name).read_bytes() == (outputs[np.float32] / name).read_bytes(), name
+
+
+#: Two storages of one scan: every axis reversed (axial: a batch is a block of file z slices, written whole),
+#: and file x running superior, y left, z posterior (sagittal: a batch is scattered, written through the map).
+REVERSED_AXIAL = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, -1.0)
+SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0)
+
+
+def _stored_as(canonical: np.ndarray, spacing_kji: tuple[float, ...], direction: tuple[float, ...]) -> Volume:
+    """The volume whose canonical order, with this ``direction``, is ``canonical``."""
+    probe = Volume(np.zeros((2, 3, 5), np.float32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), direction)
+    axes = axial_frame(probe).axes
+    shape_zyx = [0, 0, 0]
+    spacing_xyz = [0.0, 0.0, 0.0]
+    for canonical_axis, file_axis in enumerate(axes):
+        shape_zyx[file_axis] = canonical.shape[canonical_axis]
+        spacing_xyz[2 - file_axis] = spacing_kji[canonical_axis]
+    empty = Volume(np.zeros(shape_zyx, np.float32), tuple(spacing_xyz), (10.0, -20.0, 30.0), direction)
+    return dataclasses.replace(empty, array_zyx=from_canonical(canonical, axial_frame(empty)))
+
+
+def test_axial_and_sagittal_files_of_one_scan_give_the_same_canonical_outputs(scorer, tiny_phantom, tmp_path):
+    frame = axial_frame(tiny_phantom.volume)
+    canonical = to_canonical(tiny_phantom.volume.array_zyx, frame)
+    results = []
+    for name, direction in (("axial", REVERSED_AXIAL), ("sagittal", SAGITTAL)):
+        volume = _stored_as(canonical, frame.spacing_kji, direction)
+        stored_frame = axial_frame(volume)
+        assert (stored_frame.file_slab(0, canonical[:1]) is None) == (name == "sagittal")
+        write_volume(volume, tmp_path / f"{name}.nrrd")
+        score_file(tmp_path / f"{name}.nrrd", tmp_path / name, scorer)  # batches of 7: the last one is short
+        results.append(
+            [
+                to_canonical(
+                    sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / name / file))), stored_frame
+                )
+                for file in ("residual.nrrd", "reconstruction.nrrd")
+            ]
+        )
+    (axial_residual, axial_reconstruction), (sagittal_residual, sagittal_reconstruction) = results
+    assert axial_residual.max() > 0
+    np.testing.assert_array_equal(axial_residual, sagittal_residual)
+    np.testing.assert_array_equal(axial_reconstruction, sagittal_reconstruction)
+    air = (to_canonical(tiny_phantom.labels, frame) == 0) & (canonical < -900)  # around the patient
+    np.testing.assert_array_equal(axial_reconstruction[air], canonical[air])
+
+
+def test_an_error_while_writing_stops_the_run_and_nothing_is_written_after_it(scorer, tiny_phantom):
+    class FullDisk:
+        def __init__(self) -> None:
+            self.batches: list[int] = []
+
+        def write(self, k0, residual, reconstruction_hu, anomaly_map) -> None:
+            self.batches.append(k0)
+            if len(self.batches) == 2:
+                raise OSError(28, "No space left on device")
+
+    frame = axial_frame(tiny_phantom.volume)
+    sink = FullDisk()
+    with pytest.raises(OSError, match="No space left"):
+        scorer.score(to_canonical(tiny_phantom.volume.array_zyx, frame), frame.spacing_kji, sink=sink)
+    assert sink.batches == [0, 7]  # the third batch was scored but never handed over
 
 
 def test_residual_is_zero_outside_the_body_and_the_reconstruction_keeps_the_input_there(

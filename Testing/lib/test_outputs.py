@@ -42,6 +42,23 @@ def test_a_streamed_nrrd_reads_back_with_its_exact_grid_and_values(tmp_path):
     assert not array[4].any()
 
 
+def test_slices_written_whole_and_voxels_written_through_the_map_read_back_together(tmp_path):
+    values = np.random.default_rng(1).standard_normal((6, 4, 3)).astype(np.float32)
+    writer = NrrdVolumeWriter(tmp_path / "v.nrrd", values.shape, (0.7, 0.9, 2.5), (0.0, 0.0, 0.0), OBLIQUE)
+    writer.write_slices(3, values[3:5])
+    writer.write_slices(0, values[0:1].astype(np.float64))  # converted to float32
+    writer.release_pages()
+    writer.array_zyx[1:3, :, 1] = values[1:3, :, 1]  # a strided piece, as a sagittal file's batch is
+    with pytest.raises(ValueError, match="do not fit"):
+        writer.write_slices(5, values[:2])
+    writer.close()
+    array = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "v.nrrd")))
+    expected = np.zeros_like(values)
+    expected[[0, 3, 4]] = values[[0, 3, 4]]
+    expected[1:3, :, 1] = values[1:3, :, 1]
+    np.testing.assert_array_equal(array, expected)
+
+
 def test_committed_files_replace_old_ones_and_leave_others_alone(tmp_path):
     out = tmp_path / "out"
     out.mkdir()

@@ -62,6 +62,24 @@ def test_canonical_order_matches_simpleitk_reorientation_to_lps_and_inverts_exac
     np.testing.assert_array_equal(from_canonical(canonical, frame), volume.array_zyx)
 
 
+@pytest.mark.parametrize("direction", _axis_aligned_directions())
+def test_a_canonical_batch_lands_on_the_file_slab_from_canonical_would_fill(direction):
+    volume = _volume(direction, shape_zyx=(7, 5, 6))
+    frame = axial_frame(volume)
+    canonical = to_canonical(volume.array_zyx, frame)
+    if frame.axes[0] != 0:  # canonical slices are file columns or rows: no slab
+        assert frame.file_slab(0, canonical[:2]) is None
+        return
+    rebuilt = np.full_like(volume.array_zyx, np.nan)
+    for k0, k1 in ((0, 3), (3, 4), (4, 7)):
+        z0, slab = frame.file_slab(k0, canonical[k0:k1])
+        assert slab.flags.c_contiguous and slab.shape == (k1 - k0, *volume.array_zyx.shape[1:])
+        rebuilt[z0 : z0 + len(slab)] = slab
+    np.testing.assert_array_equal(rebuilt, volume.array_zyx)
+    with pytest.raises(VolumeError, match="outside"):
+        frame.file_slab(6, canonical[:2])
+
+
 @pytest.mark.parametrize("direction", _axis_aligned_directions()[::7])
 def test_slice_centres_are_the_physical_centres_of_the_reoriented_slices(direction):
     volume = _volume(direction)
