@@ -44,7 +44,7 @@ from AnomalyScoutLib.errors import ConfigError, VolumeError
 from AnomalyScoutLib.inversion import InversionConfig, Reconstruction, Reconstructor
 from AnomalyScoutLib.io.geometry import AxialFrame, axial_frame, slice_centers_ras, to_canonical
 from AnomalyScoutLib.io.volume import read_label_map, read_volume
-from AnomalyScoutLib.montage import MontagePanel, most_anomalous, write_montage
+from AnomalyScoutLib.montage import MontagePanel, most_anomalous, preload_matplotlib, write_montage
 from AnomalyScoutLib.outputs import AtomicOutputDir, NrrdVolumeWriter
 from AnomalyScoutLib.position.fit import SlicePlacement
 from AnomalyScoutLib.position.gate import GateResult, domain_check, require_in_range
@@ -688,6 +688,7 @@ def score_file(
     listener = listener or _SilentListener()
     timings: dict[str, float] = {}
     clock = time.perf_counter()
+    matplotlib_loading = preload_matplotlib()  # imports while this thread reads the CT
     scan = _read_input(input_path, options)
     placement, gate = _place_and_gate(scan, scorer, options)
     timings["read_s"] = time.perf_counter() - clock
@@ -717,6 +718,7 @@ def score_file(
             score_of_case = case_score(case.scores[gate.in_range], scorer.score_config)
             calibrated, by_model, fpr = _calibrate(scorer, case, score_of_case, options.fpr, listener)
             calibrated, domain_warning = _gate_flags(calibrated, gate, by_model, listener)
+            matplotlib_loading.join()  # never two threads importing the same modules
             _write_flagged_montage(
                 out.staging / "flagged.png", scan, volumes.heatmap(), case, calibrated, gate
             )
