@@ -73,8 +73,8 @@ class Volume:
     """A CT volume in Hounsfield units on the grid of the file it came from.
 
     Attributes:
-        array_zyx: float32 voxels, indexed (z, y, x) as SimpleITK returns them (the file's own integer type
-            when read with ``read_volume(..., native_integers=True)``).
+        array_zyx: float32 voxels, indexed (z, y, x) as SimpleITK returns them (the file's own integer type,
+            read-only, when read with ``read_volume(..., native_integers=True)``).
         spacing_xyz: voxel size in mm along the file's x, y, z axes.
         origin_xyz: physical position (LPS, mm) of voxel (0, 0, 0).
         direction: SimpleITK's row-major 3×3 direction cosines (LPS).
@@ -320,6 +320,18 @@ def _geometry(image: sitk.Image) -> dict[str, tuple[float, ...]]:
     }
 
 
+class _ImageVoxels:
+    """A SimpleITK image's voxels for ``np.asarray``: the array made from it is a view of the image's buffer
+    that keeps the image alive (``sitk.GetArrayViewFromImage`` alone would not) and cannot be written to."""
+
+    def __init__(self, image: sitk.Image) -> None:
+        self._image = image
+        view = sitk.GetArrayViewFromImage(image)
+        interface = dict(view.__array_interface__)
+        interface["data"] = (interface["data"][0], True)  # read-only: the buffer is the image's
+        self.__array_interface__ = interface
+
+
 def read_volume(
     path: PathLike, series_uid: str | None = None, *, validate: bool = True, native_integers: bool = False
 ) -> Volume:
@@ -329,10 +341,11 @@ def read_volume(
         path: NIfTI/NRRD/MHA file, single DICOM file, or folder with DICOM series (see the module docstring).
         series_uid: for a folder, the SeriesInstanceUID to read; by default the series with the most files.
         validate: run :func:`validate_ct` (turn it off only for data known to be fine, e.g. in tests).
-        native_integers: keep integer voxels (int16 CT) in the file's own type instead of converting the whole
-            volume to float32. For a caller that converts slice batch by batch anyway (the scorer): the
-            whole-volume conversion of a 512x512x300 CT costs more CPU than reading the file (fresh pages for
-            300 MB) and doubles the memory the volume holds. Float files are float32 either way.
+        native_integers: keep integer voxels (int16 CT) in the file's own type, as a read-only view of the
+            buffer SimpleITK read them into, instead of converting the whole volume to float32. For a caller
+            that converts slice batch by batch anyway (the scorer): for a 512x512x300 CT the float32 copy,
+            and even a plain copy, costs more CPU than reading the file (fresh pages of memory) and doubles
+            the memory the volume holds. Float files are a writable float32 array either way.
 
     Raises:
         UnreadableVolumeError: missing, unknown, corrupt or truncated input; a folder with no DICOM series.
@@ -347,9 +360,10 @@ def read_volume(
             f"{path}: stores 8-bit pixels ({image.GetPixelIDTypeAsString()}), which cannot hold Hounsfield "
             "units; this looks like a photo or screenshot, not CT"
         )
-    array = sitk.GetArrayFromImage(image)
-    if not (native_integers and np.issubdtype(array.dtype, np.integer)):
-        array = array.astype(np.float32, copy=False)
+    if native_integers and np.issubdtype(sitk.GetArrayViewFromImage(image).dtype, np.integer):
+        array = np.asarray(_ImageVoxels(image))
+    else:
+        array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
     volume = Volume(
         array_zyx=array,
         source=str(path),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
@@ -99,10 +100,11 @@ def test_reads_the_real_nifti_in_hounsfield_units_with_its_geometry():
 def test_native_integers_keep_an_int16_ct_as_stored_and_floats_as_float32(tmp_path):
     array = _ct_like()
     path = _write_image(tmp_path / "int16.nrrd", array)
-    native = read_volume(path, native_integers=True)
-    assert native.array_zyx.dtype == np.int16
-    np.testing.assert_array_equal(native.array_zyx, array)
-    assert read_volume(path).array_zyx.dtype == np.float32
+    voxels = read_volume(path, native_integers=True).array_zyx  # the Volume and its image are gone...
+    gc.collect()
+    assert voxels.dtype == np.int16 and not voxels.flags.writeable
+    np.testing.assert_array_equal(voxels, array)  # ...but the view keeps the voxels alive
+    assert read_volume(path).array_zyx.dtype == np.float32 and read_volume(path).array_zyx.flags.writeable
     floats = _write_image(tmp_path / "float64.nrrd", array.astype(np.float64))
     assert read_volume(floats, native_integers=True).array_zyx.dtype == np.float32
 
