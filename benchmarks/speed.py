@@ -379,6 +379,9 @@ def _shape(text: str) -> tuple[int, int, int]:
 def _end_to_end_only(args: argparse.Namespace, command: str, model_row: dict[str, Any], out: Path) -> int:
     """``--only-end-to-end``: the end-to-end run alone, to its own results file (speed.json is left as is)."""
     results = {"command": command, "environment": _environment(), "model": model_row}
+    load = results["environment"]["load_average"]
+    if load[0] > 0.5:
+        print(f"warning: load average {load}: the machine is not quiet, wall times will be pessimistic")
     results["end_to_end"] = measure_end_to_end(
         args.model,
         _shape(args.end_to_end_shape),
