@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import optimize, stats
 
 from AnomalyScoutLib.errors import VolumeError
 
@@ -140,6 +139,9 @@ def fit_positions(own: np.ndarray, z_mm: np.ndarray, slice_error: float) -> Slic
     if anchored.sum() < 2:
         return _unanchored(own, z, censored, slice_error)
     sign = 1.0
+    # scipy.stats and scipy.optimize cost ~0.6 CPU s to import: only scans placed by anatomy pay it.
+    from scipy import optimize, stats
+
     if anchored.sum() >= 8 and stats.spearmanr(z[anchored], own[anchored])[0] < -0.5:
         sign = -1.0
     fit_scale = n >= MIN_FIT_SLICES and span >= MIN_FIT_SPAN_MM
