@@ -13,12 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from AnomalyScoutLib.errors import ConfigError, VolumeError
-from AnomalyScoutLib.io.volume import read_volume
 from AnomalyScoutLib.preprocessing import HUWindow
-from AnomalyScoutLib.train.data import DEFAULT_MIN_BODY_FRACTION, preprocess_volume
+from AnomalyScoutLib.train.data import DEFAULT_MIN_BODY_FRACTION, preprocess_volumes
 
 __all__ = ["NormalSlices", "load_normal_slices"]
 
@@ -73,14 +71,10 @@ def load_normal_slices(
         VolumeError: a volume cannot be read, or no slice is left.
     """
     images, positions, bodies, volumes = [], [], [], []
-    for index, path in enumerate(tqdm(list(paths), desc="reading volumes", unit="vol", disable=not progress)):
-        volume = preprocess_volume(
-            read_volume(path),
-            resolution,
-            window,
-            position_method=position_method,
-            min_body_fraction=min_body_fraction,
-        )
+    volumes_read = preprocess_volumes(
+        list(paths), resolution, window, position_method, min_body_fraction, progress
+    )
+    for index, volume in enumerate(volumes_read):
         images.append(volume.images[:, 0].float())
         positions.append(volume.positions)
         bodies.append(volume.body)

@@ -9,7 +9,7 @@ the model sees at training time what it will see at scoring time.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -30,6 +30,7 @@ __all__ = [
     "list_volumes",
     "load_slices",
     "preprocess_volume",
+    "preprocess_volumes",
 ]
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -149,6 +150,29 @@ def preprocess_volume(
     )
 
 
+def preprocess_volumes(
+    paths: list[Path],
+    resolution: int,
+    window: HUWindow,
+    position_method: str = "index",
+    min_body_fraction: float = DEFAULT_MIN_BODY_FRACTION,
+    progress: bool = False,
+) -> Iterator[PreprocessedVolume]:
+    """Read and :func:`preprocess_volume` each path in turn (one volume in memory at a time), with a bar.
+
+    Raises:
+        VolumeError: a volume cannot be read or is not CT.
+    """
+    for path in tqdm(paths, desc="reading volumes", unit="vol", disable=not progress):
+        yield preprocess_volume(
+            read_volume(path),
+            resolution,
+            window,
+            position_method=position_method,
+            min_body_fraction=min_body_fraction,
+        )
+
+
 def load_slices(
     paths: Iterable[Path],
     resolution: int,
@@ -165,14 +189,7 @@ def load_slices(
     """
     paths = list(paths)
     images, positions, skipped = [], [], 0
-    for path in tqdm(paths, desc="reading volumes", unit="vol", disable=not progress):
-        volume = preprocess_volume(
-            read_volume(path),
-            resolution,
-            window,
-            position_method=position_method,
-            min_body_fraction=min_body_fraction,
-        )
+    for volume in preprocess_volumes(paths, resolution, window, position_method, min_body_fraction, progress):
         images.append(volume.images)
         positions.append(volume.positions)
         skipped += volume.skipped
