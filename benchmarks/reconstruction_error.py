@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         # Every anomalous slice (the signal is rare) and every n-th of the others.
         keep = slices.anomaly.any(axis=(1, 2)) | (np.arange(len(slices.positions)) % args.every == 0)
         slices = slices.subset(keep)
-        hu_per_unit = (model.window.high - model.window.low) / 2
+        hu_per_unit = model.window.width / 2
         for mode in args.modes:
             steps = args.projector_steps if mode == "projector" else None
             detector = GeneratorDetector(

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     images = torch.from_numpy(slices.images)
     reconstructions = torch.from_numpy(detector.reconstruct(slices).images)
     body, anomaly = torch.from_numpy(slices.body), torch.from_numpy(slices.anomaly)
-    hu_per_unit = (model.window.high - model.window.low) / 2.0
+    hu_per_unit = model.window.width / 2.0
     rows: list[dict[str, Any]] = []
     for radius in (0, 1, 2, 3):
         residual = shift_tolerant_residual(images, reconstructions, radius)
