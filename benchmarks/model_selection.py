@@ -42,7 +42,14 @@ from benchmarks.phantom_track import balanced_subset, sweep_summary
 from benchmarks.results_io import RESULTS_DIR, file_digest, write_json
 from benchmarks.slices import SliceSet, concatenate
 
-__all__ = ["VALIDATION_FIRST_SEED", "main", "validation_cases", "validation_slices"]
+__all__ = [
+    "PRODUCT_INVERSIONS",
+    "VALIDATION_FIRST_SEED",
+    "evaluate_candidates",
+    "main",
+    "validation_cases",
+    "validation_slices",
+]
 
 #: First seed of the validation phantoms (one block of 100 seeds per anomaly type, as the test split).
 VALIDATION_FIRST_SEED = 7000
@@ -68,7 +75,16 @@ def validation_slices(per_type: int, n_normal: int, model: AnomalyModel) -> Slic
     return slices.subset(slices.slice_index % 2 == 0)
 
 
-def _candidate(path: Path, slices: SliceSet, core: np.ndarray, data_key: str) -> dict[str, Any]:
+#: How the shipped model reconstructs in each mode (the defaults of the product).
+PRODUCT_INVERSIONS: dict[str, InversionConfig] = {
+    "fast": InversionConfig(mode="fast"),
+    "accurate": InversionConfig(mode="accurate"),
+}
+
+
+def _candidate(
+    path: Path, slices: SliceSet, core: np.ndarray, data_key: str, inversions: dict[str, InversionConfig]
+) -> dict[str, Any]:
     model = AnomalyModel.load(path, "cpu")
     training = model.metadata.get("training", {})
     entry: dict[str, Any] = {
@@ -79,17 +95,45 @@ def _candidate(path: Path, slices: SliceSet, core: np.ndarray, data_key: str) ->
         "encoder_kimg": training.get("encoder", {}).get("kimg"),
     }
     core_slices = slices.subset(core)
-    for mode, selection, key in (("fast", slices, data_key), ("accurate", core_slices, data_key + "-core")):
-        print(f"[model-selection] {path.name}: {mode} on {len(selection)} slices ...", flush=True)
-        detector = GeneratorDetector(mode, path, InversionConfig(mode=mode), ScoreConfig())
+    for name, inversion in inversions.items():
+        # Refinement costs seconds per slice on a CPU: only fast mode sees every validation slice.
+        selection, key = (slices, data_key) if inversion.mode == "fast" else (core_slices, data_key + "-core")
+        print(f"[model-selection] {path.name}: {name} on {len(selection)} slices ...", flush=True)
+        detector = GeneratorDetector(name, path, inversion, ScoreConfig())
         run = generator_run(detector, selection, key)
         metrics = detection_metrics(selection, run.method_run().detection)
-        entry[mode] = {
+        entry[name] = {
             **sweep_summary(metrics),
             "per_type": {t: m["slice_auroc"] for t, m in metrics.items() if t != "overall"},
             "slices_per_s": len(selection) / max(run.seconds, 1e-9),
         }
     return entry
+
+
+def evaluate_candidates(
+    paths: list[Path],
+    inversions: dict[str, InversionConfig] = PRODUCT_INVERSIONS,
+    *,
+    per_type: int = 1,
+    n_normal: int = 2,
+    core_per_type: int = 6,
+    core_normal: int = 30,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Every model file of ``paths`` on the same validation slices, in each of ``inversions``.
+
+    Modes other than ``fast`` run on a seeded balanced subset (``core_per_type`` anomalous slices of each
+    type, ``core_normal`` normal ones). Returns the ``validation`` description and the ``candidates``.
+    """
+    slices = validation_slices(per_type, n_normal, AnomalyModel.load(paths[0], "cpu"))
+    core = balanced_subset(slices, core_per_type, core_normal, seed)
+    data_key = json.dumps(["validation", VALIDATION_FIRST_SEED, per_type, n_normal, seed, core_per_type,
+                           core_normal])  # fmt: skip
+    return {
+        "validation": {"first_seed": VALIDATION_FIRST_SEED, "slices": len(slices),
+                       "anomalous_slices": int(slices.labels.sum()), "accurate_subset": int(core.size)},
+        "candidates": [_candidate(path, slices, core, data_key, inversions) for path in paths],
+    }  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,12 +151,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.time()
-    first = AnomalyModel.load(args.models[0], "cpu")
-    slices = validation_slices(args.per_type, args.normal_cases, first)
-    core = balanced_subset(slices, args.core_per_type, args.core_normal, args.seed)
-    data_key = json.dumps(["validation", VALIDATION_FIRST_SEED, args.per_type, args.normal_cases, args.seed,
-                           args.core_per_type, args.core_normal])  # fmt: skip
-    candidates = [_candidate(path, slices, core, data_key) for path in args.models]
+    result = evaluate_candidates(
+        args.models,
+        per_type=args.per_type,
+        n_normal=args.normal_cases,
+        core_per_type=args.core_per_type,
+        core_normal=args.core_normal,
+        seed=args.seed,
+    )
+    candidates = result["candidates"]
     chosen = max(candidates, key=lambda c: c["accurate"]["mean_type_auroc"])
     write_json(
         {
@@ -120,8 +167,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": " ".join(["python -m benchmarks.model_selection", *(argv or sys.argv[1:])]),
             "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             "wall_s": round(time.time() - started, 1),
-            "validation": {"first_seed": VALIDATION_FIRST_SEED, "slices": len(slices),
-                           "anomalous_slices": int(slices.labels.sum()), "accurate_subset": int(core.size)},
+            "validation": result["validation"],
             "criterion": "highest mean over anomaly types of the accurate-mode slice AUROC",
             "candidates": candidates,
             "chosen": chosen["path"],

@@ -1,0 +1,118 @@
+"""Does a smaller code space keep lesions out of the reconstruction?
+
+Usage: ``python -m benchmarks.code_space --model M``.
+
+The wider generator draws normal anatomy better, and the anomalies just as well: its anomaly-to-normal
+error ratio fell to 1.0 (``docs/training.md``). A W+ code (one w per synthesis layer) is expressive enough to
+paint a low-contrast lesion back in. This probe shrinks the code space of ``fast`` mode, where the encoder's
+output is used as it is, without retraining anything:
+
+* ``offset_scale`` s: ``ws = mean_w(p) + s * offset``. The encoder predicts offsets from the generator's mean
+  latent at the slice's position; s < 1 is the truncation trick applied to the encoding, pulling every
+  reconstruction towards the typical slice at that position.
+* ``single_w``: the offsets averaged over the synthesis layers, so all layers share one w (W instead of W+).
+
+Both are linear in the encoder's last layer, so each variant is an ordinary model file (its last layer's
+weights transformed), scored by :mod:`benchmarks.model_selection`'s harness on the same validation phantoms.
+The accurate mode of each variant starts its refinement from the constrained code, in W+ as shipped; the
+accurate rows with ``--accurate-latent w`` refine in W instead. Results go to
+``benchmarks/results/code_space.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from AnomalyScoutLib.inversion import InversionConfig
+from AnomalyScoutLib.model_file import AnomalyModel
+from AnomalyScoutLib.nets.encoder import Encoder
+from benchmarks.model_selection import evaluate_candidates
+from benchmarks.results_io import RESULTS_DIR, write_json
+
+__all__ = ["constrain_encoder", "main"]
+
+
+@torch.no_grad()
+def constrain_encoder(encoder: Encoder, offset_scale: float = 1.0, single_w: bool = False) -> None:
+    """Shrinks ``encoder``'s code space in place by transforming its last (linear) layer.
+
+    Args:
+        offset_scale: multiplies the predicted offsets from the mean latent (1 = unchanged, 0 = the mean
+            latent at the slice's position for every slice).
+        single_w: average the offsets over the synthesis layers, so that every layer gets the same w.
+    """
+    if offset_scale < 0:
+        raise ValueError(f"offset_scale must be >= 0, got {offset_scale}")
+    layer = encoder.out
+    if single_w:
+        num_ws, w_dim = encoder.num_ws, encoder.w_dim
+        weight = layer.weight.reshape(num_ws, w_dim, -1).mean(dim=0, keepdim=True).expand(num_ws, -1, -1)
+        bias = layer.bias.reshape(num_ws, w_dim).mean(dim=0, keepdim=True).expand(num_ws, -1)
+        layer.weight.copy_(weight.reshape_as(layer.weight))
+        layer.bias.copy_(bias.reshape_as(layer.bias))
+    layer.weight.mul_(offset_scale)
+    layer.bias.mul_(offset_scale)
+
+
+def _variant_name(offset_scale: float, single_w: bool) -> str:
+    return f"{'w' if single_w else 'wplus'}-s{offset_scale:g}"
+
+
+def write_variants(model_path: Path, scales: list[float], out_dir: Path) -> list[Path]:
+    """One model file per (offset scale, W or W+) next to each other in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for single_w in (False, True):
+        for scale in scales:
+            model = AnomalyModel.load(model_path, "cpu")
+            constrain_encoder(model.encoder, scale, single_w)
+            model.metadata["code_space"] = {"offset_scale": scale, "single_w": single_w}
+            paths.append(model.save(out_dir / f"{_variant_name(scale, single_w)}.safetensors", half=False))
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True, help="model file whose encoder is constrained")
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.7, 0.5, 0.3])
+    parser.add_argument("--accurate-latent", choices=("w", "w+"), default="w+")
+    parser.add_argument("--accurate-steps", type=int, default=None, help="default: the product's")
+    parser.add_argument("--work", type=Path, default=Path("runs/code-space"), help="variant model files")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "code_space.json")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    started = time.time()
+    paths = write_variants(args.model, args.scales, args.work)
+    inversions = {
+        "fast": InversionConfig(mode="fast"),
+        "accurate": InversionConfig(mode="accurate", latent=args.accurate_latent, steps=args.accurate_steps),
+    }
+    result = evaluate_candidates(paths, inversions)
+    for candidate in result["candidates"]:
+        candidate["code_space"] = AnomalyModel.load(candidate["path"], "cpu").metadata["code_space"]
+    write_json(
+        {
+            "track": "code_space",
+            "command": " ".join(["python -m benchmarks.code_space", *(argv or sys.argv[1:])]),
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            "wall_s": round(time.time() - started, 1),
+            "model": str(args.model),
+            "inversions": {mode: repr(config) for mode, config in inversions.items()},
+            **result,
+        },
+        args.out,
+    )
+    for c in result["candidates"]:
+        fast, accurate = c["fast"]["mean_type_auroc"], c["accurate"]["mean_type_auroc"]
+        print(f"{Path(c['path']).name}: mean AUROC over types: fast {fast:.3f}, accurate {accurate:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
