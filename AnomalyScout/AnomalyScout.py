@@ -201,9 +201,11 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._runFolders: RunFolders | None = None
         self._liveNodes = None
         self._resultNodes = None
+        self._heatmap = None  # the heatmap shown last, a run's or a review's: the threshold slider's
         self._plotConnected = False
         self._review: WorkerRun | None = None
         self._reviewInput = None  # the CT being reviewed
+        self._reviewSegment: tuple = (None, "")  # its segmentation and segment ID: the selector may change
         self._reviewRows: tuple[ReviewRow, ...] = ()
 
     def setup(self) -> None:
@@ -256,7 +258,7 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """The scene closes: its parameter node and every node of a run go away, so the run goes too."""
         self._cancelJobs()
         self.setParameterNode(None)
-        self._liveNodes = self._resultNodes = None
+        self._liveNodes = self._resultNodes = self._heatmap = None
         self._showReview(())
         self._runFolders.clear()
 
@@ -316,10 +318,18 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # --- one run ---
 
+    def _reviewing(self) -> bool:
+        """Whether a review's worker is running: no score run or batch starts beside it (one worker at a
+        time, so two models never share the memory of one GPU)."""
+        return self._review is not None and self._review.running
+
     def onApply(self) -> None:
         if self._run is not None and self._run.running:
             self._setStatus("Cancelling…")
             self._run.cancel()
+            return
+        if self._reviewing():
+            self._setStatus("A review is in progress: run when it has finished.")
             return
         with slicer.util.tryWithErrorDisplay("AnomalyScout could not start.", waitCursor=True):
             if not self.logic.ensureDependencies():
@@ -410,8 +420,7 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             with_reconstruction=bool(params and params.showReconstruction),
             opacity=params.opacity if params else 0.6,
         )
-        self.ui.thresholdSlider.maximum = nodes.residual.GetImageData().GetScalarRange()[1]
-        self.ui.thresholdSlider.value = nodes.residual.GetDisplayNode().GetLowerThreshold()
+        self._showHeatmapControls(nodes.residual)
         self.scene.show_chart(nodes.chart, slicer.modules.plots.logic())
         self._showFlagged(nodes.flagged_table)
         report = nodes.report
@@ -424,6 +433,12 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             f"{len(report.flagged_slices)} flagged slice(s); model {report.model_id}, {report.mode} mode."
         )
         self._resultNodes = nodes
+
+    def _showHeatmapControls(self, heatmap) -> None:
+        """Point the threshold slider at ``heatmap``, now shown over the CT, starting at its threshold."""
+        self._heatmap = heatmap
+        self.ui.thresholdSlider.maximum = heatmap.GetImageData().GetScalarRange()[1]
+        self.ui.thresholdSlider.value = heatmap.GetDisplayNode().GetLowerThreshold()
 
     def _showFlagged(self, table) -> None:
         vtkTable = table.GetTable()
@@ -457,8 +472,8 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
 
     def onThreshold(self, value: float) -> None:
-        if self._resultNodes is not None and self._resultNodes.residual is not None:
-            self.scene.set_threshold(self._resultNodes.residual, value)
+        if self.scene.contains(self._heatmap):
+            self.scene.set_threshold(self._heatmap, value)
 
     def _setStatus(self, text: str) -> None:
         self.ui.statusLabel.text = text
@@ -478,6 +493,9 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._batch = None
             self.ui.scoreFolderButton.text = "Score folder"
             self.ui.worklistStatusLabel.text = "Batch cancelled."
+            return
+        if self._reviewing():
+            self.ui.worklistStatusLabel.text = "A review is in progress: score when it has finished."
             return
         with slicer.util.tryWithErrorDisplay("The folder could not be scored.", waitCursor=True):
             if not self.logic.ensureDependencies():
@@ -550,7 +568,7 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.worklistTable.selectRow(self._worklist.current_row)
             results = results_dir(self._worklistRoot, entry.case)
             if not (results / "scores.json").is_file():
-                if self._run is not None and self._run.running:  # Apply would cancel that run
+                if (self._run is not None and self._run.running) or self._reviewing():  # no Apply now
                     self.ui.worklistStatusLabel.text = f"{name} has no results yet: press Run when free."
                     return
                 self.ui.worklistStatusLabel.text = f"{name}: {entry.reason} (scoring it now)"
@@ -588,6 +606,9 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._run is not None and self._run.running:
             self._setReviewStatus("A scoring run is in progress: review when it has finished.")
             return
+        if self._batch is not None:
+            self._setReviewStatus("A folder is being scored: review when it has finished.")
+            return
         with slicer.util.tryWithErrorDisplay("The review could not start.", waitCursor=True):
             if not self.logic.ensureDependencies():
                 return
@@ -610,7 +631,7 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             except AnomalyScoutError as error:  # the segment is empty on the CT's grid
                 self._setReviewStatus(str(error))
                 return
-            self._review, self._reviewInput = run, volume
+            self._review, self._reviewInput, self._reviewSegment = run, volume, (segmentation, segmentId)
             self._showReview(())
             run.start()
             self.ui.reviewButton.text = "Cancel review"
@@ -621,18 +642,29 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.reviewStatusLabel.text = f"Reviewing: slice {i}/{n}{left}"
 
     def _onReviewFinished(self, outcome: RunOutcome) -> None:
-        """List the slices at risk, unless the CT has gone with a closed scene meanwhile."""
+        """List the slices at risk and show the review's heatmap over the CT with the segment's outline, as a
+        score run's results are shown, unless the CT has gone with a closed scene meanwhile."""
         request, volume = self._review.request, self._reviewInput
+        segmentation, segmentId = self._reviewSegment
         self._removeExports(request)
         self.ui.reviewButton.text = "Review segmentation"
         message = outcome.message
         if outcome.status == "done" and self.scene.contains(volume):
+            params = self._parameterNode
             try:
                 rows = read_review(request.out_dir)
+                heatmap = self.scene.show_review(
+                    volume,
+                    request.out_dir,
+                    segmentation if self.scene.contains(segmentation) else None,
+                    segmentId,
+                    opacity=params.opacity if params else 0.6,
+                )
             except AnomalyScoutError as error:
                 message = f"Failed: {error}"
             else:
                 self._showReview(rows)
+                self._showHeatmapControls(heatmap)
                 self._runFolders.keep(f"review:{volume.GetID()}", request.out_dir.parent)
                 self._setReviewStatus(_withElapsed(review_summary(rows), outcome))
                 return
@@ -674,7 +706,9 @@ def _as_list(value) -> list[str]:
 
 
 class AnomalyScoutTest(ScriptedLoadableModuleTest):
-    """The whole flow in Slicer on a small phantom: export, worker, results in the scene, jump to a slice."""
+    """The whole flow in Slicer on a small phantom, for a score run and for a review of its liver: export,
+    worker, results in the scene, jump to a slice. CPU only and nothing downloaded beyond the dependencies
+    (the phantom is made on the spot, the model is the shipped one)."""
 
     def setUp(self) -> None:
         slicer.mrmlScene.Clear()
@@ -682,6 +716,8 @@ class AnomalyScoutTest(ScriptedLoadableModuleTest):
     def runTest(self) -> None:
         self.setUp()
         self.test_scores_a_phantom_and_shows_the_results()
+        self.setUp()
+        self.test_reviews_a_phantoms_liver_and_shows_its_heatmap()
 
     def test_scores_a_phantom_and_shows_the_results(self) -> None:
         logic = AnomalyScoutLogic()
@@ -723,3 +759,60 @@ class AnomalyScoutTest(ScriptedLoadableModuleTest):
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), count, "showing results again added nodes")
         RunFolders.discard(folder)
         self.delayDisplay("AnomalyScout self-test passed")
+
+    def test_reviews_a_phantoms_liver_and_shows_its_heatmap(self) -> None:
+        """The review path as the panel takes it: the liver as a segmentation node, exported onto the CT's
+        grid, reviewed by the worker, its risk list read, its heatmap over the CT with the liver outlined."""
+        logic = AnomalyScoutLogic()
+        self.assertTrue(logic.ensureDependencies(), "the Python dependencies are not installed")
+        models = logic.modelFiles()
+        self.assertTrue(models, "no shipped model was found")
+
+        import numpy as np
+
+        from AnomalyScoutLib.io.volume import Volume, write_volume
+        from AnomalyScoutLib.phantom import make_phantom
+        from AnomalyScoutLib.phantom.anatomy import LABEL_NAMES
+
+        self.delayDisplay("Reviewing the liver segmentation of a phantom with a liver tumour")
+        folder = RunFolders(slicer.app.temporaryPath).create()
+        case = make_phantom(3, shape_xyz=(64, 64, 32), anomalies=("tumour",))
+        ct = case.volume
+        liver = next(code for code, name in LABEL_NAMES.items() if name == "liver")
+        write_volume(ct, folder / "phantom.nrrd")
+        labels = Volume((case.labels == liver).astype(np.uint8), ct.spacing_xyz, ct.origin_xyz, ct.direction)
+        write_volume(labels, folder / "liver.nrrd")
+        volume = slicer.util.loadVolume(str(folder / "phantom.nrrd"))
+        labelmap = slicer.util.loadLabelVolume(str(folder / "liver.nrrd"))
+        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "liver model")
+        imported = slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
+            labelmap, segmentation
+        )
+        self.assertTrue(imported, "the liver label map could not be imported as a segmentation")
+        slicer.mrmlScene.RemoveNode(labelmap)
+        segmentId = segmentation.GetSegmentation().GetNthSegmentID(0)
+
+        params = logic.getParameterNode()
+        params.inputVolume, params.device = volume, "cpu"
+        request = logic.prepareRun(params, models[0], segmentation, segmentId, folder, review=True)
+        outcomes: list[RunOutcome] = []
+        WorkerRun(request, blocking_launcher, RunCallbacks(finished=outcomes.append)).start()
+        self.assertEqual(outcomes[0].status, "done", outcomes[0].message)
+
+        rows = read_review(request.out_dir)
+        self.assertTrue(rows, "the review scored no slice of the liver")
+        self.assertEqual(rows[0].risk, max(row.risk for row in rows), "the list is not riskiest first")
+        scene = SceneResults(slicer.mrmlScene)
+        heatmap = scene.show_review(volume, request.out_dir, segmentation, segmentId)
+        red = slicer.app.layoutManager().sliceWidget("Red").sliceLogic()
+        composite = red.GetSliceCompositeNode()
+        self.assertEqual(composite.GetBackgroundVolumeID(), volume.GetID())
+        self.assertEqual(composite.GetForegroundVolumeID(), heatmap.GetID())
+        display = segmentation.GetDisplayNode()
+        self.assertTrue(
+            display.GetVisibility() and display.GetVisibility2DOutline(), "the liver is not shown"
+        )
+        scene.jump_to_slice(rows[0].center_ras)
+        self.assertAlmostEqual(red.GetSliceOffset(), rows[0].center_ras[2], places=3)
+        RunFolders.discard(folder)
+        self.delayDisplay("AnomalyScout review self-test passed")

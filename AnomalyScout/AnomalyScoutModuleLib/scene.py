@@ -27,6 +27,7 @@ __all__ = [
     "HEAT_COLOR_TABLE",
     "export_segment_mask",
     "export_volume",
+    "show_segment_outline",
     "ResultNodes",
     "SceneResults",
     "ScoreReport",
@@ -309,9 +310,7 @@ class SceneResults:
         """
         out_dir = Path(out_dir)
         report = read_score_report(out_dir)
-        residual = self._load_volume(input_node, "residual", "anomaly heatmap", out_dir / "residual.nrrd")
-        threshold = default_threshold(slicer.util.arrayFromVolume(residual))
-        self._style_heatmap(residual, threshold)
+        residual = self._load_heatmap(input_node, "residual", "anomaly heatmap", out_dir)
         reconstruction = None
         if with_reconstruction:
             reconstruction = self._load_volume(
@@ -325,6 +324,42 @@ class SceneResults:
         nodes.residual, nodes.reconstruction, nodes.report = residual, reconstruction, report
         self.show_overlay(input_node, residual, opacity)
         return nodes
+
+    def show_review(
+        self,
+        input_node: slicer.vtkMRMLScalarVolumeNode,
+        out_dir: str | Path,
+        segmentation: slicer.vtkMRMLSegmentationNode | None = None,
+        segment_id: str = "",
+        *,
+        opacity: float = 0.6,
+    ) -> slicer.vtkMRMLScalarVolumeNode:
+        """Show a finished review as a score run's heatmap is shown: CT behind, the review's heatmap over it.
+
+        The heatmap gets its own node (role ``review_residual``), so a review never replaces the heatmap of
+        a score run of the same CT, and a second review of it reuses the node. The reviewed segment is made
+        visible in the slice views as its outline (the cyan contour of ``review.png``): a filled segment
+        would tint the heat inside the organ, which is what the reviewer has to read.
+
+        Returns:
+            The heatmap node (for the threshold slider).
+
+        Raises:
+            ResultsError: the folder lacks ``residual.nrrd`` or it cannot be read.
+        """
+        heatmap = self._load_heatmap(input_node, "review_residual", "review heatmap", Path(out_dir))
+        self.show_overlay(input_node, heatmap, opacity)
+        if segmentation is not None:
+            show_segment_outline(segmentation, segment_id)
+        return heatmap
+
+    def _load_heatmap(
+        self, input_node: slicer.vtkMRMLScalarVolumeNode, role: str, suffix: str, out_dir: Path
+    ) -> slicer.vtkMRMLScalarVolumeNode:
+        """Read a run's ``residual.nrrd`` into the node for ``role``, coloured and thresholded to show."""
+        residual = self._load_volume(input_node, role, suffix, out_dir / "residual.nrrd")
+        self._style_heatmap(residual, default_threshold(slicer.util.arrayFromVolume(residual)))
+        return residual
 
     def _style_heatmap(self, residual: slicer.vtkMRMLScalarVolumeNode, threshold: float) -> None:
         colour = self.scene.GetFirstNodeByName(HEAT_COLOR_TABLE)
@@ -481,6 +516,22 @@ def export_segment_mask(
         return export_volume(labelmap, path)
     finally:
         scene.RemoveNode(labelmap)
+
+
+def show_segment_outline(segmentation_node: slicer.vtkMRMLSegmentationNode, segment_id: str) -> None:
+    """Show the segmentation, and its segment ``segment_id``, as an outline in the slice views.
+
+    The node may have been hidden, or its segment, or be shown filled: the reviewer needs to see where it
+    lies on the heatmap without it covering the heat. A segment no longer in the node is skipped.
+    """
+    segmentation_node.CreateDefaultDisplayNodes()  # only makes one where none exists
+    display = segmentation_node.GetDisplayNode()
+    display.SetVisibility(True)
+    display.SetVisibility2D(True)
+    display.SetVisibility2DOutline(True)
+    display.SetVisibility2DFill(False)
+    if segmentation_node.GetSegmentation().GetSegment(segment_id) is not None:
+        display.SetSegmentVisibility(segment_id, True)
 
 
 def default_threshold(residual: np.ndarray) -> float:

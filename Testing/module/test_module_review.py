@@ -16,14 +16,16 @@ import pytest
 import SimpleITK as sitk
 import vtk
 from AnomalyScoutModuleLib.review import ReviewRow, check_review_inputs, read_review, review_summary
-from AnomalyScoutModuleLib.scene import SceneResults, export_segment_mask
+from AnomalyScoutModuleLib.scene import HEAT_COLOR_TABLE, ROLE_ATTRIBUTE, SceneResults, export_segment_mask
 from AnomalyScoutModuleLib.worker_run import RunCallbacks, RunRequest, WorkerRun, blocking_launcher
 from module_helpers import (
     ORIGIN_XYZ,
     SHAPE_ZYX,
     SPACING_XYZ,
     load_volume_node,
+    synthetic_ct,
     write_contract_outputs,
+    write_volume_file,
 )
 from widget_harness import FakeProcess
 
@@ -71,10 +73,18 @@ def coarse_segmentation(scene, tmp_path):
     return _segmentation(scene, _write_labels(coarse, tmp_path / "coarse.nrrd", spacing))
 
 
+def _review_heatmap() -> np.ndarray:
+    """The review's residual: heat in the organ only (unlike a score run's, so the two are told apart)."""
+    residual = np.zeros(SHAPE_ZYX, np.float32)
+    residual[ORGAN_BOX] = np.linspace(0.1, 0.9, ORGAN_BOX[2].stop - ORGAN_BOX[2].start, dtype=np.float32)
+    return residual
+
+
 def _write_review(out_dir: Path, risks: dict[int, float]) -> dict:
-    """What the worker's review job leaves: the score outputs and ``review.csv`` (blank risk outside);
-    returns the ``scores.json`` content."""
+    """What the worker's review job leaves: the score outputs (its heatmap :func:`_review_heatmap`) and
+    ``review.csv`` (blank risk outside); returns the ``scores.json`` content."""
     report = write_contract_outputs(out_dir)
+    write_volume_file(_review_heatmap(), out_dir / "residual.nrrd")
     with open(out_dir / "review.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["slice_index", "position", "risk", "flagged"])
@@ -117,6 +127,62 @@ def test_an_empty_segment_or_one_outside_the_ct_is_refused_with_one_line(
     with pytest.raises(VolumeError, match="empty on the grid"):
         export_segment_mask(*far, ct_node, tmp_path / "b.nrrd")
     assert not (tmp_path / "a.nrrd").exists() and not (tmp_path / "b.nrrd").exists()
+
+
+# --- the review's heatmap in the slice views ---
+
+
+def _hide(segmentation_node, segment_id: str) -> None:
+    """As a user may leave it: the node hidden, drawn filled, the segment itself hidden."""
+    segmentation_node.CreateDefaultDisplayNodes()
+    display = segmentation_node.GetDisplayNode()
+    display.SetVisibility(False)
+    display.SetVisibility2DOutline(False)
+    display.SetVisibility2DFill(True)
+    display.SetSegmentVisibility(segment_id, False)
+
+
+def _assert_outlined(segmentation_node, segment_id: str) -> None:
+    display = segmentation_node.GetDisplayNode()
+    assert display.GetVisibility() and display.GetVisibility2D()
+    assert display.GetVisibility2DOutline() and not display.GetVisibility2DFill()
+    assert display.GetSegmentVisibility(segment_id)
+
+
+def test_a_review_shows_its_heatmap_over_the_ct_beside_a_runs_and_outlines_the_segment(
+    scene, ct_node, segmentation, run_dir, red_slice_logic, tmp_path
+):
+    node, segment = segmentation
+    results = SceneResults(scene)
+    run = results.show_results(ct_node, run_dir[0])
+    run_heat = slicer.util.arrayFromVolume(run.residual).copy()
+    _write_review(tmp_path / "review", {6: 0.8, 7: 1.4})
+    _hide(node, segment)
+
+    heatmap = results.show_review(ct_node, tmp_path / "review", node, segment, opacity=0.4)
+
+    composite = red_slice_logic.GetSliceCompositeNode()
+    assert composite.GetBackgroundVolumeID() == ct_node.GetID()
+    assert composite.GetForegroundVolumeID() == heatmap.GetID() != run.residual.GetID()
+    assert composite.GetForegroundOpacity() == pytest.approx(0.4)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(heatmap), _review_heatmap())
+    display = heatmap.GetDisplayNode()
+    assert display.GetColorNode().GetName() == HEAT_COLOR_TABLE and display.GetApplyThreshold()
+    assert 0.1 < display.GetLowerThreshold() < 0.9  # thresholded as a run's heatmap: only the hot part shows
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(run.residual), run_heat)  # the run's is kept
+    _assert_outlined(node, segment)
+
+    count = scene.GetNumberOfNodes()
+    again = results.show_review(ct_node, tmp_path / "review", node, segment)
+    assert again.GetID() == heatmap.GetID() and scene.GetNumberOfNodes() == count
+    assert heatmap.GetAttribute(ROLE_ATTRIBUTE) == "review_residual"
+
+
+def test_a_review_without_its_heatmap_is_a_results_error_naming_the_file(scene, ct_node, tmp_path):
+    _write_review(tmp_path / "review", {6: 0.8})
+    (tmp_path / "review" / "residual.nrrd").unlink()
+    with pytest.raises(ResultsError, match="residual.nrrd is missing"):
+        SceneResults(scene).show_review(ct_node, tmp_path / "review")
 
 
 # --- bad input before anything starts ---
@@ -213,6 +279,92 @@ def test_a_review_exports_onto_the_ct_grid_lists_the_risky_slices_and_a_click_ju
     assert red_slice_logic.GetSliceOffset() == pytest.approx(widget._reviewRows[1].center_ras[2])
     widget.cleanup()
     assert not request.out_dir.parent.exists(), "the review's folder outlived the module"
+
+
+def test_a_finished_review_shows_its_heatmap_and_the_reviewed_segment_and_the_slider_moves_it(
+    widget, ct_node, segmentation, red_slice_logic
+):
+    node, segment = segmentation
+    _hide(node, segment)
+    _choose(widget, ct_node, segmentation)
+    widget.onReview()
+    widget.ui.reviewSegmentSelector.setCurrentNode(None)  # the selector moves on while the worker runs
+    _write_review(widget._review.request.out_dir, {6: 0.8, 7: 1.4, 8: 3.0})
+    widget.launcher.send(event="done", outputs={}, case_score=0.9, flagged_slices=[8, 7])
+    widget.launcher.on_exit(0)
+
+    composite = red_slice_logic.GetSliceCompositeNode()
+    heatmap = slicer.mrmlScene.GetNodeByID(composite.GetForegroundVolumeID())
+    assert composite.GetBackgroundVolumeID() == ct_node.GetID()
+    assert heatmap.GetAttribute(ROLE_ATTRIBUTE) == "review_residual"
+    assert composite.GetForegroundOpacity() == pytest.approx(widget._parameterNode.opacity)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(heatmap), _review_heatmap())
+    _assert_outlined(node, segment)
+    assert widget.ui.thresholdSlider.maximum == pytest.approx(0.9)
+    widget.onThreshold(0.25)
+    assert heatmap.GetDisplayNode().GetLowerThreshold() == pytest.approx(0.25)
+
+
+def test_a_review_whose_heatmap_is_missing_fails_in_one_line_and_leaves_nothing(
+    widget, ct_node, segmentation
+):
+    _choose(widget, ct_node, segmentation)
+    widget.onReview()
+    out = widget._review.request.out_dir
+    _write_review(out, {6: 0.8})
+    (out / "residual.nrrd").unlink()
+    widget.launcher.send(event="done", outputs={}, case_score=0.9, flagged_slices=[])
+    widget.launcher.on_exit(0)
+    assert widget.ui.reviewStatusLabel.text.startswith("Failed: the worker's output ")
+    assert "residual.nrrd is missing" in widget.ui.reviewStatusLabel.text
+    assert widget.ui.reviewTable.rowCount() == 0 and not out.parent.exists()
+
+
+# --- one worker at a time ---
+
+
+def _cases_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    write_volume_file(synthetic_ct(), folder / "case1.nrrd")
+    return folder
+
+
+def test_while_a_review_runs_neither_run_nor_batch_starts_and_each_says_why_in_one_line(
+    widget, ct_node, segmentation, tmp_path
+):
+    _choose(widget, ct_node, segmentation)
+    widget.onReview()
+    review_args = widget.launcher.args
+    widget.onApply()
+    assert widget.ui.statusLabel.text == "A review is in progress: run when it has finished."
+    widget.ui.casesFolderButton.directory = str(_cases_folder(tmp_path))
+    widget.onScoreFolder()
+    assert widget.ui.worklistStatusLabel.text == "A review is in progress: score when it has finished."
+    assert widget._run is None and widget._batch is None and widget.launcher.args == review_args
+    assert widget.ui.scoreFolderButton.text != "Cancel scoring"
+
+    widget.launcher.on_exit(130)  # the review ends: both start again
+    widget.onApply()
+    assert widget._run is not None and "--review" not in widget.launcher.args
+
+
+def test_while_a_run_or_a_batch_scores_a_review_does_not_start_and_says_why_in_one_line(
+    widget, ct_node, segmentation, tmp_path
+):
+    _choose(widget, ct_node, segmentation)
+    widget.onApply()
+    widget.onReview()
+    assert widget.ui.reviewStatusLabel.text == "A scoring run is in progress: review when it has finished."
+    assert widget._review is None and "--review" not in widget.launcher.args
+    widget.launcher.on_exit(130)
+
+    widget.ui.casesFolderButton.directory = str(_cases_folder(tmp_path))
+    widget.onScoreFolder()
+    assert widget._batch is not None
+    widget.onReview()
+    assert widget.ui.reviewStatusLabel.text == "A folder is being scored: review when it has finished."
+    assert widget._review is None and "--review" not in widget.launcher.args
 
 
 def test_bad_input_is_one_line_in_the_review_status_and_launches_nothing(widget, ct_node, segmentation):
