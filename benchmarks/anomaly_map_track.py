@@ -7,8 +7,8 @@ Usage (repository root; niced, it is CPU work)::
         [--slice-head-model MODEL_WITH_SLICE_ONLY_HEAD] [--model models/default.safetensors]
 
 Same data, same harness and same metrics as ``benchmarks.phantom_track`` (its ``--train-cases``,
-``--per-type``, ``--normal-cases``, ``--stride``; per anomaly type: slice, case and pixel metrics) on its
-full test set. Rows:
+``--per-type``, ``--normal-cases``, ``--stride``, ``--position`` and range gate; per anomaly type: slice,
+case and pixel metrics) on its full test set. Rows:
 
 - **head, with reconstruction**: ``--head-model``'s head on its own model's fast-mode reconstructions;
 - **head, slice only**: ``--slice-head-model`` (a head trained with ``--no-reconstruction``): what the GAN's
@@ -111,7 +111,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     track = TrackStart("anomaly_map", args, argv)
-    split, train, test, data_key = phantom_data(args, track.model.window, track.placer)
+    split, train, test, data_key, exclusions = phantom_data(args, track.model.window, track.placer)
+    track.record_gate(exclusions)
     unavailable: dict[str, str] = {}
     runs: list[MethodRun] = _baseline_runs(
         args, train, test, data_key, unavailable

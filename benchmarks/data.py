@@ -5,7 +5,9 @@ exactly the preprocessing the engine applies (``preprocessing.body_mask``, the s
 ``position.placement``, ``HUWindow``, ``ModelGrid``), so a method scored here sees what ``anomalyscout score``
 would feed it. Slices are placed as ``score`` places them for the model under test (:class:`SlicePlacer`,
 the tracks' ``--position``, default ``auto``: by the model's body-part regressor when it holds one, else by
-index); every method of a track sees the same positions.
+index); every method of a track sees the same positions. The same call (``position.placement.place_and_gate``)
+marks the slices the product's range gate would not score (:attr:`SliceSet.out_of_range`); the tracks take
+them out of their data with :func:`in_range_only` and say how many (never flagged, never in a metric).
 Phantom cases are made with the project's phantom; the real-anatomy cases reuse the phantom's anomaly
 inserters on the real CT (:mod:`benchmarks.real_anatomy`). Every case is cached in ``benchmarks/work/``
 (git-ignored) by its parameters, so that tracks and reruns share the CPU minutes spent making them.
@@ -29,7 +31,7 @@ from AnomalyScoutLib.model_file import AnomalyModel, tensor_digest
 from AnomalyScoutLib.phantom import make_phantom
 from AnomalyScoutLib.phantom.anatomy import LABEL_NAMES
 from AnomalyScoutLib.position.network import PositionRegressor
-from AnomalyScoutLib.position.placement import place_slices, resolve_method
+from AnomalyScoutLib.position.placement import place_and_gate, resolve_method
 from AnomalyScoutLib.position.store import regressor_tensors
 from AnomalyScoutLib.preprocessing import HUWindow, body_mask, model_grid
 from benchmarks.slices import CaseInfo, SliceSet, concatenate
@@ -40,7 +42,9 @@ __all__ = [
     "LIVER_LABEL",
     "WORK_DIR",
     "PhantomSplit",
+    "RangeExclusion",
     "SlicePlacer",
+    "in_range_only",
     "phantom_case",
     "phantom_split",
     "volume_file_case",
@@ -86,14 +90,90 @@ class SlicePlacer:
         the slices are not placed by index (so that both placements never share a cached run)."""
         return json.dumps(parts + ([self.key] if self.key else []))
 
-    def positions(self, canonical_hu: np.ndarray, spacing_kji: tuple[float, float, float]) -> np.ndarray:
-        """float32 ``(n,)`` positions of a canonical volume's slices (``place_slices``, as ``score``)."""
-        placed = place_slices(canonical_hu, spacing_kji, self.regressor, self.method)
-        return placed.positions.astype(np.float32)
+    def place(
+        self, canonical_hu: np.ndarray, spacing_kji: tuple[float, float, float]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """float32 ``(n,)`` positions of a canonical volume's slices and, per slice, why the range gate would
+        not score it (``""``: in range); both from ``place_and_gate``, the one placement of ``score``."""
+        placed, gate = place_and_gate(canonical_hu, spacing_kji, self.regressor, self.method)
+        return placed.positions.astype(np.float32), gate.reason
 
 
 #: The historical placement, ``(k + 0.5) / n``: the phantom's own anatomical scale.
 BY_INDEX = SlicePlacer()
+
+
+@dataclass(frozen=True)
+class RangeExclusion:
+    """What :func:`in_range_only` took out of a slice set: the slices the product would not score.
+
+    Attributes:
+        slices: slices before the gate.
+        excluded: slices out of the model's range (never flagged by the product, so in no metric here).
+        excluded_anomalous: how many of those hold an anomaly (anomalies the product cannot find).
+        by_reason: ``{"above" | "below" | "narrow": count}`` of the excluded slices.
+        digest: names exactly which slices were excluded (``""`` when none were).
+    """
+
+    slices: int
+    excluded: int
+    excluded_anomalous: int
+    by_reason: dict[str, int]
+    digest: str
+
+    def key_parts(self) -> list[str]:
+        """What a cache name holds for this gate: nothing when no slice was excluded (the caches made before
+        the gate keep their names), else which slices were."""
+        return [f"gate-{self.digest}"] if self.excluded else []
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "slices": self.slices,
+            "excluded": self.excluded,
+            "excluded_anomalous": self.excluded_anomalous,
+            "by_reason": dict(self.by_reason),
+            "rule": "the product's range gate (position.placement.place_and_gate): out-of-range slices are "
+            "never flagged, so they are in no metric",
+        }
+
+    def announce(self, what: str, prefix: str) -> None:
+        """Print :meth:`line` for a benchmark's log.
+
+        Raises:
+            SystemExit: no ``what`` slice is in the model's range (one line: there is nothing to measure).
+        """
+        print(f"[{prefix}] {self.line(what)}", flush=True)
+        if self.excluded == self.slices:
+            raise SystemExit(
+                f"[{prefix}] no {what} slice lies in the model's range ({self.by_reason}): nothing to measure"
+            )
+
+    def line(self, what: str) -> str:
+        """One line for the track's log: how many ``what`` slices the gate took out, and why."""
+        if not self.excluded:
+            return f"range gate: all {self.slices} {what} slices in the model's range"
+        reasons = ", ".join(f"{count} {reason}" for reason, count in self.by_reason.items())
+        return (
+            f"range gate: {self.excluded} of {self.slices} {what} slices out of the model's range "
+            f"({reasons}; {self.excluded_anomalous} anomalous): not scored, in no metric"
+        )
+
+
+def in_range_only(slices: SliceSet) -> tuple[SliceSet, RangeExclusion]:
+    """The slices the product would score (:attr:`SliceSet.in_range`), and what was taken out."""
+    inside = slices.in_range
+    out = ~inside
+    reasons, counts = np.unique(slices.out_of_range[out], return_counts=True)
+    names = [slices.cases[c].name for c in slices.case[out]]
+    excluded = json.dumps([[name, int(k)] for name, k in zip(names, slices.slice_index[out])])
+    exclusion = RangeExclusion(
+        slices=len(slices),
+        excluded=int(out.sum()),
+        excluded_anomalous=int((slices.labels & out).sum()),
+        by_reason={str(r): int(c) for r, c in zip(reasons, counts)},
+        digest=hashlib.sha256(excluded.encode()).hexdigest()[:12] if out.any() else "",
+    )
+    return (slices if inside.all() else slices.subset(inside)), exclusion
 
 
 def volume_slices(
@@ -109,27 +189,29 @@ def volume_slices(
     """One canonical volume (k, rows, cols) in HU with its boolean truth masks -> a one-case slice set.
 
     Images, body and masks are resampled with the engine's :class:`ModelGrid`; a model pixel is anomalous
-    when any part of it is (``_TRUTH_FRACTION``), organ pixels when at least half is. Slices are placed on
-    the whole volume by ``placer`` (before any subset is taken, as ``score`` places a whole scan).
+    when any part of it is (``_TRUTH_FRACTION``), organ pixels when at least half is. Slices are placed and
+    gated on the whole volume by ``placer`` (before any subset is taken, as ``score`` places a whole scan).
     """
     if anomaly.shape != canonical_hu.shape or organ.shape != canonical_hu.shape:
         raise ValueError("the masks must have the volume's shape")
     n, rows, cols = canonical_hu.shape
     grid = model_grid((rows, cols), spacing_kji[1:], resolution)
     hu = torch.from_numpy(np.array(canonical_hu, dtype=np.float32))  # a copy: inputs may be read-only
+    positions, out_of_range = placer.place(canonical_hu, spacing_kji)
 
     def resample(mask: np.ndarray, above: float) -> np.ndarray:
         return grid.to_model(torch.from_numpy(mask.astype(np.float32)), fill=0.0).numpy() > above
 
     return SliceSet(
         images=grid.to_model(window.normalize(hu)).numpy().astype(np.float32),
-        positions=placer.positions(canonical_hu, spacing_kji),
+        positions=positions,
         body=resample(body_mask(canonical_hu), 0.5),
         anomaly=resample(anomaly, _TRUTH_FRACTION),
         organ=resample(organ, 0.5),
         case=np.zeros(n, dtype=np.int64),
         slice_index=np.arange(n, dtype=np.int64),
         cases=(info,),
+        out_of_range=out_of_range,
     )
 
 
@@ -156,7 +238,7 @@ def phantom_case(
         "resolution": resolution,
         "window": [window.low, window.high],
         "shape_xyz": list(shape_xyz),
-        "version": 1,
+        "version": 2,  # 2: with the range gate (SliceSet.out_of_range)
     }
     path = _cache_path("phantom", parameters, placer)
     if path.is_file():
@@ -198,7 +280,7 @@ def volume_file_case(
         "organ": organ_label,
         "resolution": resolution,
         "window": [window.low, window.high],
-        "version": 1,
+        "version": 2,  # 2: with the range gate (SliceSet.out_of_range)
     }
     path = _cache_path("files", parameters, placer)
     if path.is_file():

@@ -16,7 +16,10 @@ Scale (all options; defaults fit two shared CPU cores, see ``docs/benchmarks.md`
   type, ``--core-normal`` normal ones) on which ``accurate`` mode runs with each ``--steps`` value and the
   score settings are swept; every other method is evaluated on the same slices for the comparison table;
 - **projector subset**: the first ``--projector-slices`` of the core subset for the poster's projector
-  (``--projector-steps``; 1000 in the poster, fewer here when CPU forbids it, and said so in the results).
+  (``--projector-steps``; 1000 in the poster, fewer here when CPU forbids it, and said so in the results);
+- **range gate**: slices are placed as ``anomalyscout score --position`` places them, and the slices its range
+  gate would not score (outside the model's range, or narrower than an abdomen) are left out of every set
+  and every metric, as the product never flags them; how many is in the results' ``position.range_gate``.
 
 Writes ``benchmarks/results/phantom.json`` and ``docs/benchmarks/phantom_*.png``. Every expensive step is
 cached in ``benchmarks/work/``, so a rerun with a new model file redoes only the model's own runs.
@@ -30,7 +33,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -41,7 +44,15 @@ from benchmarks import plots
 from benchmarks.baselines.anomalib_runner import AnomalibDetector, AnomalibUnavailable
 from benchmarks.baselines.atlas import PositionAtlas
 from benchmarks.baselines.autoencoder import AutoencoderDetector
-from benchmarks.data import BY_INDEX, WORK_DIR, PhantomSplit, SlicePlacer, phantom_split
+from benchmarks.data import (
+    BY_INDEX,
+    WORK_DIR,
+    PhantomSplit,
+    RangeExclusion,
+    SlicePlacer,
+    in_range_only,
+    phantom_split,
+)
 from benchmarks.detectors import Detector
 from benchmarks.evaluate import MethodRun, detection_metrics, method_entry, run_method
 from benchmarks.generator_runs import generator_run
@@ -52,6 +63,7 @@ from benchmarks.slices import SliceSet
 __all__ = [
     "FAST_NAME",
     "UNCONDITIONAL_MODEL",
+    "PhantomData",
     "add_data_arguments",
     "baseline_run",
     "balanced_subset",
@@ -92,16 +104,33 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resolution", type=int, default=128)
 
 
-def phantom_data(
-    args: argparse.Namespace, window: HUWindow, placer: SlicePlacer = BY_INDEX
-) -> tuple[PhantomSplit, SliceSet, SliceSet, str]:
-    """``(split, train, test, data_key)``; ``data_key`` names the test selection (and, when not by index,
-    the placement) in cache files."""
+class PhantomData(NamedTuple):
+    """A phantom track's data: the split, its slices the product would score, and the names in caches.
+
+    Attributes:
+        data_key: names the test selection in cache files (with the placement when not by index, and the
+            slices the range gate took out when it took any).
+        exclusions: ``{"train" | "test": RangeExclusion}``, what the range gate took out of each.
+    """
+
+    split: PhantomSplit
+    train: SliceSet
+    test: SliceSet
+    data_key: str
+    exclusions: dict[str, RangeExclusion]
+
+
+def phantom_data(args: argparse.Namespace, window: HUWindow, placer: SlicePlacer = BY_INDEX) -> PhantomData:
+    """The split's slices placed by ``placer``, every ``--stride``-th test slice, and only the slices the
+    product's range gate lets through (training slices too: ``calibrate`` learns from no others)."""
     split = PhantomSplit(args.train_cases, args.per_type, args.normal_cases)
     print(f"[phantom] {len(split.train_seeds)} training and {len(split.test_cases)} test cases", flush=True)
     train, test = phantom_split(split, args.resolution, window, placer)
-    test = test.subset(test.slice_index % args.stride == 0)
-    return split, train, test, placer.data_key([split.as_dict(), args.stride, args.resolution])
+    train, train_out = in_range_only(train)
+    test, test_out = in_range_only(test.subset(test.slice_index % args.stride == 0))
+    gate = train_out.key_parts() + test_out.key_parts()
+    data_key = placer.data_key([split.as_dict(), args.stride, args.resolution, *gate])
+    return PhantomData(split, train, test, data_key, {"train": train_out, "test": test_out})
 
 
 def sweep_summary(metrics_by_type: dict[str, dict[str, Any]]) -> dict[str, float]:
@@ -188,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     track = TrackStart("phantom", args, argv)
     model = track.model
     window = model.window
-    split, train, test, data_key = phantom_data(args, window, track.placer)
+    split, train, test, data_key, exclusions = phantom_data(args, window, track.placer)
+    track.record_gate(exclusions)
     unavailable: dict[str, str] = {}
     if args.unconditional_model is None:
         unavailable["poster (unconditional StyleGAN2 + projector)"] = (

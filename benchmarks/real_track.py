@@ -17,8 +17,9 @@ makes their normal model nearly perfect here; our model is the shipped one, trai
 model trained on real slices exists: one scan is far too little to train a GAN). Its slice positions are
 placed as ``anomalyscout score`` places them (``--position``, default ``auto``): by index, the scan's own
 range (pelvis..upper liver), which does not match the phantom's (pelvis floor..lung bases), unless the model
-holds a body-part regressor, which places them on the phantom's anatomical scale. ``accurate`` mode runs on
-a balanced subset of slices (CPU), every other method on all test slices.
+holds a body-part regressor, which places them on the phantom's anatomical scale. Slices the product's range
+gate would not score are in no metric (their count is in the results' ``position.range_gate``). ``accurate``
+mode runs on a balanced subset of slices (CPU), every other method on all test slices.
 
 Writes ``benchmarks/results/real.json`` and ``docs/benchmarks/real_*.png``.
 """
@@ -43,7 +44,7 @@ from benchmarks import plots
 from benchmarks.baselines.anomalib_runner import AnomalibDetector, AnomalibUnavailable
 from benchmarks.baselines.atlas import PositionAtlas
 from benchmarks.baselines.autoencoder import AutoencoderDetector
-from benchmarks.data import BY_INDEX, SlicePlacer, volume_slices
+from benchmarks.data import BY_INDEX, SlicePlacer, in_range_only, volume_slices
 from benchmarks.evaluate import detection_metrics, method_entry
 from benchmarks.generator_runs import generator_run
 from benchmarks.ours import GeneratorDetector
@@ -140,9 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     train, test, provenance = real_data(
         args.ct, args.liver, REAL_TYPES, args.per_type, args.seed, args.resolution, model.window, track.placer
     )
+    # Only the slices the product would score (its range gate), for training the baselines too.
+    train, train_out = in_range_only(train)
+    test, test_out = in_range_only(test)
+    track.record_gate({"train": train_out, "test": test_out})
     data_key = track.placer.data_key(
-        ["real", file_digest(args.ct), REAL_TYPES, args.per_type, args.seed, args.resolution]
-    )
+        ["real", file_digest(args.ct), REAL_TYPES, args.per_type, args.seed, args.resolution,
+         *train_out.key_parts(), *test_out.key_parts()]
+    )  # fmt: skip
     print(
         f"[real] {len(train)} training slices, {len(test)} test slices ({int(test.labels.sum())} anomalous)",
         flush=True,

@@ -20,11 +20,21 @@ import torch
 
 from AnomalyScoutLib.atomic import atomic_destination
 from AnomalyScoutLib.calibration import Calibration
+from AnomalyScoutLib.commands.score import add_position_argument
+from AnomalyScoutLib.errors import ConfigError
 from AnomalyScoutLib.model_file import DEFAULT_MODEL_PATH, AnomalyModel
-from AnomalyScoutLib.position.placement import PLACEMENT_METHODS
-from benchmarks.data import SlicePlacer
+from benchmarks.data import RangeExclusion, SlicePlacer
 
-__all__ = ["DOCS_PLOTS", "RESULTS_DIR", "TrackStart", "add_common_arguments", "file_digest", "write_json"]
+__all__ = [
+    "DOCS_PLOTS",
+    "RESULTS_DIR",
+    "TrackStart",
+    "add_common_arguments",
+    "add_position_argument",
+    "file_digest",
+    "placer_for",
+    "write_json",
+]
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DOCS_PLOTS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
@@ -63,15 +73,13 @@ def file_digest(path: Path) -> str:
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, results_name: str) -> None:
-    """``--model --position --ae-steps --seed --threads --out --plots``, the options every track has."""
+    """``--model --position --ae-steps --seed --threads --out --plots``, the options every track has.
+
+    ``--position`` is ``anomalyscout score``'s own option (:func:`add_position_argument`, the same choices and
+    default), so that a track places slices as the product does; every method of the track sees them.
+    """
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL_PATH, help="our (conditional) model file")
-    parser.add_argument(
-        "--position",
-        choices=PLACEMENT_METHODS,
-        default="auto",
-        help="slice placement, as `anomalyscout score --position` (default auto: anatomy when the model "
-        "holds a body-part regressor); every method of the track sees these positions",
-    )
+    add_position_argument(parser)
     parser.add_argument("--ae-steps", type=int, default=400, help="autoencoder baseline training steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -79,9 +87,21 @@ def add_common_arguments(parser: argparse.ArgumentParser, results_name: str) -> 
     parser.add_argument("--plots", type=Path, default=DOCS_PLOTS, help="folder of the PNG pictures")
 
 
+def placer_for(model: AnomalyModel, position: str) -> SlicePlacer:
+    """How a benchmark places slices for ``model`` with ``--position position`` (as ``anomalyscout score``).
+
+    Raises:
+        SystemExit: ``anatomy`` asked of a model without a regressor, or an unknown method (one line).
+    """
+    try:
+        return SlicePlacer.for_model(model, position)
+    except ConfigError as error:
+        raise SystemExit(str(error)) from None
+
+
 class TrackStart:
     """A track's start: threads set, model loaded, placement chosen, clock started; :meth:`header` opens its
-    results."""
+    results (with what the range gate took out of the data, :meth:`record_gate`)."""
 
     def __init__(self, track: str, args: argparse.Namespace, argv: list[str] | None) -> None:
         torch.set_num_threads(args.threads)
@@ -90,7 +110,18 @@ class TrackStart:
         self.started = time.time()
         self.model_path = Path(args.model)
         self.model = AnomalyModel.load(self.model_path, "cpu")
-        self.placer = SlicePlacer.for_model(self.model, args.position)
+        self.placer = placer_for(self.model, args.position)
+        self.range_gate: dict[str, dict[str, Any]] = {}
+
+    def record_gate(self, exclusions: dict[str, RangeExclusion]) -> None:
+        """Say and keep (in :meth:`header`) what the range gate took out of each named slice set.
+
+        Raises:
+            SystemExit: a set has no slice in the model's range (one line: nothing could be measured).
+        """
+        for what, exclusion in exclusions.items():
+            exclusion.announce(what, self.track)
+            self.range_gate[what] = exclusion.as_dict()
 
     def header(self) -> dict[str, Any]:
         return {
@@ -111,6 +142,7 @@ class TrackStart:
             },
             "position": {
                 "placement": self.placer.method,
+                "range_gate": self.range_gate,
                 "calibrated_with": {
                     key: mode.placement
                     for key, mode in Calibration.from_json(self.model.calibration).modes.items()

@@ -23,7 +23,9 @@ anomaly score should say where. Set-up:
   (``fast``, the product's default), as ``review`` reports it (score over the calibrated threshold at the
   slice's position: the **default score**, whose AUROC is ``failure_auroc``) and raw; the per-position
   intensity atlas, the autoencoder and the coarse-noise denoising autoencoder (Kascenas et al. 2023) with the
-  same top-1 % aggregation inside the same region; and ours over the whole slice for reference.
+  same top-1 % aggregation inside the same region; and ours over the whole slice for reference;
+- slices the product's range gate would not score are in no set (as in the phantom track); how many is in the
+  results' ``position.range_gate`` and ``real_fixture.range_gate``.
 
 Writes ``benchmarks/results/segfail.json`` and ``docs/benchmarks/segfail_scatter.png``.
 """
@@ -46,7 +48,7 @@ from benchmarks.aggregation import slice_scores
 from benchmarks.baselines.atlas import PositionAtlas
 from benchmarks.baselines.autoencoder import AutoencoderDetector
 from benchmarks.baselines.denoising_autoencoder import DenoisingAutoencoderDetector
-from benchmarks.data import SlicePlacer, volume_file_case
+from benchmarks.data import SlicePlacer, in_range_only, volume_file_case
 from benchmarks.generator_runs import generator_run
 from benchmarks.monai_segmenter import SegmenterSpec, load_segmenter, predict_liver, slice_dice, train
 from benchmarks.ours import GeneratorDetector
@@ -169,21 +171,25 @@ def _real_fixture(
 ) -> dict[str, Any]:
     """The segmenter, ours and the atlas on the one real patient, TotalSegmentator's liver as truth (all
     trained on the normal phantoms only); slices placed as the rest of the track."""
-    real = volume_file_case(
-        REAL_CT, REAL_LIVER, 1, CaseInfo("example_ct", "normal", 0), args.resolution, window, placer
+    real, excluded = in_range_only(
+        volume_file_case(
+            REAL_CT, REAL_LIVER, 1, CaseInfo("example_ct", "normal", 0), args.resolution, window, placer
+        )
     )
+    print(f"[segfail] real fixture: {excluded.line('real')}", flush=True)
     liver = _liver_slices(real, args.min_liver_px)
     predicted = np.zeros_like(real.organ)
     predicted[liver] = predict_liver(model, real.images[liver])
     region = review_region(predicted, real.body, args.margin_px)
     # The atlas only: the autoencoders would be trained again for this cache key, CPU minutes not to spare.
-    key = placer.data_key(["segfail-real", args.resolution])
+    key = placer.data_key(["segfail-real", args.resolution, *excluded.key_parts()])
     scores = _region_scores(real, region, args, key, train_set, (PositionAtlas(),))
     result = _evaluate(real, predicted, scores, {"liver slices": liver}, args)
     result.pop("_dice")
     return {
         "case": str(REAL_CT.name),
         "truth": f"{REAL_LIVER.name} (TotalSegmentator v1 model output)",
+        "range_gate": excluded.as_dict(),
         **result,
     }
 
@@ -204,7 +210,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     track = TrackStart("segfail", args, argv)
-    split, train_set, test, data_key = phantom_data(args, track.model.window, track.placer)
+    split, train_set, test, data_key, exclusions = phantom_data(args, track.model.window, track.placer)
+    track.record_gate(exclusions)
     spec = SegmenterSpec(
         resolution=args.resolution, window=track.model.window, min_liver_px=args.min_liver_px
     )

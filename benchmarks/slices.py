@@ -19,6 +19,9 @@ from AnomalyScoutLib.atomic import atomic_destination
 
 __all__ = ["CaseInfo", "SliceSet", "concatenate"]
 
+#: dtype of :attr:`SliceSet.out_of_range` (numpy text, so that ``.npz`` files need no pickle).
+_REASON = "<U8"
+
 
 @dataclass(frozen=True)
 class CaseInfo:
@@ -49,6 +52,9 @@ class SliceSet:
         case: ``(n,)`` int index into ``cases``.
         slice_index: ``(n,)`` int canonical slice index k within its case.
         cases: One :class:`CaseInfo` per case.
+        out_of_range: ``(n,)`` str, why the product's range gate would not score the slice (``"above"``,
+            ``"below"``, ``"narrow"``; ``""`` in range: ``position.gate.apply_range_gate``, as placed by the
+            track). Default: every slice in range (sets made by hand, files written before the gate).
     """
 
     images: np.ndarray
@@ -59,12 +65,15 @@ class SliceSet:
     case: np.ndarray
     slice_index: np.ndarray
     cases: tuple[CaseInfo, ...]
+    out_of_range: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.images)
         if self.images.ndim != 3:
             raise ValueError(f"images must be (n, res, res), got shape {self.images.shape}")
-        for name in ("positions", "body", "anomaly", "organ", "case", "slice_index"):
+        reasons = np.full(n, "", dtype=_REASON) if self.out_of_range is None else self.out_of_range
+        object.__setattr__(self, "out_of_range", np.asarray(reasons, dtype=_REASON))
+        for name in ("positions", "body", "anomaly", "organ", "case", "slice_index", "out_of_range"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"{name} has {len(getattr(self, name))} entries for {n} slices")
         if n and (self.case.min() < 0 or self.case.max() >= len(self.cases)):
@@ -78,6 +87,11 @@ class SliceSet:
         """``(n,)`` float32 positions the networks are conditioned on: clipped to the trained range [0, 1],
         as the engine does."""
         return np.clip(self.positions, 0.0, 1.0).astype(np.float32)
+
+    @property
+    def in_range(self) -> np.ndarray:
+        """``(n,)`` bool: the slices the product would score (its range gate let them through)."""
+        return self.out_of_range == ""
 
     @property
     def labels(self) -> np.ndarray:
@@ -106,6 +120,7 @@ class SliceSet:
             case=renumber[self.case[keep]],
             slice_index=self.slice_index[keep],
             cases=tuple(self.cases[i] for i in used),
+            out_of_range=self.out_of_range[keep],
         )
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -119,10 +134,11 @@ class SliceSet:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SliceSet:
-        """Read a set written by :meth:`save`."""
+        """Read a set written by :meth:`save` (one written before the range gate has every slice in range)."""
         with np.load(path) as data:
             cases = tuple(CaseInfo(**c) for c in json.loads(str(data["cases_json"])))
-            return cls(**{f.name: data[f.name] for f in fields(cls) if f.name != "cases"}, cases=cases)
+            arrays = {f.name: data[f.name] for f in fields(cls) if f.name != "cases" and f.name in data}
+            return cls(**arrays, cases=cases)
 
 
 def concatenate(sets: list[SliceSet]) -> SliceSet:
@@ -139,4 +155,5 @@ def concatenate(sets: list[SliceSet]) -> SliceSet:
         case=np.concatenate([s.case + off for s, off in zip(sets, offsets)]),
         slice_index=np.concatenate([s.slice_index for s in sets]),
         cases=tuple(c for s in sets for c in s.cases),
+        out_of_range=np.concatenate([s.out_of_range for s in sets]),
     )
