@@ -32,7 +32,7 @@ from AnomalyScoutLib.inversion import InversionConfig
 from AnomalyScoutLib.model_file import AnomalyModel
 from AnomalyScoutLib.nets.encoder import Encoder
 from benchmarks.model_selection import evaluate_candidates
-from benchmarks.results_io import RESULTS_DIR, write_json
+from benchmarks.results_io import RESULTS_DIR, add_position_argument, write_json
 
 __all__ = ["constrain_encoder", "main"]
 
@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accurate-latent", choices=("w", "w+"), default="w+")
     parser.add_argument("--accurate-steps", type=int, default=None, help="default: the product's")
     parser.add_argument("--work", type=Path, default=Path("runs/code-space"), help="variant model files")
+    add_position_argument(parser)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "code_space.json")
     args = parser.parse_args(argv)
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         "fast": InversionConfig(mode="fast"),
         "accurate": InversionConfig(mode="accurate", latent=args.accurate_latent, steps=args.accurate_steps),
     }
-    result = evaluate_candidates(paths, inversions)
+    result = evaluate_candidates(paths, inversions, position=args.position)
     for candidate in result["candidates"]:
         candidate["code_space"] = AnomalyModel.load(candidate["path"], "cpu").metadata["code_space"]
     write_json(

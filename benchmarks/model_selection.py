@@ -13,6 +13,11 @@ of each anomaly type and two normal controls, every 2nd slice:
 - ``fast`` (encoder only) on all validation slices;
 - ``accurate`` (encoder + the default refinement) on a seeded balanced subset of them.
 
+Slices are placed as ``anomalyscout score --position`` places them (the same option and default, ``auto``:
+by anatomy when the first model file holds a body-part regressor), once, by the first model file, so that
+every candidate sees the same positions; the slices the product's range gate would not score are left out
+(their count is in the results' ``validation.position.range_gate``).
+
 The chosen model is the one with the highest mean over anomaly types of the accurate-mode slice AUROC (a
 mean over types, so that one easy type cannot carry a model). Writes
 ``benchmarks/results/model_selection.json``; ``python -m benchmarks.report`` turns it into the table in
@@ -22,7 +27,6 @@ mean over types, so that one easy type cannot carry a model). Writes
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -34,12 +38,12 @@ import torch
 from AnomalyScoutLib.inversion import InversionConfig
 from AnomalyScoutLib.model_file import AnomalyModel
 from AnomalyScoutLib.scoring import ScoreConfig
-from benchmarks.data import ANOMALY_TYPES, phantom_case
+from benchmarks.data import ANOMALY_TYPES, BY_INDEX, SlicePlacer, in_range_only, phantom_case
 from benchmarks.evaluate import detection_metrics
 from benchmarks.generator_runs import generator_run
 from benchmarks.ours import GeneratorDetector
 from benchmarks.phantom_track import balanced_subset, sweep_summary
-from benchmarks.results_io import RESULTS_DIR, file_digest, write_json
+from benchmarks.results_io import RESULTS_DIR, add_position_argument, file_digest, placer_for, write_json
 from benchmarks.slices import SliceSet, concatenate
 
 __all__ = [
@@ -65,10 +69,13 @@ def validation_cases(per_type: int, n_normal: int) -> list[tuple[int, str]]:
     ]
 
 
-def validation_slices(per_type: int, n_normal: int, model: AnomalyModel) -> SliceSet:
-    """Every 2nd slice of the :func:`validation_cases`, on ``model``'s grid and HU window."""
+def validation_slices(
+    per_type: int, n_normal: int, model: AnomalyModel, placer: SlicePlacer = BY_INDEX
+) -> SliceSet:
+    """Every 2nd slice of the :func:`validation_cases`, on ``model``'s grid and HU window, placed (and marked
+    by the range gate) by ``placer``."""
     cases = [
-        phantom_case(seed, kind, model.resolution, model.window)
+        phantom_case(seed, kind, model.resolution, model.window, placer=placer)
         for seed, kind in validation_cases(per_type, n_normal)
     ]
     slices = concatenate(cases)
@@ -119,19 +126,31 @@ def evaluate_candidates(
     core_per_type: int = 6,
     core_normal: int = 30,
     seed: int = 0,
+    position: str = "auto",
 ) -> dict[str, Any]:
     """Every model file of ``paths`` on the same validation slices, in each of ``inversions``.
 
     Modes other than ``fast`` run on a seeded balanced subset (``core_per_type`` anomalous slices of each
-    type, ``core_normal`` normal ones). Returns the ``validation`` description and the ``candidates``.
+    type, ``core_normal`` normal ones). Slices are placed as ``score --position <position>`` places them for
+    the first model file, and those out of its range are left out. Returns the ``validation`` description
+    and the ``candidates``.
+
+    Raises:
+        SystemExit: ``position`` unknown or ``"anatomy"`` for a first model without a regressor, or no
+            validation slice lies in the model's range (one line each).
     """
-    slices = validation_slices(per_type, n_normal, AnomalyModel.load(paths[0], "cpu"))
+    first = AnomalyModel.load(paths[0], "cpu")
+    placer = placer_for(first, position)
+    slices, excluded = in_range_only(validation_slices(per_type, n_normal, first, placer))
+    excluded.announce("validation", "model-selection")
     core = balanced_subset(slices, core_per_type, core_normal, seed)
-    data_key = json.dumps(["validation", VALIDATION_FIRST_SEED, per_type, n_normal, seed, core_per_type,
-                           core_normal])  # fmt: skip
+    data_key = placer.data_key(["validation", VALIDATION_FIRST_SEED, per_type, n_normal, seed, core_per_type,
+                                core_normal, *excluded.key_parts()])  # fmt: skip
     return {
         "validation": {"first_seed": VALIDATION_FIRST_SEED, "slices": len(slices),
-                       "anomalous_slices": int(slices.labels.sum()), "accurate_subset": int(core.size)},
+                       "anomalous_slices": int(slices.labels.sum()), "accurate_subset": int(core.size),
+                       "position": {"placement": placer.method, "placed_by": str(paths[0]),
+                                    "range_gate": excluded.as_dict()}},
         "candidates": [_candidate(path, slices, core, data_key, inversions) for path in paths],
     }  # fmt: skip
 
@@ -146,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--core-normal", type=int, default=30, help="accurate mode: normal slices")
     parser.add_argument("--seed", type=int, default=0)
+    add_position_argument(parser)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "model_selection.json")
     args = parser.parse_args(argv)
@@ -158,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         core_per_type=args.core_per_type,
         core_normal=args.core_normal,
         seed=args.seed,
+        position=args.position,
     )
     candidates = result["candidates"]
     chosen = max(candidates, key=lambda c: c["accurate"]["mean_type_auroc"])

@@ -12,7 +12,9 @@ per anomaly type and per position bin. Running the same model in ``fast`` (encod
 (encoder + K refinement steps) and ``projector`` (many steps from the mean latent) separates the error of the
 encoder from the generator's own floor: what the projector cannot reach, the generator cannot draw.
 
-Errors are in HU inside the model's window (clipped to it, as the model sees the slice). Results go to
+Errors are in HU inside the model's window (clipped to it, as the model sees the slice). Each model places the
+slices as ``anomalyscout score --position`` places them for it (the same option and default), and the slices
+its range gate would not score are left out (their count is in each row's ``range_gate``). Results go to
 ``benchmarks/results/reconstruction_error.json``.
 """
 
@@ -32,11 +34,12 @@ from AnomalyScoutLib.atomic import write_bytes_atomic
 from AnomalyScoutLib.inversion import InversionConfig
 from AnomalyScoutLib.model_file import DEFAULT_MODEL_PATH, AnomalyModel
 from AnomalyScoutLib.scoring import ScoreConfig
-from benchmarks.data import ANOMALY_TYPES, phantom_case
+from benchmarks.data import ANOMALY_TYPES, BY_INDEX, RangeExclusion, SlicePlacer, in_range_only, phantom_case
 from benchmarks.ours import GeneratorDetector
+from benchmarks.results_io import add_position_argument, placer_for
 from benchmarks.slices import SliceSet, concatenate
 
-__all__ = ["error_summary", "main"]
+__all__ = ["error_summary", "held_out_slices", "main"]
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "reconstruction_error.json"
@@ -73,13 +76,16 @@ def error_summary(slices: SliceSet, reconstructions: np.ndarray, hu_per_unit: fl
     }
 
 
-def _slices(per_type: int, normals: int, model: AnomalyModel) -> SliceSet:
+def held_out_slices(
+    per_type: int, normals: int, model: AnomalyModel, placer: SlicePlacer = BY_INDEX
+) -> tuple[SliceSet, RangeExclusion]:
+    """The held-out cases' slices placed by ``placer``, only those its range gate lets through."""
     cases = [
-        phantom_case(FIRST_SEED + 100 * t + i, kind, model.resolution, model.window)
+        phantom_case(FIRST_SEED + 100 * t + i, kind, model.resolution, model.window, placer=placer)
         for t, kind in enumerate((*ANOMALY_TYPES, "normal"))
         for i in range(normals if kind == "normal" else per_type)
     ]
-    return concatenate(cases)
+    return in_range_only(concatenate(cases))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-type", type=int, default=1, help="held-out cases per anomaly type")
     parser.add_argument("--normals", type=int, default=2, help="held-out normal cases")
     parser.add_argument("--every", type=int, default=4, help="keep every n-th normal slice")
+    add_position_argument(parser)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -99,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for model_path in args.models:
         model = AnomalyModel.load(model_path, "cpu")
-        slices = _slices(args.per_type, args.normals, model)
+        placer = placer_for(model, args.position)
+        slices, excluded = held_out_slices(args.per_type, args.normals, model, placer)
+        excluded.announce(model_path.name, "reconstruction-error")
         # Every anomalous slice (the signal is rare) and every n-th of the others.
         keep = slices.anomaly.any(axis=(1, 2)) | (np.arange(len(slices.positions)) % args.every == 0)
         slices = slices.subset(keep)
@@ -114,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
             summary = error_summary(slices, reconstructions, hu_per_unit)
             seconds = round(time.perf_counter() - start, 1)
             row = {"model": str(model_path), "model_id": model.model_id, "mode": mode, "steps": steps,
-                   "slices": int(keep.sum()), "seconds": seconds, **summary}  # fmt: skip
+                   "slices": int(keep.sum()), "seconds": seconds, "position": placer.method,
+                   "range_gate": excluded.as_dict(), **summary}  # fmt: skip
             rows.append(row)
             print(
                 f"{model_path.name:32s} {mode:9s} normal body {summary['normal_body_hu']:6.1f} HU, "

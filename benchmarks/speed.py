@@ -17,6 +17,9 @@ What it measures (issue 4's targets in brackets):
 * with ``--sweep``: AUROC of ``accurate`` over refinement steps and learning rates (how the defaults in
   :mod:`AnomalyScoutLib.inversion` were chosen).
 
+Slices are placed as ``anomalyscout score --position`` places them (the same option and default; the
+end-to-end runs get it too), and the slices its range gate would not score are left out of the AUROC's slices.
+
 Results go to ``benchmarks/results/speed.json`` and ``docs/speed.md``. The machine is shared, so run it niced
 and read the recorded load average next to the numbers: ``nice -n 15 python -m benchmarks.speed``.
 
@@ -52,8 +55,9 @@ from AnomalyScoutLib.metrics import roc_auc
 from AnomalyScoutLib.model_file import DEFAULT_MODEL_PATH, AnomalyModel
 from AnomalyScoutLib.nets.architecture import preset
 from AnomalyScoutLib.scoring import ScoreConfig
-from benchmarks.data import phantom_case
+from benchmarks.data import BY_INDEX, SlicePlacer, in_range_only, phantom_case
 from benchmarks.ours import GeneratorDetector
+from benchmarks.results_io import add_position_argument, placer_for
 from benchmarks.slices import SliceSet, concatenate
 
 __all__ = ["main"]
@@ -74,19 +78,24 @@ CASES = (
 CASE_SHAPE_XYZ = (128, 128, 48)
 
 
-def evaluation_slices(model: AnomalyModel, n_cases: int, per_case: int, seed: int = 0) -> SliceSet:
+def evaluation_slices(
+    model: AnomalyModel, n_cases: int, per_case: int, seed: int = 0, placer: SlicePlacer = BY_INDEX
+) -> SliceSet:
     """Per case up to ``per_case / 2`` anomalous slices and the *same* slices of the case without its anomaly.
 
     The phantom without anomalies of the same seed is voxel for voxel the same anatomy, so each normal slice
     sits at the same position as its anomalous twin: the AUROC then measures whether the anomaly raises the
-    score, not whether some body regions reconstruct worse than others.
+    score, not whether some body regions reconstruct worse than others. Slices are placed by ``placer``, and
+    only slices the range gate lets through in both cases are drawn (the product scores no others).
     """
     rng = np.random.default_rng(seed)
     parts = []
     for case_seed, kind in CASES[:n_cases]:
-        case = phantom_case(case_seed, kind, model.resolution, model.window, shape_xyz=CASE_SHAPE_XYZ)
-        twin = phantom_case(case_seed, "normal", model.resolution, model.window, shape_xyz=CASE_SHAPE_XYZ)
-        anomalous = np.flatnonzero(case.labels)
+        case, twin = (
+            phantom_case(case_seed, k, model.resolution, model.window, CASE_SHAPE_XYZ, placer)
+            for k in (kind, "normal")
+        )
+        anomalous = np.flatnonzero(case.labels & case.in_range & twin.in_range)
         keep = np.sort(rng.choice(anomalous, min(len(anomalous), per_case // 2), replace=False))
         parts += [case.subset(keep), twin.subset(keep)]
     return concatenate(parts)
@@ -181,12 +190,14 @@ def measure_end_to_end(
     device: str = "cpu",
     repeats: int = 1,
     code: Path = REPO,
+    position: str = "auto",
 ) -> dict[str, Any]:
     """Wall time, CPU time and peak RSS of ``anomalyscout score --mode fast`` on a synthetic int16 CT of
     ``shape_xyz``, each run in a process of its own as a user would run it (interpreter start, imports, model
     loading, reading, scoring and writing all count). With ``repeats`` > 1 the median run by wall time
     counts, and every run's wall time is kept. ``code``: the checkout whose ``AnomalyScoutLib`` runs (another
-    commit's ``git worktree``, to compare two versions on the same machine)."""
+    commit's ``git worktree``, to compare two versions on the same machine); ``position``: its
+    ``--position``."""
     folder = Path(tempfile.mkdtemp(prefix="anomalyscout-speed-"))
     try:
         ct = folder / "big.nrrd"
@@ -194,6 +205,8 @@ def measure_end_to_end(
         command = [sys.executable, "-m", "AnomalyScoutLib", "score", str(ct), "--out", str(folder / "out"),
                    "--model", str(model_path), "--mode", "fast", "--device", device,
                    "--threads", str(threads)]  # fmt: skip
+        if position != "auto":  # the default, left out: a --code checkout older than the option still runs
+            command += ["--position", position]
         runs = [_score_once(command, folder / "out", code) for _ in range(repeats)]
         median = sorted(runs, key=lambda run: run["wall_s"])[len(runs) // 2]
         timings = median["timings"]
@@ -202,6 +215,7 @@ def measure_end_to_end(
             "shape_xyz": list(shape_xyz),
             "device": device,
             "threads": threads,
+            "position": position,
             "code": str(code),
             "repeats": repeats,
             "peak_rss_gb": round(max(run["peak_rss"] for run in runs) / 1e9, 3),
@@ -388,6 +402,7 @@ def _end_to_end_only(args: argparse.Namespace, command: str, model_row: dict[str
         args.threads,
         repeats=args.end_to_end_repeats,
         code=args.code,
+        position=args.position,
     )
     results["environment"]["load_average_after"] = [round(v, 1) for v in os.getloadavg()]
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -448,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=None, help=f"results JSON (default {RESULTS.relative_to(REPO)})"
     )
     parser.add_argument("--doc", type=Path, default=DOC, help="markdown summary")
+    add_position_argument(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     command = "python -m benchmarks.speed " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -456,8 +472,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.only_end_to_end:
         return _end_to_end_only(args, command, model_row, args.out or END_TO_END_RESULTS)
     args.out = args.out or RESULTS
-    slices = evaluation_slices(model, args.cases, args.per_case)
+    placer = placer_for(model, args.position)
+    slices = evaluation_slices(model, args.cases, args.per_case, placer=placer)
     print(f"evaluation set: {len(slices)} slices, {int(slices.labels.sum())} anomalous", flush=True)
+    everything, excluded = in_range_only(
+        concatenate(
+            [
+                phantom_case(s, k, model.resolution, model.window, CASE_SHAPE_XYZ, placer)
+                for s, k in CASES[: args.cases]
+            ]
+        )
+    )
+    excluded.announce("evaluation cases'", "speed")
     results: dict[str, Any] = {
         "command": command,
         "environment": _environment(),
@@ -467,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
             "kinds": sorted({kind for _, kind in CASES[: args.cases]}),
             "slices": len(slices),
             "anomalous": int(slices.labels.sum()),
+            "position": {"placement": placer.method, "range_gate": excluded.as_dict()},
         },
     }
     configs = [
@@ -489,9 +516,6 @@ def main(argv: list[str] | None = None) -> int:
         GeneratorDetector("warm-up", args.model, warm_up, ScoreConfig()).reconstruct(
             slices.subset(np.arange(2))
         )
-    everything = concatenate(
-        [phantom_case(s, k, model.resolution, model.window, CASE_SHAPE_XYZ) for s, k in CASES[: args.cases]]
-    )
     results["fast_throughput"] = measure_mode(
         args.model, everything, InversionConfig(mode="fast"), args.batch_size, repeats=args.repeats
     )
@@ -504,13 +528,22 @@ def main(argv: list[str] | None = None) -> int:
         save()
     if args.end_to_end_shape:
         results["end_to_end"] = measure_end_to_end(
-            args.model, _shape(args.end_to_end_shape), args.threads, repeats=args.end_to_end_repeats
+            args.model,
+            _shape(args.end_to_end_shape),
+            args.threads,
+            repeats=args.end_to_end_repeats,
+            position=args.position,
         )
         print(json.dumps(results["end_to_end"]), flush=True)
         save()
     if args.memory_shape:
         shape = tuple(int(v) for v in args.memory_shape.split(","))
-        results["memory"] = measure_end_to_end(args.model, shape, args.threads)  # type: ignore[arg-type]
+        results["memory"] = measure_end_to_end(
+            args.model,
+            shape,  # type: ignore[arg-type]
+            args.threads,
+            position=args.position,
+        )
         print(json.dumps(results["memory"]), flush=True)
         save()
     results["gpu"] = measure_gpu(args.threads)
