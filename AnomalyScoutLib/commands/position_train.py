@@ -1,11 +1,13 @@
 """``anomalyscout position-train``: train the body-part regressor that places slices on the anatomical scale.
 
     anomalyscout position-train --out POSITION.safetensors [--phantoms 24] [--real CT ...] [--steps 2000]
+        [--device auto] [--threads N]
 
 Supervised on normal phantoms (their slice positions are the scale: pelvis floor 0, lung bases 1) and
 self-supervised (slice order and spacing, no labels) on the phantoms and on every --real CT, with strong
 augmentation. Writes a standalone regressor file (atomically, at the end); put it into a model file with
-``anomalyscout attach-position``. A few minutes on two CPU cores.
+``anomalyscout attach-position``. A few minutes on two CPU cores; ``--device`` and ``--threads`` as in every
+training command (default: CUDA, then MPS, then CPU).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sys
 from pathlib import Path
 
 from AnomalyScoutLib.cli import add_command_parser
+from AnomalyScoutLib.commands.training_run import add_training_device_arguments
 
 __all__ = ["register", "run"]
 
@@ -33,14 +36,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=int, default=2000, help="optimisation steps (default 2000)")
     parser.add_argument("--batch", type=int, default=48, help="phantom slices per step (default 48)")
     parser.add_argument("--seed", type=int, default=0, help="seed of phantoms, sampling and weights")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    add_training_device_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
-    import torch
 
+    from AnomalyScoutLib.commands.training_run import training_device
     from AnomalyScoutLib.errors import ConfigError
     from AnomalyScoutLib.position.network import RegressorConfig
     from AnomalyScoutLib.position.store import save_regressor
@@ -53,8 +56,7 @@ def run(args: argparse.Namespace) -> int:
         validation_error,
     )
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = training_device(args)
     if not args.out.parent.is_dir():
         raise ConfigError(f"--out: folder {args.out.parent} does not exist")
     if args.phantoms < 1 or args.validation_phantoms < 1:
@@ -62,20 +64,26 @@ def run(args: argparse.Namespace) -> int:
     training = TrainingConfig(steps=args.steps, batch=args.batch, seed=args.seed)
     rng = np.random.default_rng(args.seed)
     base = 100_000 + 1000 * args.seed  # seeds apart from the GAN's training and benchmark phantoms
-    print(f"making {args.phantoms} + {args.validation_phantoms} phantoms", file=sys.stderr)
+    print(
+        f"making {args.phantoms} + {args.validation_phantoms} phantoms; training on {device}", file=sys.stderr
+    )
     volumes = phantom_volumes(range(base, base + args.phantoms), rng)
     held_out = phantom_volumes(
         range(base + args.phantoms, base + args.phantoms + args.validation_phantoms), rng
     )
     volumes += [real_volume(path) for path in args.real]
     regressor, history = train_regressor(
-        volumes, RegressorConfig(), training, log=lambda line: print(line, file=sys.stderr)
+        volumes, RegressorConfig(), training, log=lambda line: print(line, file=sys.stderr), device=device
     )
     error = validation_error(regressor, held_out)
     config = RegressorConfig.from_dict({**regressor.config.to_dict(), "slice_error": round(error, 4)})
     regressor.config = config
     info = {
-        "training": {**training_summary(volumes, training), "seconds": history[-1]["seconds"]},
+        "training": {
+            **training_summary(volumes, training),
+            "seconds": history[-1]["seconds"],
+            "device": str(device),
+        },
         "validation": {"phantoms": args.validation_phantoms, "median_slice_error": error},
     }
     save_regressor(args.out, regressor, info)

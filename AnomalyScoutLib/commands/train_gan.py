@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from AnomalyScoutLib.cli import EXIT_CANCELLED, add_command_parser
+from AnomalyScoutLib.commands.training_run import add_training_device_arguments
 from AnomalyScoutLib.errors import ConfigError
 from AnomalyScoutLib.nets.architecture import PRESETS, ArchitectureConfig, preset
 
@@ -36,8 +37,7 @@ def parse_window(text: str) -> tuple[float, float]:
 
 def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     """Options every training command shares: device, CPU threads, seed and the progress bar."""
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    add_training_device_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

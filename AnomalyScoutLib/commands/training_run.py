@@ -1,9 +1,11 @@
 """What every training command does around its trainer: CPU threads, the device, and a run that Ctrl-C stops.
 
-``train-gan``, ``train-encoder`` (and the commands that train heads on a model) differ in what they train,
-not in how a run starts and stops: ``--threads`` and ``--device`` (:func:`add_runtime_arguments` in
-``train_gan``) are applied the same way, and Ctrl-C or SIGTERM asks the trainer to stop at its next step, so
-that each command can then say what it kept (a checkpoint, nothing) and exit with ``EXIT_CANCELLED``.
+``train-gan``, ``train-encoder``, ``position-train`` (and the commands that train heads on a model) differ in
+what they train, not in how a run starts and stops: ``--threads`` and ``--device``
+(:func:`add_training_device_arguments`, part of :func:`add_runtime_arguments` in ``train_gan``) are applied
+the same way (:func:`training_device`: CUDA, then MPS, then CPU), and Ctrl-C or SIGTERM asks the trainer to
+stop at its next step, so that each command can then say what it kept (a checkpoint, nothing) and exit with
+``EXIT_CANCELLED``.
 Torch is imported inside the functions so that ``anomalyscout --help`` stays fast.
 """
 
@@ -17,13 +19,23 @@ if TYPE_CHECKING:
 
     from AnomalyScoutLib.cancellation import CancelFlag
 
-__all__ = ["Trainer", "train_until_done", "training_device"]
+__all__ = ["Trainer", "add_training_device_arguments", "train_until_done", "training_device"]
 
 
 class Trainer(Protocol):
     """A trainer runs until done (True) or until ``cancel`` is set (False), with or without a progress bar."""
 
     def train(self, cancel: CancelFlag | None = None, progress: bool = True) -> bool: ...
+
+
+def add_training_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--threads`` (read by :func:`training_device`): one definition for every trainer."""
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default auto)",
+    )
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
 
 
 def training_device(args: argparse.Namespace) -> torch.device:

@@ -192,13 +192,19 @@ def train_regressor(
     config: RegressorConfig,
     training: TrainingConfig,
     log: Callable[[str], None] | None = None,
+    device: torch.device | str = "cpu",
 ) -> tuple[PositionRegressor, list[dict[str, float]]]:
-    """Train a fresh regressor; returns it (eval mode) and the loss history (one row per 50 steps)."""
+    """Train a fresh regressor on ``device``; returns it on the CPU (eval mode), where placement runs, and
+    the loss history (one row per 50 steps).
+
+    Batches are sampled and augmented on the CPU from the same seeded generators whatever the device, so a
+    GPU changes only where the network's steps run.
+    """
     if not any(v.truth is not None for v in volumes):
         raise ConfigError("position training needs at least one volume with known positions (a phantom)")
     rng = np.random.default_rng(training.seed)
     torch.manual_seed(training.seed)
-    regressor = PositionRegressor(config)
+    regressor = PositionRegressor(config).to(device)
     optimiser = torch.optim.AdamW(regressor.parameters(), lr=training.learning_rate, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimiser, training.learning_rate, total_steps=training.steps, pct_start=0.1
@@ -216,14 +222,15 @@ def train_regressor(
             if run is not None:
                 runs.append(_augmented_input(volume.hu[run[0]], volume.spacing_kji[1:], config, rng))
                 steps_mm.append(run[1])
-        all_x = torch.cat([x, *runs])
+        all_x = torch.cat([x, *runs]).to(device)
         predictions = regressor(all_x)
-        supervised = F.smooth_l1_loss(predictions[: len(x)], target, beta=0.02)
+        supervised = F.smooth_l1_loss(predictions[: len(x)], target.to(device), beta=0.02)
         loss = supervised
-        ss = torch.zeros(())
+        ss = torch.zeros((), device=predictions.device)
         if runs:
             ss = self_supervised_loss(
-                predictions[len(x) :].view(len(runs), training.run_length), torch.tensor(steps_mm)
+                predictions[len(x) :].view(len(runs), training.run_length),
+                torch.tensor(steps_mm, dtype=predictions.dtype, device=predictions.device),
             )
             loss = loss + training.self_supervised_weight * ss
         optimiser.zero_grad(set_to_none=True)
@@ -245,7 +252,7 @@ def train_regressor(
                     f"step {step}: supervised {row['supervised']:.4f} "
                     f"self-supervised {row['self_supervised']:.4f}"
                 )
-    regressor.eval().requires_grad_(False)
+    regressor.cpu().eval().requires_grad_(False)
     return regressor, history
 
 
