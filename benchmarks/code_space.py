@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help="model file whose encoder is constrained")
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.7, 0.5, 0.3])
+    parser.add_argument("--modes", nargs="+", choices=("fast", "accurate"), default=["fast", "accurate"])
     parser.add_argument("--accurate-latent", choices=("w", "w+"), default="w+")
     parser.add_argument("--accurate-steps", type=int, default=None, help="default: the product's")
     parser.add_argument("--work", type=Path, default=Path("runs/code-space"), help="variant model files")
@@ -90,10 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     started = time.time()
     paths = write_variants(args.model, args.scales, args.work)
-    inversions = {
+    available = {
         "fast": InversionConfig(mode="fast"),
         "accurate": InversionConfig(mode="accurate", latent=args.accurate_latent, steps=args.accurate_steps),
     }
+    inversions = {mode: available[mode] for mode in args.modes}
     result = evaluate_candidates(paths, inversions, position=args.position)
     for candidate in result["candidates"]:
         candidate["code_space"] = AnomalyModel.load(candidate["path"], "cpu").metadata["code_space"]
@@ -110,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         args.out,
     )
     for c in result["candidates"]:
-        fast, accurate = c["fast"]["mean_type_auroc"], c["accurate"]["mean_type_auroc"]
-        print(f"{Path(c['path']).name}: mean AUROC over types: fast {fast:.3f}, accurate {accurate:.3f}")
+        means = ", ".join(f"{mode} {c[mode]['mean_type_auroc']:.3f}" for mode in inversions)
+        print(f"{Path(c['path']).name}: mean AUROC over types: {means}")
     return 0
 
 
