@@ -4,19 +4,19 @@ Usage: ``python -m benchmarks.code_space --model M``.
 
 The wider generator draws normal anatomy better, and the anomalies just as well: its anomaly-to-normal
 error ratio fell to 1.0 (``docs/training.md``). A W+ code (one w per synthesis layer) is expressive enough to
-paint a low-contrast lesion back in. This probe shrinks the code space of ``fast`` mode, where the encoder's
-output is used as it is, without retraining anything:
+paint a low-contrast lesion back in. This probe shrinks the code space the encoder's output may use, without
+retraining anything:
 
 * ``offset_scale`` s: ``ws = mean_w(p) + s * offset``. The encoder predicts offsets from the generator's mean
   latent at the slice's position; s < 1 is the truncation trick applied to the encoding, pulling every
   reconstruction towards the typical slice at that position.
 * ``single_w``: the offsets averaged over the synthesis layers, so all layers share one w (W instead of W+).
 
-Both are linear in the encoder's last layer, so each variant is an ordinary model file (its last layer's
-weights transformed), scored by :mod:`benchmarks.model_selection`'s harness on the same validation phantoms.
-The accurate mode of each variant starts its refinement from the constrained code, in W+ as shipped; the
-accurate rows with ``--accurate-latent w`` refine in W instead. Results go to
-``benchmarks/results/code_space.json``.
+Both are linear in the encoder's last layer (:meth:`Encoder.constrain`, also ``train-encoder --offset-scale S
+--single-w``), so each variant is an ordinary model file (its last layer's weights transformed), scored by
+:mod:`benchmarks.model_selection`'s harness on the same validation phantoms. The accurate mode of each variant
+starts its refinement from the constrained code, in W+ as shipped; with ``--accurate-latent w`` it refines in
+W instead. Results go to ``benchmarks/results/code_space.json`` (``--out``).
 """
 
 from __future__ import annotations
@@ -30,33 +30,10 @@ import torch
 
 from AnomalyScoutLib.inversion import InversionConfig
 from AnomalyScoutLib.model_file import AnomalyModel
-from AnomalyScoutLib.nets.encoder import Encoder
 from benchmarks.model_selection import evaluate_candidates
 from benchmarks.results_io import RESULTS_DIR, add_position_argument, write_json
 
-__all__ = ["constrain_encoder", "main"]
-
-
-@torch.no_grad()
-def constrain_encoder(encoder: Encoder, offset_scale: float = 1.0, single_w: bool = False) -> None:
-    """Shrinks ``encoder``'s code space in place by transforming its last (linear) layer.
-
-    Args:
-        offset_scale: multiplies the predicted offsets from the mean latent (1 = unchanged, 0 = the mean
-            latent at the slice's position for every slice).
-        single_w: average the offsets over the synthesis layers, so that every layer gets the same w.
-    """
-    if offset_scale < 0:
-        raise ValueError(f"offset_scale must be >= 0, got {offset_scale}")
-    layer = encoder.out
-    if single_w:
-        num_ws, w_dim = encoder.num_ws, encoder.w_dim
-        weight = layer.weight.reshape(num_ws, w_dim, -1).mean(dim=0, keepdim=True).expand(num_ws, -1, -1)
-        bias = layer.bias.reshape(num_ws, w_dim).mean(dim=0, keepdim=True).expand(num_ws, -1)
-        layer.weight.copy_(weight.reshape_as(layer.weight))
-        layer.bias.copy_(bias.reshape_as(layer.bias))
-    layer.weight.mul_(offset_scale)
-    layer.bias.mul_(offset_scale)
+__all__ = ["main", "write_variants"]
 
 
 def _variant_name(offset_scale: float, single_w: bool) -> str:
@@ -70,7 +47,7 @@ def write_variants(model_path: Path, scales: list[float], out_dir: Path) -> list
     for single_w in (False, True):
         for scale in scales:
             model = AnomalyModel.load(model_path, "cpu")
-            constrain_encoder(model.encoder, scale, single_w)
+            model.encoder.constrain(scale, single_w)
             model.metadata["code_space"] = {"offset_scale": scale, "single_w": single_w}
             paths.append(model.save(out_dir / f"{_variant_name(scale, single_w)}.safetensors", half=False))
     return paths

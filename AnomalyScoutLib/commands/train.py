@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from AnomalyScoutLib.cli import add_command_parser
+from AnomalyScoutLib.commands.train_encoder import add_code_space_arguments
 from AnomalyScoutLib.errors import ConfigError
 
 __all__ = ["register", "run", "split_volumes"]
@@ -57,6 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--gan-kimg", type=float, default=200.0, help="GAN length in kimg (default 200)")
     parser.add_argument("--encoder-kimg", type=float, default=40.0, help="encoder length (default 40)")
     parser.add_argument("--encoder-minutes", type=float, default=0.0, help="cap on the encoder's time")
+    add_code_space_arguments(parser)
     parser.add_argument(
         "--head-steps",
         type=int,
@@ -173,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
         _stage(2, stages, f"encoder ({args.encoder_kimg:g} kimg)"),
         model_file,
         ["train-encoder", "--gan", str(gan_dir), "--out", str(model_file), "--kimg", str(args.encoder_kimg),
-         "--max-minutes", str(args.encoder_minutes), *_runtime(args)],
+         "--max-minutes", str(args.encoder_minutes), "--offset-scale", str(args.offset_scale),
+         *(["--single-w"] if args.single_w else []), *_runtime(args)],
     )  # fmt: skip
     if code:
         return code

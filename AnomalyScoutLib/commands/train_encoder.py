@@ -1,13 +1,16 @@
 """``anomalyscout train-encoder``: train the encoder of a GAN run and write the one-file model.
 
     anomalyscout train-encoder --gan RUN --out MODEL.safetensors [--data DIR_OR_LIST] [--kimg N] [--kappa K]
-                               [--init OLD_MODEL.safetensors]
+                               [--init OLD_MODEL.safetensors] [--offset-scale S] [--single-w]
 
 The GAN run's EMA generator and discriminator stay frozen. --data defaults to the GAN's training data. The
 model file (generator + encoder + discriminator, float16 unless --float32) is written atomically at the end,
 also when --max-minutes stops training early; Ctrl-C writes nothing and exits with code 130. --init starts
 from the encoder of an earlier model of the same architecture (after the GAN trained further), which needs
-far fewer steps than a fresh encoder.
+far fewer steps than a fresh encoder. --offset-scale and --single-w narrow the trained encoder's code space
+before the file is written (``Encoder.constrain``): a generator that can draw a lesion draws it back into the
+reconstruction when the code lets it, so a code held nearer the typical slice at its position separates
+anomalies better (``python -m benchmarks.code_space``, docs/training.md).
 """
 
 from __future__ import annotations
@@ -54,9 +57,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--init", type=Path, help="start from this model file's encoder (same architecture), not a fresh one"
     )
+    add_code_space_arguments(parser)
     parser.add_argument("--float32", action="store_true", help="store float32 weights (default float16)")
     add_runtime_arguments(parser)
     parser.set_defaults(func=run)
+
+
+def add_code_space_arguments(parser: argparse.ArgumentParser) -> None:
+    """How far the trained encoder's codes may stray from the typical slice (shared with ``train``)."""
+    parser.add_argument(
+        "--offset-scale",
+        type=float,
+        default=1.0,
+        help="scale the encoder's offsets from the mean latent at the slice's position after training "
+        "(default 1: as trained; <1 keeps lesions out of the reconstruction, see docs/training.md)",
+    )
+    parser.add_argument(
+        "--single-w",
+        action="store_true",
+        help="one w for all synthesis layers (W instead of W+) after training",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.out.parent.is_dir():
         raise ConfigError(f"--out: folder {args.out.parent} does not exist")
+    if args.offset_scale < 0:
+        raise ConfigError(f"--offset-scale must be >= 0, got {args.offset_scale}")
     options = EncoderOptions(
         kimg=args.kimg,
         batch=args.batch,
@@ -101,6 +123,11 @@ def run(args: argparse.Namespace) -> int:
     model.metadata["training"] = training_metadata(gan, trainer, data)
     if initial is not None:
         model.metadata["training"]["encoder"]["initialised_from"] = initial
+    model.encoder.constrain(args.offset_scale, args.single_w)
+    model.metadata["training"]["encoder"]["code_space"] = {
+        "offset_scale": args.offset_scale,
+        "single_w": args.single_w,
+    }
     model.save(args.out, half=not args.float32)
     print(f"wrote {args.out} ({model.model_id}, {args.out.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
     return 0

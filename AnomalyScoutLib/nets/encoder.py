@@ -1,7 +1,11 @@
 """Encoder: slice (+ position) -> W+ code for the frozen generator (f-AnoGAN's izi_f encoder, StyleGAN-style).
 
 It predicts *offsets* from the generator's mean latent at the slice position, so an untrained encoder already
-returns the "average slice at this position" and training only has to learn the deviation.
+returns the "average slice at this position" and training only has to learn the deviation. The same offsets
+make the encoder's code space easy to narrow after training (:meth:`Encoder.constrain`): a generator that can
+draw a lesion draws it back into the reconstruction whenever the code lets it, and a code pulled towards the
+typical slice at its position (and shared by all layers, W instead of W+) lets it do so less
+(``benchmarks/code_space.py``).
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from AnomalyScoutLib.errors import ConfigError
 from AnomalyScoutLib.nets.architecture import ArchitectureConfig
 from AnomalyScoutLib.nets.discriminator import ResidualTrunk
 from AnomalyScoutLib.nets.generator import Generator, check_position
@@ -53,6 +58,29 @@ class Encoder(nn.Module):
         low = scaled.floor().long().clamp(max=MEAN_W_BINS - 2)
         frac = (scaled - low)[:, None]
         return torch.lerp(self.mean_w_table[low], self.mean_w_table[low + 1], frac)
+
+    @torch.no_grad()
+    def constrain(self, offset_scale: float = 1.0, single_w: bool = False) -> None:
+        """Narrows the code space in place by transforming the last (linear) layer.
+
+        Args:
+            offset_scale: multiplies the predicted offsets from the mean latent (the truncation trick applied
+                to the encoding: 1 = unchanged, 0 = the mean latent at the slice's position for every slice).
+            single_w: average the offsets over the synthesis layers, so that every layer gets the same w.
+
+        Raises:
+            ConfigError: ``offset_scale`` is negative.
+        """
+        if offset_scale < 0:
+            raise ConfigError(f"offset scale must be >= 0, got {offset_scale}")
+        layer = self.out
+        if single_w:
+            weight = layer.weight.reshape(self.num_ws, self.w_dim, -1).mean(dim=0, keepdim=True)
+            bias = layer.bias.reshape(self.num_ws, self.w_dim).mean(dim=0, keepdim=True)
+            layer.weight.copy_(weight.expand(self.num_ws, -1, -1).reshape_as(layer.weight))
+            layer.bias.copy_(bias.expand(self.num_ws, -1).reshape_as(layer.bias))
+        layer.weight.mul_(offset_scale)
+        layer.bias.mul_(offset_scale)
 
     def forward(self, x: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         check_position(position, x.shape[0])

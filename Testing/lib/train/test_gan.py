@@ -135,6 +135,21 @@ def test_the_commands_train_resume_and_write_a_loadable_model(tmp_path, volume_f
         if name != "mean_w_table":
             torch.testing.assert_close(warm.encoder.state_dict()[name], tensor, atol=1e-3, rtol=1e-3)
 
+    # The same warm start with a narrowed code space: the written encoder is the trained one, constrained.
+    narrow_path = tmp_path / "narrow.safetensors"
+    assert (
+        main(["train-encoder", "--gan", str(run), "--out", str(narrow_path), "--kimg", "0.008",
+              "--init", str(model_path), "--lr", "1e-12", "--offset-scale", "0.5", "--single-w", *common])
+        == 0
+    )  # fmt: skip
+    narrow = AnomalyModel.load(narrow_path)
+    assert narrow.metadata["training"]["encoder"]["code_space"] == {"offset_scale": 0.5, "single_w": True}
+    warm.encoder.constrain(0.5, single_w=True)
+    for name in ("out.weight", "out.bias"):
+        torch.testing.assert_close(
+            narrow.encoder.state_dict()[name], warm.encoder.state_dict()[name], atol=1e-3, rtol=1e-3
+        )
+
 
 def test_train_encoder_refuses_an_init_model_of_another_architecture(tiny_model_file):
     from AnomalyScoutLib.errors import ConfigError

@@ -52,7 +52,8 @@ def test_one_command_trains_calibrates_on_held_out_volumes_and_resumes(tmp_path,
 
     model_path = tmp_path / "site.safetensors"
     args = _train_args(volumes, model_path, tiny_config_file)
-    assert main([*args, "--gan-kimg", "0.016", "--encoder-kimg", "0.016", *COMMON]) == 0
+    narrow = ["--offset-scale", "0.5", "--single-w"]
+    assert main([*args, "--gan-kimg", "0.016", "--encoder-kimg", "0.016", *narrow, *COMMON]) == 0
 
     work = tmp_path / "site.safetensors.run"
     trained_on = (work / "train-list.txt").read_text().split()
@@ -66,6 +67,7 @@ def test_one_command_trains_calibrates_on_held_out_volumes_and_resumes(tmp_path,
     assert calibration and [key.split("/")[0] for key in calibration["modes"]] == ["fast"]
     assert next(iter(calibration["modes"].values()))["n_cases"] == 1  # the held-out volume, and only it
     assert model.metadata["training"]["gan"]["kimg"] == 0.016
+    assert model.metadata["training"]["encoder"]["code_space"] == {"offset_scale": 0.5, "single_w": True}
 
     # The same command with a longer GAN continues the run from its checkpoint; the encoder file is kept.
     encoder_mtime = (work / "encoder.safetensors").stat().st_mtime_ns

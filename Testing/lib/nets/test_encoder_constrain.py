@@ -1,11 +1,11 @@
-"""The code-space constraints do exactly what they claim to the encoder's output."""
+"""Encoder.constrain narrows the code space exactly as it claims (offsets scaled, W instead of W+)."""
 
 import pytest
 import torch
 
+from AnomalyScoutLib.errors import ConfigError
 from AnomalyScoutLib.nets.architecture import ArchitectureConfig
 from AnomalyScoutLib.nets.encoder import Encoder
-from benchmarks.code_space import constrain_encoder
 
 TINY = ArchitectureConfig(32, (16, 16, 8, 8), z_dim=16, w_dim=16, mapping_layers=2, position_frequencies=2)
 
@@ -24,7 +24,7 @@ def test_offsets_from_the_mean_latent_are_scaled(scale):
     encoder, x, p = _encoder_and_input()
     with torch.no_grad():
         before = encoder(x, p) - encoder.mean_w(p)[:, None]
-        constrain_encoder(encoder, offset_scale=scale)
+        encoder.constrain(offset_scale=scale)
         after = encoder(x, p) - encoder.mean_w(p)[:, None]
     assert before.abs().max() > 0.01
     torch.testing.assert_close(after, scale * before, atol=1e-5, rtol=1e-5)
@@ -34,7 +34,7 @@ def test_single_w_gives_every_layer_the_mean_offset():
     encoder, x, p = _encoder_and_input()
     with torch.no_grad():
         before = encoder(x, p) - encoder.mean_w(p)[:, None]
-        constrain_encoder(encoder, offset_scale=0.5, single_w=True)
+        encoder.constrain(offset_scale=0.5, single_w=True)
         after = encoder(x, p) - encoder.mean_w(p)[:, None]
     assert (before - before.mean(dim=1, keepdim=True)).abs().max() > 0.01  # W+ codes differ per layer
     expected = 0.5 * before.mean(dim=1, keepdim=True).expand_as(before)
@@ -43,5 +43,5 @@ def test_single_w_gives_every_layer_the_mean_offset():
 
 def test_a_negative_scale_is_refused():
     encoder, _, _ = _encoder_and_input()
-    with pytest.raises(ValueError, match="offset_scale"):
-        constrain_encoder(encoder, offset_scale=-1.0)
+    with pytest.raises(ConfigError, match="offset scale"):
+        encoder.constrain(offset_scale=-1.0)
