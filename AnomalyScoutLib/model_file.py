@@ -36,7 +36,14 @@ from AnomalyScoutLib.position import store as position_store
 from AnomalyScoutLib.position.network import PositionRegressor
 from AnomalyScoutLib.preprocessing import POSITION_METHODS, HUWindow
 
-__all__ = ["DEFAULT_MODEL_PATH", "FORMAT_VERSION", "METADATA_KEY", "AnomalyModel", "tensor_digest"]
+__all__ = [
+    "DEFAULT_MODEL_PATH",
+    "FORMAT_VERSION",
+    "METADATA_KEY",
+    "AnomalyModel",
+    "stored_in_half",
+    "tensor_digest",
+]
 
 FORMAT_VERSION = 1
 METADATA_KEY = "anomalyscout"
@@ -303,3 +310,10 @@ def _load_network(net: nn.Module, prefix: str, tensors: dict[str, torch.Tensor],
             )
         stored[name] = tensor.to(expected[name].dtype)
     net.load_state_dict(stored)
+
+
+def stored_in_half(path: str | os.PathLike[str]) -> bool:
+    """Whether the model file keeps its weights as float16, so that a command re-saving it keeps them so."""
+    with safe_open(str(path), framework="pt") as handle:
+        first = next(iter(handle.keys()))
+        return handle.get_slice(first).get_dtype() == "F16"

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from AnomalyScoutLib.inversion import InversionConfig
-from AnomalyScoutLib.model_file import AnomalyModel
+from AnomalyScoutLib.model_file import AnomalyModel, stored_in_half
 from benchmarks.model_selection import evaluate_candidates
 from benchmarks.results_io import RESULTS_DIR, add_position_argument, write_json
 
@@ -41,15 +41,16 @@ def _variant_name(offset_scale: float, single_w: bool) -> str:
 
 
 def write_variants(model_path: Path, scales: list[float], out_dir: Path) -> list[Path]:
-    """One model file per (offset scale, W or W+) next to each other in ``out_dir``."""
+    """One model file per (offset scale, W or W+) in ``out_dir``, in the source file's precision."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    half = stored_in_half(model_path)
     paths = []
     for single_w in (False, True):
         for scale in scales:
             model = AnomalyModel.load(model_path, "cpu")
             model.encoder.constrain(scale, single_w)
             model.metadata["code_space"] = {"offset_scale": scale, "single_w": single_w}
-            paths.append(model.save(out_dir / f"{_variant_name(scale, single_w)}.safetensors", half=False))
+            paths.append(model.save(out_dir / f"{_variant_name(scale, single_w)}.safetensors", half=half))
     return paths
 
 

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors import safe_open
 from tqdm import tqdm
 
 from AnomalyScoutLib.calibration import Calibration, calibration_key, check_fpr, fit_mode_calibration
@@ -34,7 +33,7 @@ from AnomalyScoutLib.errors import ConfigError
 from AnomalyScoutLib.inversion import MODES, InversionConfig
 from AnomalyScoutLib.io.geometry import axial_frame, to_canonical
 from AnomalyScoutLib.io.volume import Volume, read_volume
-from AnomalyScoutLib.model_file import AnomalyModel
+from AnomalyScoutLib.model_file import AnomalyModel, stored_in_half
 from AnomalyScoutLib.position.placement import place_and_gate, resolve_method
 from AnomalyScoutLib.scoring import SCORE_METHODS, ScoreConfig, case_score
 
@@ -147,13 +146,6 @@ def calibrate_model(
     return CalibrationRun(calibration, method, volumes, slices, skipped_slices, skipped_volumes)
 
 
-def _stored_in_half(path: Path) -> bool:
-    """Whether the model file keeps its weights as float16 (kept so on re-saving)."""
-    with safe_open(str(path), framework="pt") as handle:
-        first = next(iter(handle.keys()))
-        return handle.get_slice(first).get_dtype() == "F16"
-
-
 def _shape(text: str) -> tuple[int, int, int]:
     try:
         values = tuple(int(v) for v in text.replace("x", ",").split(","))
@@ -209,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
     )
     calibration = done.calibration
     model.calibration = calibration.to_json()
-    model.save(args.out, half=_stored_in_half(model_path))
+    model.save(args.out, half=stored_in_half(model_path))
     for key in sorted(calibration.modes):
         entry = calibration.modes[key]
         thresholds = [b.threshold(calibration.default_fpr) for b in entry.bins]
