@@ -49,7 +49,9 @@ def write_variants(model_path: Path, scales: list[float], out_dir: Path) -> list
         for scale in scales:
             model = AnomalyModel.load(model_path, "cpu")
             model.encoder.constrain(scale, single_w)
-            model.metadata["code_space"] = {"offset_scale": scale, "single_w": single_w}
+            # Where train-encoder --offset-scale records it, so that a variant reads like a trained file.
+            encoder_training = model.metadata.setdefault("training", {}).setdefault("encoder", {})
+            encoder_training["code_space"] = {"offset_scale": scale, "single_w": single_w}
             paths.append(model.save(out_dir / f"{_variant_name(scale, single_w)}.safetensors", half=half))
     return paths
 
@@ -76,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     inversions = {mode: available[mode] for mode in args.modes}
     result = evaluate_candidates(paths, inversions, position=args.position)
     for candidate in result["candidates"]:
-        candidate["code_space"] = AnomalyModel.load(candidate["path"], "cpu").metadata["code_space"]
+        training = AnomalyModel.load(candidate["path"], "cpu").metadata["training"]
+        candidate["code_space"] = training["encoder"]["code_space"]
     write_json(
         {
             "track": "code_space",
