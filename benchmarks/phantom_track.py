@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         accurate_runs[steps] = generator_run(detector, core_slices, core_key)
     per_type = max(1, args.projector_slices // 2 // len(split.types))
     projector_index = balanced_subset(
-        core_slices, per_type, args.projector_slices - per_type * len(split.types), args.seed
+        core_slices, per_type, max(0, args.projector_slices - per_type * len(split.types)), args.seed
     )
     projector_slices = core_slices.subset(projector_index)
     print(
