@@ -67,8 +67,9 @@ def test_with_the_shipped_model_metal_raises_the_slices_it_touches_above_their_n
     the test above: the same phantom with and without a metal clip (and its streaks), scored slice by
     slice. Streaks change every slice they cross by tens of HU, so each of those slices must score higher
     than the same slice of the anomaly-free twin. Bright metal raises the residual against any
-    reconstruction, even a flat one, so the model must also reconstruct the normal twin better than the
-    best flat image (the body's median) does, on the median slice: what a model that learned nothing fails."""
+    reconstruction, even a flat one, so the model must also show that it learned anatomy: refined, it draws
+    the normal twin better than the best flat image (the body's median), and its encoder reads each slice
+    better than the typical slice at its position: what a model that learned nothing fails."""
     from AnomalyScoutLib.engine import VolumeScorer
     from AnomalyScoutLib.inversion import InversionConfig
     from AnomalyScoutLib.model_file import DEFAULT_MODEL_PATH, AnomalyModel
@@ -86,14 +87,27 @@ def test_with_the_shipped_model_metal_raises_the_slices_it_touches_above_their_n
     normal = scorer.score(twin.volume.array_zyx, (sz, sy, sx)).scores
     assert (anomalous[touched] > normal[touched]).all()
     np.testing.assert_allclose(anomalous[~touched], normal[~touched], rtol=1e-6)
-    # The mean residual over the body says how well anatomy is reconstructed; the median slice must beat the
-    # flat image (the shipped model's top-5 % residual does not, on every slice: its lung bases are weak).
+    # The mean residual over the body says how well anatomy is reconstructed (median over slices; the top-5 %
+    # residual is no measure of it: the lung bases are weak). Each network is held to what it is for: the
+    # generator, given the refinement, must draw the normal twin better than the best flat image; the
+    # encoder must read the slice, so that fast mode beats the typical slice at each position (the mean
+    # latent, what an encoder that learned nothing returns). Fast mode alone need not beat the flat image:
+    # the shipped encoder's codes are held near the typical slice on purpose (models/README.md), which costs
+    # fidelity and keeps lesions out of the reconstruction.
     mean_error = ScoreConfig(top_fraction=1.0)
-    learned = VolumeScorer(model, InversionConfig("fast"), mean_error, torch.device("cpu"))
+    typical_model = AnomalyModel.load(DEFAULT_MODEL_PATH, "cpu")
+    typical_model.encoder.constrain(offset_scale=0.0)
     flat = VolumeScorer(model, InversionConfig("fast"), mean_error, torch.device("cpu"))
     flat.reconstructor = _FlatReconstructor()
-    errors = [s.score(twin.volume.array_zyx, (sz, sy, sx)).pixel for s in (learned, flat)]
-    assert np.median(errors[0]) < np.median(errors[1])
+    scorers = {
+        "accurate": VolumeScorer(model, InversionConfig("accurate"), mean_error, torch.device("cpu")),
+        "fast": VolumeScorer(model, InversionConfig("fast"), mean_error, torch.device("cpu")),
+        "typical": VolumeScorer(typical_model, InversionConfig("fast"), mean_error, torch.device("cpu")),
+        "flat": flat,
+    }
+    shape = (sz, sy, sx)
+    error = {name: np.median(s.score(twin.volume.array_zyx, shape).pixel) for name, s in scorers.items()}
+    assert error["accurate"] < error["flat"] and error["fast"] < error["typical"], error
 
 
 class _FlatReconstructor:
