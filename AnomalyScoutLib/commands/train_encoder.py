@@ -63,19 +63,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def add_code_space_arguments(parser: argparse.ArgumentParser) -> None:
-    """How far the trained encoder's codes may stray from the typical slice (shared with ``train``)."""
+def add_code_space_arguments(
+    parser: argparse.ArgumentParser, offset_scale: float = 1.0, single_w: bool = False
+) -> None:
+    """How far the trained encoder's codes may stray from the typical slice (shared with ``train``, whose
+    defaults are the shipped model's narrowing)."""
     parser.add_argument(
         "--offset-scale",
         type=float,
-        default=1.0,
+        default=offset_scale,
         help="scale the encoder's offsets from the mean latent at the slice's position after training "
-        "(default 1: as trained; <1 keeps lesions out of the reconstruction, see docs/training.md)",
+        f"(default {offset_scale:g}; 1 = as trained, < 1 keeps lesions out of the reconstruction: "
+        "docs/training.md)",
     )
     parser.add_argument(
         "--single-w",
-        action="store_true",
-        help="one w for all synthesis layers (W instead of W+) after training",
+        action=argparse.BooleanOptionalAction,
+        default=single_w,
+        help=f"one w for all synthesis layers (W instead of W+) after training (default: {single_w})",
     )
 
 

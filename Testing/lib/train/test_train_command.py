@@ -52,7 +52,7 @@ def test_one_command_trains_calibrates_on_held_out_volumes_and_resumes(tmp_path,
 
     model_path = tmp_path / "site.safetensors"
     args = _train_args(volumes, model_path, tiny_config_file)
-    narrow = ["--offset-scale", "0.5", "--single-w"]
+    narrow = ["--offset-scale", "0.5", "--no-single-w"]  # train narrows by default (0.6, one w): override it
     assert main([*args, "--gan-kimg", "0.016", "--encoder-kimg", "0.016", *narrow, *COMMON]) == 0
 
     work = tmp_path / "site.safetensors.run"
@@ -67,7 +67,7 @@ def test_one_command_trains_calibrates_on_held_out_volumes_and_resumes(tmp_path,
     assert calibration and [key.split("/")[0] for key in calibration["modes"]] == ["fast"]
     assert next(iter(calibration["modes"].values()))["n_cases"] == 1  # the held-out volume, and only it
     assert model.metadata["training"]["gan"]["kimg"] == 0.016
-    assert model.metadata["training"]["encoder"]["code_space"] == {"offset_scale": 0.5, "single_w": True}
+    assert model.metadata["training"]["encoder"]["code_space"] == {"offset_scale": 0.5, "single_w": False}
 
     # The same command with a longer GAN continues the run from its checkpoint; the encoder file is kept.
     encoder_mtime = (work / "encoder.safetensors").stat().st_mtime_ns
@@ -101,3 +101,12 @@ def test_the_head_and_the_position_regressor_are_optional_stages_before_calibrat
     model = AnomalyModel.load(model_path)
     assert model.head is not None and model.position_regressor is not None
     assert model.calibration is not None  # calibrated last: the head changes the score it calibrates
+
+
+def test_a_new_site_gets_the_shipped_models_narrowing_by_default_and_train_encoder_does_not():
+    from AnomalyScoutLib.cli import build_parser
+
+    site = build_parser(["train"]).parse_args(["train", "data", "--out", "m.safetensors"])
+    assert (site.offset_scale, site.single_w) == (0.6, True)
+    encoder = build_parser(["train-encoder"]).parse_args(["train-encoder", "--gan", "g", "--out", "m"])
+    assert (encoder.offset_scale, encoder.single_w) == (1.0, False)
