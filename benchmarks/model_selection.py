@@ -38,7 +38,7 @@ import torch
 from AnomalyScoutLib.inversion import InversionConfig
 from AnomalyScoutLib.model_file import AnomalyModel
 from AnomalyScoutLib.scoring import ScoreConfig
-from benchmarks.data import ANOMALY_TYPES, BY_INDEX, SlicePlacer, in_range_only, phantom_case
+from benchmarks.data import ANOMALY_TYPES, BY_INDEX, RangeExclusion, SlicePlacer, in_range_only, phantom_case
 from benchmarks.evaluate import detection_metrics
 from benchmarks.generator_runs import generator_run
 from benchmarks.ours import GeneratorDetector
@@ -51,6 +51,7 @@ __all__ = [
     "VALIDATION_FIRST_SEED",
     "evaluate_candidates",
     "main",
+    "placed_validation_slices",
     "validation_cases",
     "validation_slices",
 ]
@@ -117,6 +118,18 @@ def _candidate(
     return entry
 
 
+def placed_validation_slices(
+    model_path: Path, per_type: int, n_normal: int, position: str
+) -> tuple[SliceSet, RangeExclusion, SlicePlacer]:
+    """The validation slices placed as ``score --position <position>`` places them for ``model_path``'s
+    model, without those out of its range (announced in one line)."""
+    model = AnomalyModel.load(model_path, "cpu")
+    placer = placer_for(model, position)
+    slices, excluded = in_range_only(validation_slices(per_type, n_normal, model, placer))
+    excluded.announce("validation", "model-selection")
+    return slices, excluded, placer
+
+
 def evaluate_candidates(
     paths: list[Path],
     inversions: dict[str, InversionConfig] = PRODUCT_INVERSIONS,
@@ -139,10 +152,7 @@ def evaluate_candidates(
         SystemExit: ``position`` unknown or ``"anatomy"`` for a first model without a regressor, or no
             validation slice lies in the model's range (one line each).
     """
-    first = AnomalyModel.load(paths[0], "cpu")
-    placer = placer_for(first, position)
-    slices, excluded = in_range_only(validation_slices(per_type, n_normal, first, placer))
-    excluded.announce("validation", "model-selection")
+    slices, excluded, placer = placed_validation_slices(paths[0], per_type, n_normal, position)
     core = balanced_subset(slices, core_per_type, core_normal, seed)
     data_key = placer.data_key(["validation", VALIDATION_FIRST_SEED, per_type, n_normal, seed, core_per_type,
                                 core_normal, *excluded.key_parts()])  # fmt: skip

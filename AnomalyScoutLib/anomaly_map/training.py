@@ -18,7 +18,7 @@ import csv
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +48,7 @@ __all__ = [
     "attach_head",
     "fast_reconstruction",
     "focal_loss",
+    "set_top_fraction",
     "soft_dice_loss",
 ]
 
@@ -309,6 +310,23 @@ def attach_head(model: AnomalyModel, head: AnomalyHead, training: dict[str, Any]
     model.head = head.cpu().eval().requires_grad_(False)
     model.calibration = None
     model.metadata[HEAD_KEY] = {"config": head.config.to_dict(), "training": training}
+
+
+def set_top_fraction(model: AnomalyModel, top_fraction: float) -> None:
+    """Make the head's slice score read the top ``top_fraction`` of its map (weights unchanged).
+
+    The share is chosen after training, on validation anomalies (``benchmarks/head_top_fraction.py``): a map
+    that saturates on a small share of normal pixels needs a wider one. The calibration is dropped, as by
+    :func:`attach_head`, since every slice score changes.
+
+    Raises:
+        ConfigError: the model has no head, or the share is not in (0, 1].
+    """
+    if model.head is None:
+        raise ConfigError("the model holds no anomaly-map head")
+    head = AnomalyHead(replace(model.head.config, top_fraction=top_fraction))
+    head.load_state_dict(model.head.state_dict())
+    attach_head(model, head, model.metadata[HEAD_KEY]["training"])
 
 
 def fast_reconstruction(model: AnomalyModel, device: torch.device) -> Reconstruct:

@@ -80,3 +80,21 @@ def test_invalid_head_settings_are_refused_in_one_line(with_head, tmp_path):
     path = _rewrite(with_head[1], tmp_path / "x.safetensors", edit_header=broken)
     with pytest.raises(ModelFileError, match="invalid anomaly-map head settings: head stride"):
         AnomalyModel.load(path)
+
+
+def test_a_new_top_fraction_keeps_the_weights_and_drops_the_calibration(with_head, tmp_path):
+    from AnomalyScoutLib.anomaly_map.training import set_top_fraction
+    from AnomalyScoutLib.errors import ConfigError
+
+    model, _ = with_head
+    model.calibration = {"version": 1, "modes": {}}
+    weights = {k: t.clone() for k, t in model.head.state_dict().items()}
+    set_top_fraction(model, 0.2)
+    loaded = AnomalyModel.load(model.save(tmp_path / "retargeted.safetensors"))
+    assert loaded.head.config.top_fraction == 0.2 and loaded.calibration is None
+    assert loaded.metadata["head"]["training"] == {"steps_done": 3}
+    assert all(torch.equal(loaded.head.state_dict()[k], t) for k, t in weights.items())
+    with pytest.raises(ConfigError, match="top_fraction"):
+        set_top_fraction(model, 1.5)
+    with pytest.raises(ConfigError, match="no anomaly-map head"):
+        set_top_fraction(AnomalyModel.create(model.architecture), 0.2)
