@@ -39,6 +39,7 @@ except ImportError:  # a source checkout: the library sits next to the module fo
 from AnomalyScoutModuleLib.case_loading import load_case
 from AnomalyScoutModuleLib.dependencies import install, install_plan
 from AnomalyScoutModuleLib.device_advice import cuda_memory_bytes, device_advice
+from AnomalyScoutModuleLib.model_files import is_model_file, model_files_in
 from AnomalyScoutModuleLib.review import ReviewRow, check_review_inputs, read_review, review_summary
 from AnomalyScoutModuleLib.run_folders import RunFolders
 from AnomalyScoutModuleLib.sample_data import register_sample_data
@@ -125,7 +126,7 @@ class AnomalyScoutLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def modelFiles() -> list[Path]:
         """Shipped models (:data:`SHIPPED_MODEL_DIRS`), then the user's added files that still exist."""
-        shipped = [path for folder in SHIPPED_MODEL_DIRS for path in sorted(folder.glob("*.safetensors"))]
+        shipped = model_files_in(SHIPPED_MODEL_DIRS)  # not the body-part regressor beside them
         added = [Path(p) for p in _as_list(qt.QSettings().value(MODEL_SETTINGS_KEY))]
         return [p for p in dict.fromkeys(shipped + added) if p.is_file()]
 
@@ -311,7 +312,9 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onAddModel(self) -> None:
         path = qt.QFileDialog.getOpenFileName(None, "AnomalyScout model", "", "Model files (*.safetensors)")
-        if path:
+        if path and not is_model_file(Path(path)):
+            self._setStatus(f"{Path(path).name} is not an AnomalyScout model file: not added.")
+        elif path:
             self.logic.rememberModelFile(path)
             self._fillModels(select=path)
             self._updateApply()

@@ -36,6 +36,8 @@ def test_the_module_folder_holds_one_script_and_the_helpers_are_a_package():
 
 def test_setup_builds_the_panel_and_choosing_a_volume_enables_run(widget, ct_node):
     assert widget.ui.modelSelector.currentData, "no shipped model was listed"
+    regressor = str(MODULE_DIR.parent / "models" / "position.safetensors")
+    assert widget.ui.modelSelector.findData(regressor) == -1, "the body-part regressor was listed as a model"
     assert widget.ui.applyButton.enabled is False
     widget._parameterNode.inputVolume = ct_node
     assert widget.ui.applyButton.enabled is True
