@@ -31,7 +31,7 @@ import torch
 from AnomalyScoutLib.inversion import InversionConfig
 from AnomalyScoutLib.model_file import AnomalyModel, stored_in_half
 from benchmarks.model_selection import evaluate_candidates
-from benchmarks.results_io import RESULTS_DIR, add_position_argument, write_json
+from benchmarks.results_io import RESULTS_DIR, add_position_argument, run_header, write_json
 
 __all__ = ["main", "write_variants"]
 
@@ -82,10 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         candidate["code_space"] = training["encoder"]["code_space"]
     write_json(
         {
-            "track": "code_space",
-            "command": " ".join(["python -m benchmarks.code_space", *(argv or sys.argv[1:])]),
-            "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-            "wall_s": round(time.time() - started, 1),
+            **run_header("code_space", "code_space", argv, started),
             "model": str(args.model),
             "inversions": {mode: repr(config) for mode, config in inversions.items()},
             **result,

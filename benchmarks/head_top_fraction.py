@@ -27,7 +27,7 @@ from benchmarks.evaluate import detection_metrics
 from benchmarks.head_detector import head_run
 from benchmarks.model_selection import VALIDATION_FIRST_SEED, placed_validation_slices
 from benchmarks.phantom_track import sweep_summary
-from benchmarks.results_io import RESULTS_DIR, add_position_argument, write_json
+from benchmarks.results_io import RESULTS_DIR, add_position_argument, run_header, write_json
 
 __all__ = ["main"]
 
@@ -71,10 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[head-top-fraction] wrote {args.write} (not calibrated: run anomalyscout calibrate)")
     write_json(
         {
-            "track": "head_top_fraction",
-            "command": " ".join(["python -m benchmarks.head_top_fraction", *(argv or sys.argv[1:])]),
-            "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-            "wall_s": round(time.time() - started, 1),
+            **run_header("head_top_fraction", "head_top_fraction", argv, started),
             "model": str(args.model),
             "validation": {"first_seed": VALIDATION_FIRST_SEED, "slices": len(slices),
                            "anomalous_slices": int(slices.labels.sum()), "placement": placer.method,

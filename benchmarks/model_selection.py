@@ -43,7 +43,14 @@ from benchmarks.evaluate import detection_metrics
 from benchmarks.generator_runs import generator_run
 from benchmarks.ours import GeneratorDetector
 from benchmarks.phantom_track import balanced_subset, sweep_summary
-from benchmarks.results_io import RESULTS_DIR, add_position_argument, file_digest, placer_for, write_json
+from benchmarks.results_io import (
+    RESULTS_DIR,
+    add_position_argument,
+    file_digest,
+    placer_for,
+    run_header,
+    write_json,
+)
 from benchmarks.slices import SliceSet, concatenate
 
 __all__ = [
@@ -194,10 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = max(candidates, key=lambda c: c["accurate"]["mean_type_auroc"])
     write_json(
         {
-            "track": "model_selection",
-            "command": " ".join(["python -m benchmarks.model_selection", *(argv or sys.argv[1:])]),
-            "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-            "wall_s": round(time.time() - started, 1),
+            **run_header("model_selection", "model_selection", argv, started),
             "validation": result["validation"],
             "criterion": "highest mean over anomaly types of the accurate-mode slice AUROC",
             "candidates": candidates,

@@ -33,6 +33,7 @@ __all__ = [
     "add_position_argument",
     "file_digest",
     "placer_for",
+    "run_header",
     "write_json",
 ]
 
@@ -61,6 +62,17 @@ def write_json(data: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_destination(path, suffix=".json") as temporary:
         temporary.write_text(json.dumps(_plain(data), indent=1) + "\n")
+
+
+def run_header(track: str, module: str, argv: list[str] | None, started: float) -> dict[str, Any]:
+    """The first keys of every results file: what ran (the command that repeats it), when, and how long."""
+    arguments = list(argv if argv is not None else sys.argv[1:])
+    return {
+        "track": track,
+        "command": " ".join([f"python -m benchmarks.{module}", *arguments]),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "wall_s": round(time.time() - started, 1),
+    }
 
 
 def file_digest(path: Path) -> str:
@@ -125,10 +137,7 @@ class TrackStart:
 
     def header(self) -> dict[str, Any]:
         return {
-            "track": self.track,
-            "command": " ".join([f"python -m benchmarks.{self.track}_track", *self.argv]),
-            "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-            "wall_s": round(time.time() - self.started, 1),
+            **run_header(self.track, f"{self.track}_track", self.argv, self.started),
             "machine": {
                 "cpu_threads": torch.get_num_threads(),
                 "torch": torch.__version__,
