@@ -25,11 +25,13 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from AnomalyScoutLib.inversion import InversionConfig
 from AnomalyScoutLib.model_file import AnomalyModel, stored_in_half
+from AnomalyScoutLib.train.encoder import narrow_code_space
 from benchmarks.model_selection import evaluate_candidates
 from benchmarks.results_io import RESULTS_DIR, add_position_argument, run_header, write_json
 
@@ -40,20 +42,22 @@ def _variant_name(offset_scale: float, single_w: bool) -> str:
     return f"{'w' if single_w else 'wplus'}-s{offset_scale:g}"
 
 
-def write_variants(model_path: Path, scales: list[float], out_dir: Path) -> list[Path]:
-    """One model file per (offset scale, W or W+) in ``out_dir``, in the source file's precision."""
+def write_variants(model_path: Path, scales: list[float], out_dir: Path) -> dict[str, dict[str, Any]]:
+    """One model file per (offset scale, W or W+) in ``out_dir``, in the source file's precision.
+
+    Returns:
+        Each written file's path (as text) and its ``code_space`` record.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     half = stored_in_half(model_path)
-    paths = []
+    variants = {}
     for single_w in (False, True):
         for scale in scales:
             model = AnomalyModel.load(model_path, "cpu")
-            model.encoder.constrain(scale, single_w)
-            # Where train-encoder --offset-scale records it, so that a variant reads like a trained file.
-            encoder_training = model.metadata.setdefault("training", {}).setdefault("encoder", {})
-            encoder_training["code_space"] = {"offset_scale": scale, "single_w": single_w}
-            paths.append(model.save(out_dir / f"{_variant_name(scale, single_w)}.safetensors", half=half))
-    return paths
+            narrow_code_space(model, scale, single_w)
+            path = model.save(out_dir / f"{_variant_name(scale, single_w)}.safetensors", half=half)
+            variants[str(path)] = model.metadata["training"]["encoder"]["code_space"]
+    return variants
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,16 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.time()
-    paths = write_variants(args.model, args.scales, args.work)
+    variants = write_variants(args.model, args.scales, args.work)
     available = {
         "fast": InversionConfig(mode="fast"),
         "accurate": InversionConfig(mode="accurate", latent=args.accurate_latent, steps=args.accurate_steps),
     }
     inversions = {mode: available[mode] for mode in args.modes}
-    result = evaluate_candidates(paths, inversions, position=args.position)
+    result = evaluate_candidates([Path(path) for path in variants], inversions, position=args.position)
     for candidate in result["candidates"]:
-        training = AnomalyModel.load(candidate["path"], "cpu").metadata["training"]
-        candidate["code_space"] = training["encoder"]["code_space"]
+        candidate["code_space"] = variants[candidate["path"]]
     write_json(
         {
             **run_header("code_space", "code_space", argv, started),

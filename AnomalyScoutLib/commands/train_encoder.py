@@ -91,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         EncoderOptions,
         EncoderTrainer,
         load_gan_run,
+        narrow_code_space,
         training_metadata,
         warm_start_encoder,
     )
@@ -128,11 +129,7 @@ def run(args: argparse.Namespace) -> int:
     model.metadata["training"] = training_metadata(gan, trainer, data)
     if initial is not None:
         model.metadata["training"]["encoder"]["initialised_from"] = initial
-    model.encoder.constrain(args.offset_scale, args.single_w)
-    model.metadata["training"]["encoder"]["code_space"] = {
-        "offset_scale": args.offset_scale,
-        "single_w": args.single_w,
-    }
+    narrow_code_space(model, args.offset_scale, args.single_w)
     model.save(args.out, half=not args.float32)
     print(f"wrote {args.out} ({model.model_id}, {args.out.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
     return 0

@@ -37,6 +37,7 @@ __all__ = [
     "EncoderTrainer",
     "GanRun",
     "load_gan_run",
+    "narrow_code_space",
     "training_metadata",
     "warm_start_encoder",
 ]
@@ -249,3 +250,12 @@ def training_metadata(run: GanRun, trainer: EncoderTrainer, data: SliceSet) -> d
         "threads": torch.get_num_threads(),
         "code_version": __version__,
     }
+
+
+def narrow_code_space(model: AnomalyModel, offset_scale: float, single_w: bool) -> None:
+    """Narrow ``model``'s encoder (:meth:`Encoder.constrain`) and record how in
+    ``training.encoder.code_space``, the one place readers look (``train-encoder --offset-scale``,
+    ``benchmarks/code_space.py``)."""
+    model.encoder.constrain(offset_scale, single_w)
+    encoder_training = model.metadata.setdefault("training", {}).setdefault("encoder", {})
+    encoder_training["code_space"] = {"offset_scale": offset_scale, "single_w": single_w}
