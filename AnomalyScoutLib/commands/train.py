@@ -13,6 +13,11 @@ It runs the stages a user would otherwise chain by hand, each with its own progr
 4. ``calibrate``: normal score distributions per body position on held-out normal volumes (never the
    training volumes: a calibration on seen data would under-state the false-positive rate).
 
+With ``--position-regressor`` every stage places the slices alike, by anatomy with that regressor: the GAN,
+the encoder and the head train on positions where the slices lie in the body (not by index over each
+volume's scanned range, wrong for a real CT that is not pelvis floor to lung bases, and without the slices
+outside the model's range), and the regressor goes into the model, so that scoring places as training did.
+
 Everything lives in the work folder (default: ``MODEL`` with ``.run`` appended): the volume lists, the GAN
 run, the encoder's model file. Running the same command again continues where it stopped: the GAN resumes
 exactly from its checkpoint (and trains further if ``--gan-kimg`` grew), a finished encoder is kept.
@@ -69,7 +74,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--position-regressor",
         type=Path,
-        help="body-part regressor file to put in the model (position-train)",
+        help="body-part regressor file (position-train): places the slices of every stage by anatomy and "
+        "goes into the model",
     )
     parser.add_argument("--batch", type=int, default=16, help="GAN batch size (default 16)")
     parser.add_argument("--augment", default="translation", help="DiffAugment policy (default translation)")
@@ -126,6 +132,11 @@ def _runtime(args: argparse.Namespace) -> list[str]:
     return flags
 
 
+def _placement(args: argparse.Namespace) -> list[str]:
+    """``--position-regressor`` for every training stage, so that all place the slices alike."""
+    return [] if args.position_regressor is None else ["--position-regressor", str(args.position_regressor)]
+
+
 def run(args: argparse.Namespace) -> int:
     from AnomalyScoutLib.cli import main as cli_main
     from AnomalyScoutLib.train.data import list_volumes
@@ -164,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
         gan_args += ["--batch", str(args.batch), "--augment", args.augment]
     if args.compile:
         gan_args.append("--compile")
-    code = cli_main(gan_args + _runtime(args))
+    code = cli_main(gan_args + _placement(args) + _runtime(args))
     if code:
         return code
     if not _is_main_process():
@@ -177,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
         model_file,
         ["train-encoder", "--gan", str(gan_dir), "--out", str(model_file), "--kimg", str(args.encoder_kimg),
          "--max-minutes", str(args.encoder_minutes), "--offset-scale", str(args.offset_scale),
-         "--single-w" if args.single_w else "--no-single-w", *_runtime(args)],
+         "--single-w" if args.single_w else "--no-single-w", *_placement(args), *_runtime(args)],
     )  # fmt: skip
     if code:
         return code
@@ -188,7 +199,8 @@ def run(args: argparse.Namespace) -> int:
             _stage(stage, stages, f"anomaly-map head ({args.head_steps} steps)"),
             head_file,
             ["train-head", "--model", str(model_file), "--data", str(train_list), "--out", str(head_file),
-             "--run", str(work / "head"), "--steps", str(args.head_steps), *_runtime(args)],
+             "--run", str(work / "head"), "--steps", str(args.head_steps), *_placement(args),
+             *_runtime(args)],
         )  # fmt: skip
         if code:
             return code

@@ -11,6 +11,10 @@ far fewer steps than a fresh encoder. --offset-scale and --single-w narrow the t
 before the file is written (``Encoder.constrain``): a generator that can draw a lesion draws it back into the
 reconstruction when the code lets it, so a code held nearer the typical slice at its position separates
 anomalies better (``python -m benchmarks.code_space``, docs/training.md).
+
+The slices are placed as the GAN's were (its run records it: by index, or by anatomy with a
+--position-regressor); --position-regressor FILE places them by anatomy with FILE's regressor instead. The
+model file records the placement in ``training.placement``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import sys
 from pathlib import Path
 
 from AnomalyScoutLib.cli import EXIT_CANCELLED, add_command_parser
-from AnomalyScoutLib.commands.train_gan import add_runtime_arguments
+from AnomalyScoutLib.commands.train_gan import add_position_regressor_argument, add_runtime_arguments
 from AnomalyScoutLib.commands.training_run import train_until_done, training_device
 
 __all__ = ["register", "run"]
@@ -58,6 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--init", type=Path, help="start from this model file's encoder (same architecture), not a fresh one"
     )
     add_code_space_arguments(parser)
+    add_position_regressor_argument(parser, "as the GAN run placed its slices")
     parser.add_argument("--float32", action="store_true", help="store float32 weights (default float16)")
     add_runtime_arguments(parser)
     parser.set_defaults(func=run)
@@ -95,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         training_metadata,
         warm_start_encoder,
     )
+    from AnomalyScoutLib.train.placement import load_placement, recorded_placement
 
     if not args.out.parent.is_dir():
         raise ConfigError(f"--out: folder {args.out.parent} does not exist")
@@ -112,21 +118,25 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     device = training_device(args)
+    chosen = load_placement(args.position_regressor) if args.position_regressor else None
     gan = load_gan_run(args.gan)
+    placement = chosen or recorded_placement(gan.settings.get("placement"), f"the GAN run {args.gan}")
     data = load_slices(
         list_volumes(args.data or gan.settings["data_source"]),
         gan.model.resolution,
         gan.model.window,
         min_body_fraction=gan.settings.get("min_body_fraction", 0.05),
         progress=not args.no_progress,
+        regressor=placement.regressor,
     )
+    print(f"train-encoder: {len(data)} slices, {placement.describe()}", file=sys.stderr)
     initial = warm_start_encoder(gan.model, args.init) if args.init else None
     trainer = EncoderTrainer(gan.model, options, data, device)
     if not train_until_done(trainer, args):
         print("cancelled: no model file was written", file=sys.stderr)
         return EXIT_CANCELLED
     model = gan.model
-    model.metadata["training"] = training_metadata(gan, trainer, data)
+    model.metadata["training"] = training_metadata(gan, trainer, data, placement.record())
     if initial is not None:
         model.metadata["training"]["encoder"]["initialised_from"] = initial
     narrow_code_space(model, args.offset_scale, args.single_w)

@@ -7,6 +7,11 @@
 RUN receives training_options.json, log.csv, samples/*.png and checkpoint.safetensors (every
 --checkpoint-every seconds and at the end). Ctrl-C writes a checkpoint and exits with code 130; --resume
 continues from it exactly. Then train the encoder: ``anomalyscout train-encoder --gan RUN --out MODEL``.
+
+--position-regressor FILE places each volume's slices by anatomy (as `score` does) instead of by index over
+its scanned range, and leaves out the slices outside the model's range: needed for real CT that does not run
+from the pelvis floor to the lung bases. The run records it; a resumed run and `train-encoder` on it place
+alike.
 """
 
 from __future__ import annotations
@@ -16,14 +21,17 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from AnomalyScoutLib.cli import EXIT_CANCELLED, add_command_parser
 from AnomalyScoutLib.commands.training_run import add_training_device_arguments
 from AnomalyScoutLib.errors import ConfigError
 from AnomalyScoutLib.nets.architecture import PRESETS, ArchitectureConfig, preset
 
-__all__ = ["add_runtime_arguments", "parse_window", "register", "run"]
+if TYPE_CHECKING:
+    from AnomalyScoutLib.train.placement import TrainingPlacement
+
+__all__ = ["add_position_regressor_argument", "add_runtime_arguments", "parse_window", "register", "run"]
 
 
 def parse_window(text: str) -> tuple[float, float]:
@@ -40,6 +48,17 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     add_training_device_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_position_regressor_argument(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--position-regressor FILE`` of every training command; ``default`` says what it is without it."""
+    parser.add_argument(
+        "--position-regressor",
+        type=Path,
+        metavar="FILE",
+        help="place the training slices by anatomy with this body-part regressor (a position-train file or a "
+        f"model file holding one) and leave out those outside the model's range (default: {default})",
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -80,6 +99,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--compile", action="store_true", help="torch.compile the G and D passes (eager if it fails)"
     )
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    add_position_regressor_argument(parser, "by index; a resumed run keeps its own placement")
     add_runtime_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -130,6 +150,25 @@ def _fresh_settings(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _placement(args: argparse.Namespace, settings: dict[str, Any]) -> TrainingPlacement:
+    """The run's placement: ``--position-regressor`` for a fresh run; a resumed run keeps the recorded one."""
+    from AnomalyScoutLib.train.placement import (
+        INDEX,
+        load_placement,
+        recorded_placement,
+        require_same_placement,
+    )
+
+    if not args.resume:
+        return load_placement(args.position_regressor) if args.position_regressor else INDEX
+    what = f"--resume: the run in {args.out}"
+    if args.position_regressor:
+        placement = load_placement(args.position_regressor)
+        require_same_placement(placement, settings.get("placement"), what)
+        return placement
+    return recorded_placement(settings.get("placement"), what)
+
+
 def _saved_settings(args: argparse.Namespace) -> dict[str, Any]:
     path = args.out / "training_options.json"
     if not path.is_file():
@@ -157,6 +196,8 @@ def run(args: argparse.Namespace) -> int:
     from AnomalyScoutLib.train.gan import GanOptions, GanTrainer
 
     settings = _saved_settings(args) if args.resume else _fresh_settings(args)
+    placement = _placement(args, settings)
+    settings["placement"] = placement.record()
     architecture = ArchitectureConfig.from_dict(settings["architecture"])
     options = GanOptions(**settings["options"])
     window = HUWindow.from_dict(settings["preprocessing"])
@@ -172,6 +213,7 @@ def run(args: argparse.Namespace) -> int:
         window,
         min_body_fraction=settings["min_body_fraction"],
         progress=info.is_main and not args.no_progress,
+        regressor=placement.regressor,
     )
     trainer = GanTrainer(architecture, options, data, args.out, device, info)
     if args.resume:
@@ -181,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
         write_bytes_atomic(args.out / "training_options.json", json.dumps(settings, indent=2).encode())
         print(
             f"train-gan: {len(data)} slices from {len(data.sources)} volumes, {architecture.resolution} px, "
-            f"device {device}, {info.world_size} process(es), {options.kimg} kimg",
+            f"device {device}, {info.world_size} process(es), {options.kimg} kimg; {placement.describe()}",
             file=sys.stderr,
         )
     if not train_until_done(trainer, args):

@@ -11,6 +11,11 @@ the input model with the head added (``head.*`` tensors, float32; the networks f
 any earlier head replaced; the calibration dropped, since the slice score changes: run ``anomalyscout
 calibrate``). --run receives ``log.csv`` and the best checkpoint as training goes.
 Ctrl-C writes nothing and exits with code 130.
+
+The slices are placed as the model's own training slices were (``training.placement``: by index, or by
+anatomy with the regressor it names, taken from the model file itself when it holds that one);
+--position-regressor FILE places them by anatomy with FILE's regressor instead. The head's training record
+says which (``head.training.placement``).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import sys
 from pathlib import Path
 
 from AnomalyScoutLib.cli import EXIT_CANCELLED, add_command_parser
-from AnomalyScoutLib.commands.train_gan import add_runtime_arguments
+from AnomalyScoutLib.commands.train_gan import add_position_regressor_argument, add_runtime_arguments
 
 __all__ = ["register", "run"]
 
@@ -51,6 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-reconstruction", action="store_true", help="the head sees the slice only")
     parser.add_argument("--no-position", action="store_true", help="no position channel")
     parser.add_argument("--float32", action="store_true", help="store float32 networks (default float16)")
+    add_position_regressor_argument(parser, "as the model's training slices were placed")
     add_runtime_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -70,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from AnomalyScoutLib.errors import ConfigError
     from AnomalyScoutLib.model_file import AnomalyModel
     from AnomalyScoutLib.train.data import list_volumes
+    from AnomalyScoutLib.train.placement import load_placement, recorded_placement
 
     device = training_device(args)
     if not args.out.parent.is_dir():
@@ -89,14 +96,22 @@ def run(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes,
         seed=args.seed,
     )
+    chosen = load_placement(args.position_regressor) if args.position_regressor else None
     model = AnomalyModel.load(args.model, device)
+    placement = chosen or recorded_placement(
+        model.metadata.get("training", {}).get("placement"), f"--model {args.model}", model.position_regressor
+    )
     data = load_normal_slices(
         list_volumes(args.data),
         model.resolution,
         model.window,
         position_method=model.position_method,
         progress=not args.no_progress,
+        regressor=placement.regressor,
     )
+    placed = placement.record()
+    if data.out_of_range is not None:
+        placed["out_of_range_slices"] = data.out_of_range
     train, validation = data.split(args.validation_volumes)
     if args.run is not None:
         args.run.mkdir(parents=True, exist_ok=True)
@@ -115,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
         print("cancelled: no model file was written", file=sys.stderr)
         return EXIT_CANCELLED
     model = AnomalyModel.load(args.model, "cpu")  # a clean copy (the reconstructor changed memory layouts)
-    attach_head(model, trainer.head, {**trainer.summary(), "data": str(args.data), "model": str(args.model)})
+    record = {"data": str(args.data), "model": str(args.model), "placement": placed}
+    attach_head(model, trainer.head, {**trainer.summary(), **record})
     model.save(args.out, half=not args.float32)
     best = trainer.best or {}
     print(

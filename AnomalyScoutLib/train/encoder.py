@@ -31,6 +31,7 @@ from AnomalyScoutLib.preprocessing import HUWindow
 from AnomalyScoutLib.train.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from AnomalyScoutLib.train.data import SliceSet
 from AnomalyScoutLib.train.losses import encoder_loss
+from AnomalyScoutLib.train.placement import INDEX
 
 __all__ = [
     "EncoderOptions",
@@ -240,11 +241,16 @@ class EncoderTrainer:
         }
 
 
-def training_metadata(run: GanRun, trainer: EncoderTrainer, data: SliceSet) -> dict[str, Any]:
-    """The model file's ``training`` entry: data, GAN and encoder summaries, device and code version."""
+def training_metadata(
+    run: GanRun, trainer: EncoderTrainer, data: SliceSet, placement: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The model file's ``training`` entry: data, GAN and encoder summaries, device and code version, and
+    how the slices were placed (``placement``: the encoder's, ``gan.placement``: the GAN's; runs older than
+    the record placed by index)."""
     return {
         "data": {**run.settings.get("data", {}), "encoder_data": data.summary()},
-        "gan": run.summary,
+        "placement": placement or INDEX.record(),
+        "gan": {**run.summary, "placement": run.settings.get("placement", INDEX.record())},
         "encoder": trainer.summary(),
         "device": str(trainer.device),
         "threads": torch.get_num_threads(),

@@ -101,6 +101,16 @@ def test_the_head_and_the_position_regressor_are_optional_stages_before_calibrat
     model = AnomalyModel.load(model_path)
     assert model.head is not None and model.position_regressor is not None
     assert model.calibration is not None  # calibrated last: the head changes the score it calibrates
+    # Every stage placed its slices by anatomy with the regressor the model now holds.
+    placed = {"method": "anatomy", "regressor_file": str(regressor)}
+    gan_options = json.loads((work / "gan" / "training_options.json").read_text())
+    for record in (
+        gan_options["placement"],
+        model.metadata["training"]["placement"],
+        model.metadata["training"]["gan"]["placement"],
+        model.metadata["head"]["training"]["placement"],
+    ):
+        assert placed.items() <= record.items()
 
 
 def test_a_new_site_gets_the_shipped_models_narrowing_by_default_and_train_encoder_does_not():
