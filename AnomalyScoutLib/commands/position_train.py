@@ -35,6 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--real", type=Path, nargs="*", default=[], help="real CT volumes (self-supervised)")
     parser.add_argument("--steps", type=int, default=2000, help="optimisation steps (default 2000)")
     parser.add_argument("--batch", type=int, default=48, help="phantom slices per step (default 48)")
+    parser.add_argument(
+        "--real-run-share",
+        type=float,
+        default=0.5,
+        help="share of the self-supervised runs taken from the --real volumes (default 0.5)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of phantoms, sampling and weights")
     add_training_device_arguments(parser)
     parser.set_defaults(func=run)
@@ -61,7 +67,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out: folder {args.out.parent} does not exist")
     if args.phantoms < 1 or args.validation_phantoms < 1:
         raise ConfigError("--phantoms and --validation-phantoms must be at least 1")
-    training = TrainingConfig(steps=args.steps, batch=args.batch, seed=args.seed)
+    training = TrainingConfig(
+        steps=args.steps, batch=args.batch, real_run_share=args.real_run_share, seed=args.seed
+    )
     rng = np.random.default_rng(args.seed)
     base = 100_000 + 1000 * args.seed  # seeds apart from the GAN's training and benchmark phantoms
     print(

@@ -50,6 +50,7 @@ def test_position_train_trains_on_the_device_and_threads_of_the_shared_training_
     threads = torch.get_num_threads()
     try:
         argv = ["position-train", "--out", str(out), *TINY_RUN, "--device", "cpu", "--threads", "2"]
+        argv += ["--real-run-share", "0.25"]
         assert main(argv) == 0
         assert torch.get_num_threads() == 2
     finally:
@@ -57,6 +58,7 @@ def test_position_train_trains_on_the_device_and_threads_of_the_shared_training_
     assert seen["chosen"] == torch.device("cpu") and seen["trained_on"] == torch.device("cpu")
     regressor, info = load_regressor(out)
     assert info["training"]["device"] == "cpu" and info["training"]["steps"] == 2
+    assert info["training"]["real_run_share"] == 0.25
     assert next(regressor.parameters()).device.type == "cpu"
 
 
