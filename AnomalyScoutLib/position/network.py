@@ -153,14 +153,19 @@ def regressor_input(
     if hu.ndim != 3 or hu.shape[0] == 0:
         raise VolumeError(f"regressor input needs (slices, rows, cols) HU, got shape {tuple(hu.shape)}")
     n, rows, cols = hu.shape
+    pixel_mm = config.field_mm / config.resolution
+    factor = max(1, int(math.floor(pixel_mm / max(spacing_rc_mm) / 1.5)))
+    if factor > 1:
+        # Pool first: the box pre-filter, and every later pass (centres, clamping) on 1/factor² of the
+        # voxels: most of the time of placing a 512² CT went into full-resolution passes. Training pools
+        # its volumes to 2.5 mm before this function, so the centres are found on pooled slices there too.
+        hu = F.avg_pool2d(hu[:, None], factor, stride=factor, ceil_mode=True)[:, 0]
+        spacing_rc_mm = (spacing_rc_mm[0] * factor, spacing_rc_mm[1] * factor)
+        rows, cols = hu.shape[1:]
     centres = body_centres_mm(hu, spacing_rc_mm)
     if shift_mm is not None:
         centres = centres + shift_mm
-    pixel_mm = config.field_mm / config.resolution
-    factor = max(1, int(math.floor(pixel_mm / max(spacing_rc_mm) / 1.5)))
     image = ((hu.clamp(-1024.0, 3000.0) + 1024.0) / 1024.0)[:, None]  # air -> 0: zero padding is air
-    if factor > 1:
-        image = F.avg_pool2d(image, factor, stride=factor, ceil_mode=True)
     height_mm, width_mm = rows * spacing_rc_mm[0], cols * spacing_rc_mm[1]
     # Output (u, v) in [-1, 1] covers field_mm around the centre; input coordinates are normalised to the
     # image's own extent (align_corners=False: -1 and 1 are the outer edges of the edge pixels).
