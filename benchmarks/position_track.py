@@ -144,6 +144,12 @@ def real_landmarks(regressor: PositionRegressor, phantom_levels: dict[str, float
             "within_tolerance": abs(got - expected) <= LANDMARK_TOLERANCE,
         }
     crop = place_slices(hu[82:112], spacing, regressor, "anatomy")
+    # A crop must land where the same slices land in the whole scan: the real-CT analogue of the phantom's
+    # sub-range check, needing no labels (the 20-slice upper-abdomen series is such a crop).
+    consistency = {}
+    for lo, hi in ((0, 20), (40, 70), (82, 112), (88, 108)):
+        part = place_slices(hu[lo:hi], spacing, regressor, "anatomy").positions
+        consistency[f"{lo}-{hi - 1}"] = float(np.median(np.abs(part - placement.positions[lo:hi])))
     small = {}
     for name, path in (
         ("dcmqi_3slice (upper abdomen, liver)", DATA / "dcmqi_3slice" / "ct-3slice"),
@@ -165,6 +171,7 @@ def real_landmarks(regressor: PositionRegressor, phantom_levels: dict[str, float
             "first_last": [float(crop.positions[0]), float(crop.positions[-1])],
             "same_slices_in_whole_scan": [float(placement.positions[82]), float(placement.positions[111])],
         },
+        "crop_vs_whole_median_difference": consistency,
         "small_fixtures": small,
     }
 

@@ -49,3 +49,15 @@ def test_the_real_fixture_runs_from_the_pelvis_upwards(shipped_regressor):
     placement = place_slices(canonical, spacing, shipped_regressor, "anatomy")
     assert not placement.reversed and np.all(np.diff(placement.positions) > 0)
     assert placement.positions[0] < 0.15 and placement.positions[-1] > 0.6  # pelvis ... upper abdomen
+
+
+def test_a_crop_of_the_real_fixture_lands_where_its_slices_lie_in_the_whole_scan(shipped_regressor):
+    """The issue's 20-slice upper-abdomen series, made from the fixture: placed from its own slices, it must
+    agree with the whole scan's placement (the first regressor, trained with too few real runs, put it
+    0.12 lower)."""
+    canonical, spacing = _canonical(
+        read_volume(REPO / "Testing/Data/totalsegmentator_abdomen/example_ct.nii.gz")
+    )
+    whole = place_slices(canonical, spacing, shipped_regressor, "anatomy").positions
+    crop = place_slices(canonical[88:108], spacing, shipped_regressor, "anatomy").positions
+    assert np.median(np.abs(crop - whole[88:108])) < 0.05
