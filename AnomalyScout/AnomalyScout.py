@@ -39,6 +39,7 @@ except ImportError:  # a source checkout: the library sits next to the module fo
 from AnomalyScoutModuleLib.case_loading import load_case
 from AnomalyScoutModuleLib.dependencies import install, install_plan
 from AnomalyScoutModuleLib.device_advice import cuda_memory_bytes, device_advice
+from AnomalyScoutModuleLib.heatmaps import KINDS, Heatmaps, kind_named
 from AnomalyScoutModuleLib.model_files import is_model_file, model_files_in
 from AnomalyScoutModuleLib.review import ReviewRow, check_review_inputs, read_review, review_summary
 from AnomalyScoutModuleLib.run_folders import RunFolders
@@ -90,7 +91,8 @@ class AnomalyScout(ScriptedLoadableModule):
         parent.contributors = ["AnomalyScout contributors"]
         parent.helpText = (
             "Finds CT slices unlike the normal anatomy a position-conditioned StyleGAN2 has learned: a "
-            "residual heatmap over the CT, per-slice scores with calibrated flags and an annotation worklist."
+            "heatmap over the CT (the learned anomaly map when the model has one, else the residual; either "
+            "can be shown), per-slice scores with calibrated flags and an annotation worklist."
         )
         parent.acknowledgementText = "Built on 3D Slicer, PyTorch and the PyTorch extension."
         slicer.app.connect("startupCompleted()", registerSampleData)
@@ -203,6 +205,8 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._liveNodes = None
         self._resultNodes = None
         self._heatmap = None  # the heatmap shown last, a run's or a review's: the threshold slider's
+        self._heatmaps: Heatmaps | None = None  # the results it belongs to: the heatmap selector's choice
+        self._heatmapInput = None  # their CT, shown behind them
         self._plotConnected = False
         self._review: WorkerRun | None = None
         self._reviewInput = None  # the CT being reviewed
@@ -220,6 +224,8 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._runFolders = RunFolders(slicer.app.temporaryPath)
         self.ui.progressBar.hide()
         self._fillModels()
+        for kind in KINDS:
+            self.ui.heatmapSelector.addItem(kind.label, kind.key)
         self.ui.deviceNoteLabel.text = "auto picks the GPU when one is found, else the CPU."
         missing = install_plan()  # a look-up only: importing torch here would slow Slicer's start
         if not missing.empty:
@@ -228,6 +234,7 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.addModelButton.connect("clicked(bool)", self.onAddModel)
         self.ui.opacitySlider.connect("valueChanged(double)", self.scene.set_opacity)
         self.ui.thresholdSlider.connect("valueChanged(double)", self.onThreshold)
+        self.ui.heatmapSelector.connect("currentIndexChanged(int)", self.onHeatmapChosen)
         self.ui.flaggedSlicesTable.connect("cellClicked(int,int)", self.onFlaggedRowClicked)
         self.ui.scoreFolderButton.connect("clicked(bool)", self.onScoreFolder)
         self.ui.openWorklistButton.connect("clicked(bool)", self.onOpenWorklist)
@@ -259,7 +266,8 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """The scene closes: its parameter node and every node of a run go away, so the run goes too."""
         self._cancelJobs()
         self.setParameterNode(None)
-        self._liveNodes = self._resultNodes = self._heatmap = None
+        self._liveNodes = self._resultNodes = self._heatmap = self._heatmaps = self._heatmapInput = None
+        self.ui.heatmapSelector.enabled = False
         self._showReview(())
         self._runFolders.clear()
 
@@ -423,7 +431,7 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             with_reconstruction=bool(params and params.showReconstruction),
             opacity=params.opacity if params else 0.6,
         )
-        self._showHeatmapControls(nodes.residual)
+        self._showHeatmapControls(inputVolume, nodes.heatmaps)
         self.scene.show_chart(nodes.chart, slicer.modules.plots.logic())
         self._showFlagged(nodes.flagged_table)
         report = nodes.report
@@ -437,11 +445,38 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         )
         self._resultNodes = nodes
 
-    def _showHeatmapControls(self, heatmap) -> None:
-        """Point the threshold slider at ``heatmap``, now shown over the CT, starting at its threshold."""
+    def _showHeatmapControls(self, inputVolume, heatmaps: Heatmaps) -> None:
+        """Point the selector and the threshold slider at new results, shown over ``inputVolume`` with their
+        default heatmap (the anomaly map when there is one). The selector offers a choice only when the
+        results hold both heatmaps."""
+        self._heatmaps, self._heatmapInput = heatmaps, inputVolume
+        self._pointThresholdSlider(heatmaps.default)
+        selector = self.ui.heatmapSelector
+        selector.enabled = heatmaps.choosable
+        selector.setCurrentIndex(selector.findData(heatmaps.default_kind.key))  # its signal shows the same
+
+    def _pointThresholdSlider(self, heatmap) -> None:
+        """The slider now moves ``heatmap`` (the one shown), over its range, starting at its threshold.
+
+        The threshold is read first: a smaller maximum clamps the slider's value and ctkSliderWidget emits
+        ``valueChanged`` for it, which would otherwise overwrite ``heatmap``'s threshold before it is read.
+        """
+        threshold = heatmap.GetDisplayNode().GetLowerThreshold()
         self._heatmap = heatmap
-        self.ui.thresholdSlider.maximum = heatmap.GetImageData().GetScalarRange()[1]
-        self.ui.thresholdSlider.value = heatmap.GetDisplayNode().GetLowerThreshold()
+        self.ui.thresholdSlider.maximum = self.scene.heatmap_top(heatmap)
+        self.ui.thresholdSlider.value = threshold
+
+    def onHeatmapChosen(self, _index: int) -> None:
+        """Show the chosen heatmap of the last results instead of the other one; each keeps its threshold."""
+        heatmaps, volume = self._heatmaps, self._heatmapInput
+        if heatmaps is None or not self.scene.contains(volume):
+            return
+        kind = kind_named(self.ui.heatmapSelector.currentData)
+        if not self.scene.contains(heatmaps.node(kind)):  # not offered: the selector is disabled then
+            return
+        params = self._parameterNode
+        shown = self.scene.show_heatmap(volume, heatmaps, kind, params.opacity if params else 0.6)
+        self._pointThresholdSlider(shown)
 
     def _showFlagged(self, table) -> None:
         vtkTable = table.GetTable()
@@ -656,7 +691,7 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             params = self._parameterNode
             try:
                 rows = read_review(request.out_dir)
-                heatmap = self.scene.show_review(
+                heatmaps = self.scene.show_review(
                     volume,
                     request.out_dir,
                     segmentation if self.scene.contains(segmentation) else None,
@@ -667,7 +702,7 @@ class AnomalyScoutWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 message = f"Failed: {error}"
             else:
                 self._showReview(rows)
-                self._showHeatmapControls(heatmap)
+                self._showHeatmapControls(volume, heatmaps)
                 self._runFolders.keep(f"review:{volume.GetID()}", request.out_dir.parent)
                 self._setReviewStatus(_withElapsed(review_summary(rows), outcome))
                 return
@@ -751,7 +786,8 @@ class AnomalyScoutTest(ScriptedLoadableModuleTest):
         self.assertEqual(nodes.table.GetNumberOfRows(), before.shape[0])
         self.assertTrue((slicer.util.arrayFromVolume(volume) == before).all(), "the input was modified")
         composite = slicer.app.layoutManager().sliceWidget("Red").sliceLogic().GetSliceCompositeNode()
-        self.assertEqual(composite.GetForegroundVolumeID(), nodes.residual.GetID())
+        # the anomaly map when the shipped model has a head, else the residual
+        self.assertEqual(composite.GetForegroundVolumeID(), nodes.heatmaps.default.GetID())
         if nodes.flagged_table.GetNumberOfRows():
             center = scene.center_of_row(nodes.flagged_table, 0)
             scene.jump_to_slice(center)
@@ -806,7 +842,7 @@ class AnomalyScoutTest(ScriptedLoadableModuleTest):
         self.assertTrue(rows, "the review scored no slice of the liver")
         self.assertEqual(rows[0].risk, max(row.risk for row in rows), "the list is not riskiest first")
         scene = SceneResults(slicer.mrmlScene)
-        heatmap = scene.show_review(volume, request.out_dir, segmentation, segmentId)
+        heatmap = scene.show_review(volume, request.out_dir, segmentation, segmentId).default
         red = slicer.app.layoutManager().sliceWidget("Red").sliceLogic()
         composite = red.GetSliceCompositeNode()
         self.assertEqual(composite.GetBackgroundVolumeID(), volume.GetID())

@@ -22,6 +22,14 @@ import slicer
 import vtk
 
 from AnomalyScoutLib.errors import ResultsError, VolumeError
+from AnomalyScoutModuleLib.heatmaps import (
+    ANOMALY_MAP,
+    HEATMAP_ATTRIBUTE,
+    RESIDUAL,
+    HeatmapKind,
+    Heatmaps,
+    kind_named,
+)
 
 __all__ = [
     "HEAT_COLOR_TABLE",
@@ -36,7 +44,8 @@ __all__ = [
 ]
 
 #: A default Slicer colour table (``vtkSlicerColorLogic.AddDefaultColorNodes``), black-red-yellow-white; the
-#: display threshold makes low residuals transparent so the CT underneath stays readable.
+#: display threshold makes low values of the heatmap (anomaly map or residual) transparent so the CT
+#: underneath stays readable.
 HEAT_COLOR_TABLE = "PET-Heat"
 #: Fractions of that table where it is red and where it turns yellow (beyond: pale yellow to white).
 HEAT_TABLE_RED, HEAT_TABLE_YELLOW = 0.12, 0.4
@@ -123,7 +132,8 @@ def read_score_report(out_dir: str | Path) -> ScoreReport:
 
 @dataclass
 class ResultNodes:
-    """The nodes that show one input's results; ``reconstruction`` is ``None`` until it is asked for."""
+    """The nodes that show one input's results; ``reconstruction`` is ``None`` until it is asked for, and
+    ``anomaly_map`` when the model had no anomaly-map head."""
 
     residual: slicer.vtkMRMLScalarVolumeNode | None
     reconstruction: slicer.vtkMRMLScalarVolumeNode | None
@@ -134,6 +144,12 @@ class ResultNodes:
     threshold_series: slicer.vtkMRMLPlotSeriesNode
     flagged_series: slicer.vtkMRMLPlotSeriesNode
     report: ScoreReport | None = None
+    anomaly_map: slicer.vtkMRMLScalarVolumeNode | None = None
+
+    @property
+    def heatmaps(self) -> Heatmaps:
+        """The run's heatmaps (the map shown by default when there is one)."""
+        return Heatmaps(self.residual, self.anomaly_map)
 
 
 class SceneResults:
@@ -227,8 +243,9 @@ class SceneResults:
                 chart.AddAndObservePlotSeriesNodeID(node.GetID())
             series[role] = node
         return ResultNodes(
-            residual=self._find(input_node, "residual"),
+            residual=self._find(input_node, RESIDUAL.role(review=False)),
             reconstruction=self._find(input_node, "reconstruction"),
+            anomaly_map=self._find(input_node, ANOMALY_MAP.role(review=False)),
             table=table,
             flagged_table=flagged_table,
             chart=chart,
@@ -303,14 +320,16 @@ class SceneResults:
     ) -> ResultNodes:
         """Load a finished run's outputs and show them: heatmap over the CT, score plot, flagged list.
 
-        Re-running on the same input replaces the previous results in the same nodes.
+        The heatmap shown is the anomaly map when the run wrote one (its model has a head), else the residual;
+        both are loaded, so the other one is a :meth:`show_heatmap` away. Re-running on the same input
+        replaces the previous results in the same nodes (and drops a map the new run did not write).
 
         Raises:
             ResultsError: the folder lacks an output or holds unreadable files.
         """
         out_dir = Path(out_dir)
         report = read_score_report(out_dir)
-        residual = self._load_heatmap(input_node, "residual", "anomaly heatmap", out_dir)
+        heatmaps = self._load_heatmaps(input_node, out_dir, review=False)
         reconstruction = None
         if with_reconstruction:
             reconstruction = self._load_volume(
@@ -321,8 +340,9 @@ class SceneResults:
             self.scene.RemoveNode(stale)
         nodes = self.show_scores(input_node, report)
         nodes.table.SetAttribute(RESULTS_DIR_ATTRIBUTE, str(out_dir))
-        nodes.residual, nodes.reconstruction, nodes.report = residual, reconstruction, report
-        self.show_overlay(input_node, residual, opacity)
+        nodes.residual, nodes.anomaly_map = heatmaps.residual, heatmaps.anomaly_map
+        nodes.reconstruction, nodes.report = reconstruction, report
+        self.show_overlay(input_node, heatmaps.default, opacity)
         return nodes
 
     def show_review(
@@ -333,54 +353,104 @@ class SceneResults:
         segment_id: str = "",
         *,
         opacity: float = 0.6,
-    ) -> slicer.vtkMRMLScalarVolumeNode:
+    ) -> Heatmaps:
         """Show a finished review as a score run's heatmap is shown: CT behind, the review's heatmap over it.
 
-        The heatmap gets its own node (role ``review_residual``), so a review never replaces the heatmap of
-        a score run of the same CT, and a second review of it reuses the node. The reviewed segment is made
-        visible in the slice views as its outline (the cyan contour of ``review.png``): a filled segment
-        would tint the heat inside the organ, which is what the reviewer has to read.
+        The heatmaps get their own nodes (roles ``review_anomaly_map`` and ``review_residual``), so a review
+        never replaces the heatmaps of a score run of the same CT, and a second review of it reuses the
+        nodes. As for a run, the anomaly map is shown when the review wrote one, else the residual. The
+        reviewed segment is made visible in the slice views as its outline (the cyan contour of
+        ``review.png``): a filled segment would tint the heat inside the organ, which is what the reviewer
+        has to read.
 
         Returns:
-            The heatmap node (for the threshold slider).
+            The review's heatmaps (for the selector and the threshold slider).
 
         Raises:
-            ResultsError: the folder lacks ``residual.nrrd`` or it cannot be read.
+            ResultsError: the folder lacks ``residual.nrrd`` or a heatmap cannot be read.
         """
-        heatmap = self._load_heatmap(input_node, "review_residual", "review heatmap", Path(out_dir))
-        self.show_overlay(input_node, heatmap, opacity)
+        heatmaps = self._load_heatmaps(input_node, Path(out_dir), review=True)
+        self.show_overlay(input_node, heatmaps.default, opacity)
         if segmentation is not None:
             show_segment_outline(segmentation, segment_id)
-        return heatmap
+        return heatmaps
+
+    def show_heatmap(
+        self,
+        input_node: slicer.vtkMRMLScalarVolumeNode,
+        heatmaps: Heatmaps,
+        kind: HeatmapKind,
+        opacity: float = 0.6,
+    ) -> slicer.vtkMRMLScalarVolumeNode:
+        """Show the heatmap of ``kind`` over the CT instead of the other one (the selector of the panel).
+
+        Each heatmap keeps its own threshold and colours, so switching back shows what was set for it.
+
+        Returns:
+            The node now shown (for the threshold slider).
+
+        Raises:
+            ResultsError: these results have no heatmap of ``kind`` (a model without a head writes no map).
+        """
+        node = heatmaps.node(kind)
+        if not self.contains(node):
+            raise ResultsError(f"these results have no {kind.node_name}: the model has no anomaly-map head")
+        self.show_overlay(input_node, node, opacity)
+        return node
+
+    def _load_heatmaps(
+        self, input_node: slicer.vtkMRMLScalarVolumeNode, out_dir: Path, *, review: bool
+    ) -> Heatmaps:
+        """Read a run's (or review's) heatmaps: the residual always, the anomaly map when it was written.
+
+        A map node left by earlier results whose model had a head goes, so that it is never shown as this
+        run's.
+        """
+        residual = self._load_heatmap(input_node, RESIDUAL, out_dir, review)
+        if (out_dir / ANOMALY_MAP.file_name).is_file():
+            return Heatmaps(residual, self._load_heatmap(input_node, ANOMALY_MAP, out_dir, review))
+        if (stale := self._find(input_node, ANOMALY_MAP.role(review))) is not None:
+            self.scene.RemoveNode(stale)
+        return Heatmaps(residual)
 
     def _load_heatmap(
-        self, input_node: slicer.vtkMRMLScalarVolumeNode, role: str, suffix: str, out_dir: Path
+        self, input_node: slicer.vtkMRMLScalarVolumeNode, kind: HeatmapKind, out_dir: Path, review: bool
     ) -> slicer.vtkMRMLScalarVolumeNode:
-        """Read a run's ``residual.nrrd`` into the node for ``role``, coloured and thresholded to show."""
-        residual = self._load_volume(input_node, role, suffix, out_dir / "residual.nrrd")
-        self._style_heatmap(residual, default_threshold(slicer.util.arrayFromVolume(residual)))
-        return residual
+        """Read one heatmap file into its node, coloured and thresholded to show."""
+        node = self._load_volume(input_node, kind.role(review), kind.name(review), out_dir / kind.file_name)
+        node.SetAttribute(HEATMAP_ATTRIBUTE, kind.key)
+        self._style_heatmap(node, default_threshold(slicer.util.arrayFromVolume(node), kind.max_tinted_share))
+        return node
 
-    def _style_heatmap(self, residual: slicer.vtkMRMLScalarVolumeNode, threshold: float) -> None:
+    def _style_heatmap(self, heatmap: slicer.vtkMRMLScalarVolumeNode, threshold: float) -> None:
         colour = self.scene.GetFirstNodeByName(HEAT_COLOR_TABLE)
         if colour is None:
             colour_logic = slicer.vtkSlicerColorLogic()
             colour_logic.SetMRMLScene(self.scene)
             colour_logic.AddDefaultColorNodes()
             colour = self.scene.GetFirstNodeByName(HEAT_COLOR_TABLE)
-        residual.GetDisplayNode().SetAndObserveColorNodeID(colour.GetID())
-        self.set_threshold(residual, threshold)
+        heatmap.GetDisplayNode().SetAndObserveColorNodeID(colour.GetID())
+        self.set_threshold(heatmap, threshold)
 
     @staticmethod
-    def set_threshold(residual: slicer.vtkMRMLScalarVolumeNode, threshold: float) -> None:
-        """Hide residuals below ``threshold`` and spread the visible ones from red to yellow.
+    def heatmap_top(heatmap: slicer.vtkMRMLScalarVolumeNode) -> float:
+        """The value a heatmap shows yellow, and the threshold slider's maximum: 1 for the anomaly map (a
+        probability: the same colour means the same certainty in every case), the volume's maximum for the
+        residual (no fixed scale)."""
+        top = kind_named(heatmap.GetAttribute(HEATMAP_ATTRIBUTE)).top
+        return float(heatmap.GetImageData().GetScalarRange()[1]) if top is None else top
 
-        Thresholded voxels are transparent, so only the anomalous regions tint the CT; the window follows the
-        threshold so that the weakest visible residual is red, never the table's black, and the strongest is
-        yellow, never its white (both would be hard to see over grey CT).
+    @classmethod
+    def set_threshold(cls, heatmap: slicer.vtkMRMLScalarVolumeNode, threshold: float) -> None:
+        """Hide values below ``threshold`` and spread the visible ones from red to yellow.
+
+        Thresholded voxels are transparent, so only the anomalous regions tint the CT; the window starts at
+        the threshold so that the weakest visible value is red, never the table's black, and ends at
+        :meth:`heatmap_top`, yellow, never the table's white (both would be hard to see over grey CT). A
+        weak anomaly map therefore shows red, a confident one yellow.
         """
-        display = residual.GetDisplayNode()
-        high = max(float(residual.GetImageData().GetScalarRange()[1]), threshold + 1e-6)
+        display = heatmap.GetDisplayNode()
+        high = max(cls.heatmap_top(heatmap), threshold + 1e-6)
         span = (high - threshold) / (HEAT_TABLE_YELLOW - HEAT_TABLE_RED)
         low = threshold - HEAT_TABLE_RED * span
         display.SetAutoWindowLevel(False)
@@ -534,17 +604,25 @@ def show_segment_outline(segmentation_node: slicer.vtkMRMLSegmentationNode, segm
         display.SetSegmentVisibility(segment_id, True)
 
 
-def default_threshold(residual: np.ndarray) -> float:
-    """Halfway between the typical body residual (median of non-zero voxels) and the strongest one.
+def default_threshold(heatmap: np.ndarray, max_tinted_share: float | None = None) -> float:
+    """Halfway between the typical body value (median of non-zero voxels) and the strongest one, raised where
+    needed so that at most ``max_tinted_share`` of the body lies above it.
 
-    Residuals are 0 outside the body, hence non-zero voxels only. A fixed share of voxels (a quantile) would
-    tint normal tissue on every normal scan and swallow a small anomaly in ties; halfway to the maximum shows
-    the strongest regions of any scan and leaves the rest of the CT readable. The threshold slider adjusts it.
+    Both heatmaps (residual and anomaly map) are 0 outside the body, hence non-zero voxels only. A fixed share
+    of voxels (a quantile) alone would tint normal tissue on every normal scan and swallow a small anomaly in
+    ties; halfway to the maximum shows the strongest regions of any scan and leaves the rest of the CT
+    readable when the values have a long tail, as the residual's do. The anomaly map's spread wide (a
+    probability-like map that saturates in places on normal slices too), where halfway would tint a tenth of
+    the body: the cap (its :class:`~AnomalyScoutModuleLib.heatmaps.HeatmapKind`'s) keeps it to the hottest
+    regions. A fixed probability such as 0.5 would tint even more of it. The threshold slider adjusts it.
     """
-    values = residual[residual > 0]
+    values = heatmap[heatmap > 0]
     if values.size == 0:
         return 0.0
-    return float(0.5 * (np.median(values) + values.max()))
+    threshold = float(0.5 * (np.median(values) + values.max()))
+    if max_tinted_share is not None:
+        threshold = max(threshold, float(np.quantile(values, 1.0 - max_tinted_share)))
+    return threshold
 
 
 def _hierarchy_item(hierarchy: slicer.vtkMRMLSubjectHierarchyNode, node: slicer.vtkMRMLNode) -> int:

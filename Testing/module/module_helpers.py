@@ -86,6 +86,21 @@ def write_contract_outputs(out_dir: Path, flagged=(ANOMALY_SLICE,)) -> dict:
     return report
 
 
+#: Where the synthetic anomaly map is hot: the anomaly box's slice, a box beside the residual's, so that the
+#: two heatmaps are told apart by their arrays.
+MAP_BOX_YX = (slice(22, 30), slice(26, 36))
+
+
+def write_anomaly_map(out_dir: Path) -> np.ndarray:
+    """Write ``anomaly_map.nrrd`` as a model with a head leaves it (values in [0, 1], 0 outside the body) and
+    return its array: a low body value, hot on :data:`ANOMALY_SLICE` in :data:`MAP_BOX_YX`."""
+    body = synthetic_ct() > -500
+    anomaly_map = np.where(body, 0.05, 0.0).astype(np.float32)
+    anomaly_map[ANOMALY_SLICE][MAP_BOX_YX] = 0.9
+    write_volume_file(anomaly_map, out_dir / "anomaly_map.nrrd")
+    return anomaly_map
+
+
 def load_volume_node(scene, path: Path, name: str, class_name: str = "vtkMRMLScalarVolumeNode"):
     """A volume node read by Slicer's own NRRD reader (as "Add data" would)."""
     node = scene.AddNewNodeByClass(class_name, name)
@@ -95,3 +110,34 @@ def load_volume_node(scene, path: Path, name: str, class_name: str = "vtkMRMLSca
     assert storage.ReadData(node), path
     node.CreateDefaultDisplayNodes()
     return node
+
+
+#: A liver-like box on the synthetic CT's grid (z, y, x).
+ORGAN_BOX = (slice(5, 12), slice(10, 20), slice(12, 30))
+
+
+def write_labels(array_zyx: np.ndarray, path: Path, spacing_xyz=SPACING_XYZ, origin_xyz=ORIGIN_XYZ) -> Path:
+    """Write a label map (uint8), by default on the synthetic case's grid."""
+    image = sitk.GetImageFromArray(array_zyx.astype(np.uint8))
+    image.SetSpacing(spacing_xyz)
+    image.SetOrigin(origin_xyz)
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def segmentation_from_labels(scene, labels_path: Path, name: str = "liver model"):
+    """A segmentation node imported from a label map file, as a model's output loaded into Slicer would be."""
+    import slicer
+
+    labelmap = load_volume_node(scene, labels_path, "labels", "vtkMRMLLabelMapVolumeNode")
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, node)
+    scene.RemoveNode(labelmap)
+    return node, node.GetSegmentation().GetNthSegmentID(0)
+
+
+def organ_labels() -> np.ndarray:
+    """The organ of :data:`ORGAN_BOX` as a label map on the synthetic case's grid."""
+    labels = np.zeros(SHAPE_ZYX, np.uint8)
+    labels[ORGAN_BOX] = 1
+    return labels

@@ -115,28 +115,64 @@ class Widget(StrictObject):
 
 
 class ComboBox(Widget):
+    """QComboBox: ``currentIndexChanged(int)`` is emitted whenever the index changes, by the user or by code
+    (``setCurrentIndex``, the first ``addItem``, ``clear``), as Qt documents it."""
+
     def __init__(self, qt_class: str = "QComboBox") -> None:
         super().__init__(qt_class)
         self._items: list[tuple[str, Any]] = []
         self._index = -1
 
+    def _set_index(self, index: int) -> None:
+        if index != self._index:
+            self._index = index
+            self.emit("currentIndexChanged", index)
+
     def clear(self) -> None:
-        self._items, self._index = [], -1
+        self._items = []
+        self._set_index(-1)
 
     def addItem(self, text: str, data: Any = None) -> None:  # noqa: N802
         self._items.append((text, data))
         if self._index < 0:
-            self._index = 0
+            self._set_index(0)
 
     def findData(self, data: Any) -> int:  # noqa: N802
         return next((i for i, (_, d) in enumerate(self._items) if d == data), -1)
 
     def setCurrentIndex(self, index: int) -> None:  # noqa: N802
-        self._index = index
+        self._set_index(index)
+
+    @property
+    def currentIndex(self) -> int:  # noqa: N802
+        return self._index
 
     @property
     def currentData(self) -> Any:  # noqa: N802
         return self._items[self._index][1] if 0 <= self._index < len(self._items) else None
+
+    def itemText(self, index: int) -> str:  # noqa: N802
+        return self._items[index][0]
+
+
+class SliderWidget(Widget):
+    """ctkSliderWidget: ``value`` stays within [``minimum``, ``maximum``] and ``valueChanged(double)`` is
+    emitted whenever it changes, also when a new maximum clamps it (CTK's ctkSliderWidget.cpp: ``setMaximum``
+    sets the inner slider's maximum, whose clamped value reaches ``setSpinBoxValue``, which emits
+    ``valueChanged``). Its rounding to ``decimals`` is not faked."""
+
+    def __init__(self, qt_class: str = "ctkSliderWidget") -> None:
+        super().__init__(qt_class)
+        self._values.update(minimum=0.0, maximum=99.99, value=0.0)  # QDoubleSpinBox's default range
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        before = self._values.get("value")
+        super().__setattr__(name, value)
+        if name in ("value", "minimum", "maximum"):
+            values = self._values
+            values["value"] = min(max(float(values["value"]), values["minimum"]), values["maximum"])
+            if values["value"] != before:
+                self.emit("valueChanged", values["value"])
 
 
 class TableWidget(Widget):
@@ -194,6 +230,7 @@ class SegmentSelector(Widget):
 
 WIDGET_TYPES = {
     "QComboBox": ComboBox,
+    "ctkSliderWidget": SliderWidget,
     "QTableWidget": TableWidget,
     "QPlainTextEdit": PlainTextEdit,
     "qMRMLSegmentSelectorWidget": SegmentSelector,
@@ -219,9 +256,9 @@ def load_ui(path: str) -> Widget:
             if prop.get("stdset") == "0" or value is None:
                 continue
             text = value.text or ""
-            if value.tag in ("bool", "number", "string"):
+            if value.tag in ("bool", "number", "double", "string"):
                 widget._check(name)
-                parsers = {"bool": lambda t: t == "true", "number": int, "string": str}
+                parsers = {"bool": lambda t: t == "true", "number": int, "double": float, "string": str}
                 widget._values[name] = parsers[value.tag](text)
         top._children[element.get("name")] = widget
     return top

@@ -57,7 +57,7 @@ def test_lowering_the_threshold_tints_more_and_zero_opacity_hides_it(shown, scen
     centre = _anomaly_centre_ras()
     before = heat_pixels(render_axial(shown, centre[2])).sum()
     results = SceneResults(scene)
-    residual = scene.GetFirstNodeByName("case1 anomaly heatmap")
+    residual = scene.GetFirstNodeByName("case1 residual")
     results.set_threshold(residual, 0.005)
     assert heat_pixels(render_axial(shown, centre[2])).sum() > before
     results.set_opacity(0.0)

@@ -19,12 +19,15 @@ from AnomalyScoutModuleLib.review import ReviewRow, check_review_inputs, read_re
 from AnomalyScoutModuleLib.scene import HEAT_COLOR_TABLE, ROLE_ATTRIBUTE, SceneResults, export_segment_mask
 from AnomalyScoutModuleLib.worker_run import RunCallbacks, RunRequest, WorkerRun, blocking_launcher
 from module_helpers import (
-    ORIGIN_XYZ,
+    ORGAN_BOX,
     SHAPE_ZYX,
     SPACING_XYZ,
     load_volume_node,
+    organ_labels,
+    segmentation_from_labels,
     synthetic_ct,
     write_contract_outputs,
+    write_labels,
     write_volume_file,
 )
 from widget_harness import FakeProcess
@@ -33,44 +36,18 @@ from AnomalyScoutLib.errors import ModelFileError, ResultsError, VolumeError
 
 slicer = pytest.importorskip("slicer")
 
-#: A liver-like box on the synthetic CT's grid (z, y, x).
-ORGAN_BOX = (slice(5, 12), slice(10, 20), slice(12, 30))
-
-
-def _write_labels(array_zyx: np.ndarray, path: Path, spacing_xyz=SPACING_XYZ, origin_xyz=ORIGIN_XYZ) -> Path:
-    image = sitk.GetImageFromArray(array_zyx.astype(np.uint8))
-    image.SetSpacing(spacing_xyz)
-    image.SetOrigin(origin_xyz)
-    sitk.WriteImage(image, str(path))
-    return path
-
-
-def _segmentation(scene, labels_path: Path, name: str = "liver model"):
-    """A segmentation node imported from a label map file, as a model's output loaded into Slicer would be."""
-    labelmap = load_volume_node(scene, labels_path, "labels", "vtkMRMLLabelMapVolumeNode")
-    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
-    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, node)
-    scene.RemoveNode(labelmap)
-    return node, node.GetSegmentation().GetNthSegmentID(0)
-
-
-def _organ() -> np.ndarray:
-    labels = np.zeros(SHAPE_ZYX, np.uint8)
-    labels[ORGAN_BOX] = 1
-    return labels
-
 
 @pytest.fixture
 def segmentation(scene, tmp_path):
-    return _segmentation(scene, _write_labels(_organ(), tmp_path / "organ.nrrd"))
+    return segmentation_from_labels(scene, write_labels(organ_labels(), tmp_path / "organ.nrrd"))
 
 
 @pytest.fixture
 def coarse_segmentation(scene, tmp_path):
     """The organ from a label map on another grid: half the rows and columns at twice the spacing."""
-    coarse = _organ()[:, ::2, ::2]
+    coarse = organ_labels()[:, ::2, ::2]
     spacing = (SPACING_XYZ[0] * 2, SPACING_XYZ[1] * 2, SPACING_XYZ[2])
-    return _segmentation(scene, _write_labels(coarse, tmp_path / "coarse.nrrd", spacing))
+    return segmentation_from_labels(scene, write_labels(coarse, tmp_path / "coarse.nrrd", spacing))
 
 
 def _review_heatmap() -> np.ndarray:
@@ -109,7 +86,7 @@ def test_a_segmentation_on_another_grid_is_exported_onto_the_cts_grid(
     assert image.GetSpacing() == pytest.approx(SPACING_XYZ)
     mask = sitk.GetArrayFromImage(image) > 0
     # CT voxels (k, 2i, 2j) sit exactly on the coarse voxels' centres; between them the export may round
-    np.testing.assert_array_equal(mask[:, ::2, ::2], _organ()[:, ::2, ::2] > 0)
+    np.testing.assert_array_equal(mask[:, ::2, ::2], organ_labels()[:, ::2, ::2] > 0)
     rows = np.flatnonzero(mask.any(axis=(0, 2)))
     assert ORGAN_BOX[1].start - 1 <= rows.min() and rows.max() <= ORGAN_BOX[1].stop
 
@@ -121,8 +98,8 @@ def test_an_empty_segment_or_one_outside_the_ct_is_refused_with_one_line(
     empty = node.GetSegmentation().AddEmptySegment("", "nothing drawn")
     with pytest.raises(VolumeError, match="'nothing drawn' of 'liver model' is empty on the grid of 'case1'"):
         export_segment_mask(node, empty, ct_node, tmp_path / "a.nrrd")
-    far = _segmentation(
-        scene, _write_labels(_organ(), tmp_path / "far.nrrd", origin_xyz=(500.0, 500.0, 900.0))
+    far = segmentation_from_labels(
+        scene, write_labels(organ_labels(), tmp_path / "far.nrrd", origin_xyz=(500.0, 500.0, 900.0))
     )
     with pytest.raises(VolumeError, match="empty on the grid"):
         export_segment_mask(*far, ct_node, tmp_path / "b.nrrd")
@@ -159,7 +136,7 @@ def test_a_review_shows_its_heatmap_over_the_ct_beside_a_runs_and_outlines_the_s
     _write_review(tmp_path / "review", {6: 0.8, 7: 1.4})
     _hide(node, segment)
 
-    heatmap = results.show_review(ct_node, tmp_path / "review", node, segment, opacity=0.4)
+    heatmap = results.show_review(ct_node, tmp_path / "review", node, segment, opacity=0.4).default
 
     composite = red_slice_logic.GetSliceCompositeNode()
     assert composite.GetBackgroundVolumeID() == ct_node.GetID()
@@ -173,7 +150,7 @@ def test_a_review_shows_its_heatmap_over_the_ct_beside_a_runs_and_outlines_the_s
     _assert_outlined(node, segment)
 
     count = scene.GetNumberOfNodes()
-    again = results.show_review(ct_node, tmp_path / "review", node, segment)
+    again = results.show_review(ct_node, tmp_path / "review", node, segment).default
     assert again.GetID() == heatmap.GetID() and scene.GetNumberOfNodes() == count
     assert heatmap.GetAttribute(ROLE_ATTRIBUTE) == "review_residual"
 
@@ -423,7 +400,7 @@ def real_review(tmp_path_factory, tiny_anomalous_phantom, tiny_model):
 
     scene = slicer.vtkMRMLScene()
     ct = load_volume_node(scene, root / "ct.nrrd", "phantom")
-    node, segment = _segmentation(scene, root / "coarse_liver.nrrd")
+    node, segment = segmentation_from_labels(scene, root / "coarse_liver.nrrd")
     review_path = export_segment_mask(node, segment, ct, root / "segment.nrrd")
     outcomes: list = []
     request = RunRequest(
