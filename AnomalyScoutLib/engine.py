@@ -44,7 +44,14 @@ from AnomalyScoutLib.errors import ConfigError, VolumeError
 from AnomalyScoutLib.inversion import InversionConfig, Reconstruction, Reconstructor
 from AnomalyScoutLib.io.geometry import AxialFrame, axial_frame, slice_centers_ras, to_canonical
 from AnomalyScoutLib.io.volume import read_label_map, read_volume
-from AnomalyScoutLib.montage import MontagePanel, most_anomalous, preload_matplotlib, write_montage
+from AnomalyScoutLib.montage import (
+    ANOMALY_MAP_LABEL,
+    RESIDUAL_LABEL,
+    MontagePanel,
+    most_anomalous,
+    preload_matplotlib,
+    write_montage,
+)
 from AnomalyScoutLib.outputs import AtomicOutputDir, NrrdVolumeWriter
 from AnomalyScoutLib.position.fit import SlicePlacement
 from AnomalyScoutLib.position.gate import GateResult, domain_check, require_in_range
@@ -551,19 +558,21 @@ class _OutputVolumes:
 def _write_flagged_montage(
     path: Path,
     scan: _ScanInput,
-    residual: np.ndarray,
+    heatmap: tuple[np.ndarray, str],
     case: CaseScores,
     calibrated: CalibratedScores,
     gate: GateResult,
 ) -> None:
-    """``flagged.png``: the :data:`MONTAGE_SLICES` most anomalous slices, CT beside its residual; slices
-    outside the model's range come last and are marked, and the title says how many there are."""
+    """``flagged.png``: the :data:`MONTAGE_SLICES` most anomalous slices, CT under its heatmap (canonical
+    view and colour-bar label); slices outside the model's range come last and are marked, and the title
+    says how many there are."""
+    values, label = heatmap
     ranked = np.where(gate.in_range, case.scores, np.nan)
     panels = [
         MontagePanel(
             k,
             np.asarray(scan.canonical_hu[k], dtype=np.float32),
-            np.array(residual[k]),
+            np.array(values[k]),
             float(case.scores[k]),
             float(calibrated.percentile[k]),
             bool(calibrated.flagged[k]),
@@ -574,7 +583,7 @@ def _write_flagged_montage(
     title = "most anomalous slices (red: flagged)"
     if gate.summary is not None:
         title += f"; {gate.summary}"
-    write_montage(path, panels, scan.frame.spacing_kji[1:], title=title)
+    write_montage(path, panels, scan.frame.spacing_kji[1:], title=title, heatmap_label=label)
 
 
 def _run_summary(
@@ -719,8 +728,9 @@ def score_file(
             calibrated, by_model, fpr = _calibrate(scorer, case, score_of_case, options.fpr, listener)
             calibrated, domain_warning = _gate_flags(calibrated, gate, by_model, listener)
             matplotlib_loading.join()  # never two threads importing the same modules
+            label = RESIDUAL_LABEL if scorer.model.head is None else ANOMALY_MAP_LABEL
             _write_flagged_montage(
-                out.staging / "flagged.png", scan, volumes.heatmap(), case, calibrated, gate
+                out.staging / "flagged.png", scan, (volumes.heatmap(), label), case, calibrated, gate
             )
         timings["write_s"] = time.perf_counter() - clock
         summary = _run_summary(scorer, scan, options, score_of_case, calibrated, by_model, fpr, timings)

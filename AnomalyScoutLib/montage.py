@@ -19,7 +19,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["MontagePanel", "most_anomalous", "preload_matplotlib", "write_montage"]
+__all__ = [
+    "ANOMALY_MAP_LABEL",
+    "RESIDUAL_LABEL",
+    "MontagePanel",
+    "most_anomalous",
+    "preload_matplotlib",
+    "write_montage",
+]
 
 #: Display window of the CT under the heatmap (a standard abdominal soft-tissue window, HU).
 CT_WINDOW_HU = (-160.0, 240.0)
@@ -27,14 +34,20 @@ CT_WINDOW_HU = (-160.0, 240.0)
 HEATMAP_FLOOR = 0.25
 
 
+#: Colour-bar labels of the two heatmaps a montage can show.
+RESIDUAL_LABEL = "residual (normalised HU)"
+ANOMALY_MAP_LABEL = "anomaly map (learned head, 0-1)"
+
+
 @dataclass(frozen=True)
 class MontagePanel:
-    """One slice to show: canonical ``(rows, cols)`` CT in HU and its residual map on the same grid, and
-    optionally a boolean ``contour`` mask (a segmentation under review) drawn as an outline."""
+    """One slice to show: canonical ``(rows, cols)`` CT in HU and its heatmap on the same grid (the residual,
+    or the learned anomaly map of a model with a head), and optionally a boolean ``contour`` mask (a
+    segmentation under review) drawn as an outline."""
 
     slice_index: int
     ct_hu: np.ndarray
-    residual: np.ndarray
+    heatmap: np.ndarray
     score: float
     percentile: float
     flagged: bool
@@ -74,6 +87,7 @@ def write_montage(
     panels: Sequence[MontagePanel],
     spacing_rc_mm: Sequence[float],
     title: str = "most anomalous slices (red: flagged)",
+    heatmap_label: str = RESIDUAL_LABEL,
 ) -> None:
     """Draw ``panels`` in a grid (up to 4 per row) and save a PNG to ``path``.
 
@@ -90,12 +104,12 @@ def write_montage(
     rows = math.ceil(len(panels) / columns)
     figure = Figure(figsize=(3.2 * columns, 3.4 * rows), dpi=100, facecolor="black")
     FigureCanvasAgg(figure)
-    vmax = max(float(np.max(p.residual)) for p in panels) or 1.0
+    vmax = max(float(np.max(p.heatmap)) for p in panels) or 1.0
     aspect = float(spacing_rc_mm[0]) / float(spacing_rc_mm[1])
     for n, panel in enumerate(panels):
         axes = figure.add_subplot(rows, columns, n + 1)
         axes.imshow(panel.ct_hu, cmap="gray", vmin=CT_WINDOW_HU[0], vmax=CT_WINDOW_HU[1], aspect=aspect)
-        heat = np.ma.masked_less(panel.residual, HEATMAP_FLOOR * vmax)
+        heat = np.ma.masked_less(panel.heatmap, HEATMAP_FLOOR * vmax)
         image = axes.imshow(heat, cmap="inferno", vmin=0.0, vmax=vmax, alpha=0.6, aspect=aspect)
         if panel.contour is not None and panel.contour.any():
             axes.contour(panel.contour.astype(np.float32), levels=[0.5], colors="cyan", linewidths=0.8)
@@ -111,7 +125,7 @@ def write_montage(
         )
         axes.set_axis_off()
     colorbar = figure.colorbar(image, ax=figure.axes, shrink=0.6)
-    colorbar.set_label("residual (normalised HU)", color="white")
+    colorbar.set_label(heatmap_label, color="white")
     colorbar.ax.tick_params(colors="white")
     figure.suptitle(title, color="white")
     figure.savefig(os.fspath(path), format="png", facecolor=figure.get_facecolor())

@@ -28,11 +28,18 @@ import numpy as np
 from scipy import ndimage
 
 from AnomalyScoutLib.cancellation import CancelFlag
-from AnomalyScoutLib.engine import RunListener, ScoreOptions, ScoreRun, VolumeScorer, score_file
+from AnomalyScoutLib.engine import (
+    ANOMALY_MAP_FILE,
+    RunListener,
+    ScoreOptions,
+    ScoreRun,
+    VolumeScorer,
+    score_file,
+)
 from AnomalyScoutLib.errors import ConfigError, VolumeError
 from AnomalyScoutLib.io.geometry import axial_frame, to_canonical
 from AnomalyScoutLib.io.volume import Volume, read_label_map, read_volume, write_volume
-from AnomalyScoutLib.montage import MontagePanel, write_montage
+from AnomalyScoutLib.montage import ANOMALY_MAP_LABEL, RESIDUAL_LABEL, MontagePanel, write_montage
 from AnomalyScoutLib.outputs import AtomicOutputDir
 
 __all__ = [
@@ -107,19 +114,20 @@ def _write_review_csv(path: Path, positions: np.ndarray, risk: np.ndarray, flagg
 def _write_review_montage(
     path: Path,
     canonical_hu: np.ndarray,
-    residual: np.ndarray,
+    heatmap: tuple[np.ndarray, str],
     organ: np.ndarray,
     review: tuple[np.ndarray, np.ndarray, np.ndarray],
     spacing_rc_mm: tuple[float, float],
 ) -> None:
     risk, percentile, flagged = review
+    values, label = heatmap
     ranked = np.flatnonzero(np.isfinite(risk))
     ranked = ranked[np.argsort(-risk[ranked], kind="stable")][:REVIEW_SLICES]
     panels = [
         MontagePanel(
             int(k),
             canonical_hu[k],
-            residual[k],
+            values[k],
             float(risk[k]),
             float(percentile[k]),
             bool(flagged[k]),
@@ -127,7 +135,13 @@ def _write_review_montage(
         )
         for k in ranked
     ]
-    write_montage(path, panels, spacing_rc_mm, title="riskiest slices of the segmentation (red: flagged)")
+    write_montage(
+        path,
+        panels,
+        spacing_rc_mm,
+        title="riskiest slices of the segmentation (red: flagged)",
+        heatmap_label=label,
+    )
 
 
 def _organ_mask(segmentation: str | os.PathLike[str], volume: Volume, label: int | None) -> np.ndarray:
@@ -182,11 +196,16 @@ def review_segmentation(
         risk = slice_risk(run.case.scores, run.calibrated.threshold, in_region)
         flagged = run.calibrated.flagged & in_region
         _write_review_csv(out.staging / "review.csv", run.case.positions, risk, flagged)
-        residual = to_canonical(read_volume(out.staging / "residual.nrrd", validate=False).array_zyx, frame)
+        # The montage shows what the scores came from, as flagged.png does: the head's map when the model
+        # has one, else the residual.
+        heatmap_file, label = out.staging / ANOMALY_MAP_FILE, ANOMALY_MAP_LABEL
+        if not heatmap_file.is_file():
+            heatmap_file, label = out.staging / "residual.nrrd", RESIDUAL_LABEL
+        heatmap = to_canonical(read_volume(heatmap_file, validate=False).array_zyx, frame)
         _write_review_montage(
             out.staging / "review.png",
             to_canonical(volume.array_zyx, frame),
-            residual,
+            (heatmap, label),
             to_canonical(organ, frame),
             (risk, run.calibrated.percentile, flagged),
             frame.spacing_kji[1:],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,3 +66,39 @@ def test_the_slice_score_is_the_heads_top_k_not_the_residuals(tiny_architecture,
     assert (run.case.scores > 0).all() and (run.case.scores <= 1).all()
     slices = json.loads((out / "scores.json").read_text())["slices"]
     np.testing.assert_allclose([s["score"] for s in slices], run.case.scores, rtol=1e-4)
+
+
+@pytest.mark.parametrize("head", [True, False])
+def test_the_montages_show_the_map_the_scores_came_from(
+    tiny_architecture, tiny_anomalous_phantom, ct_path, tmp_path, monkeypatch, head
+):
+    """flagged.png and review.png draw the head's map when there is one (with its own colour-bar label),
+    else the residual: a picture must show what ranked its slices."""
+    from AnomalyScoutLib import engine
+    from AnomalyScoutLib.io.geometry import axial_frame, to_canonical
+    from AnomalyScoutLib.io.volume import Volume, read_volume
+    from AnomalyScoutLib.montage import ANOMALY_MAP_LABEL, RESIDUAL_LABEL
+    from AnomalyScoutLib.segmentation import review
+
+    drawn: dict[str, tuple] = {}
+
+    def capture(path, panels, spacing, title="", heatmap_label=RESIDUAL_LABEL):
+        drawn[Path(path).name] = (panels, heatmap_label)
+
+    monkeypatch.setattr(engine, "write_montage", capture)
+    monkeypatch.setattr(review, "write_montage", capture)
+    phantom = tiny_anomalous_phantom.volume
+    segmentation = tmp_path / "seg.nrrd"
+    labels = (tiny_anomalous_phantom.labels > 0).astype(np.uint8)
+    write_volume(Volume(labels, phantom.spacing_xyz, phantom.origin_xyz, phantom.direction), segmentation)
+    out = tmp_path / "review"
+    review.review_segmentation(ct_path, segmentation, out, _scorer(tiny_architecture, head))
+
+    shown_file = ANOMALY_MAP_FILE if head else "residual.nrrd"
+    frame = axial_frame(phantom)
+    expected = to_canonical(read_volume(out / shown_file, validate=False).array_zyx, frame)
+    for name in ("flagged.png", "review.png"):
+        panels, label = drawn[name]
+        assert label == (ANOMALY_MAP_LABEL if head else RESIDUAL_LABEL)
+        for panel in panels:
+            np.testing.assert_allclose(panel.heatmap, expected[panel.slice_index], atol=1e-3)
