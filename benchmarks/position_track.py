@@ -20,6 +20,8 @@ Parts (each a section of ``benchmarks/results/position.json``):
 - ``false_flags`` (``--score``): clean real scans scored with the shipped model by index and by anatomy:
   slices flagged before and after (the shipped model must hold the regressor, see ``docs/position.md``).
 - ``speed``: regressor + fit on a 300-slice 512² CT on this machine (not a test; the machine is shared).
+- ``plot``: ``docs/position_real_fixture.png``, the real fixture's coronal section beside each slice's own
+  estimate, the whole scan's fitted line, crops placed on their own, and the landmarks.
 
 Writes ``benchmarks/results/position.json``.
 """
@@ -176,6 +178,52 @@ def real_landmarks(regressor: PositionRegressor, phantom_levels: dict[str, float
     }
 
 
+def plot_real_fixture(regressor: PositionRegressor, landmarks: dict[str, Any], path: Path) -> dict[str, str]:
+    """Where the real fixture's slices land: a picture of what ``real_landmarks`` measures."""
+    from benchmarks.plots import plt, save_figure
+
+    hu, spacing = _canonical(FIXTURE / "example_ct.nii.gz")
+    z = np.arange(len(hu)) * spacing[0]
+    own = estimate_slices(regressor, hu, spacing[1:])
+    whole = place_slices(hu, spacing, regressor, "anatomy").positions
+    figure, (image_axes, axes) = plt.subplots(
+        1, 2, figsize=(10, 5), gridspec_kw={"width_ratios": [1, 2.2]}, sharey=False
+    )
+    coronal = hu[:, hu.shape[1] // 2, :]
+    extent = (0, hu.shape[2] * spacing[2], z[0] - spacing[0] / 2, z[-1] + spacing[0] / 2)
+    image_axes.imshow(coronal, cmap="gray", vmin=-160, vmax=240, origin="lower", extent=extent, aspect="auto")
+    image_axes.set(title="real fixture, coronal", xlabel="mm", ylabel="z (mm)")
+    axes.plot(own, z, ".", color="grey", markersize=4, label="each slice's own estimate")
+    axes.plot(whole, z, "-", color="black", linewidth=2, label="whole scan, fitted")
+    for (lo, hi), colour in zip(((0, 20), (40, 70), (88, 108)), ("tab:blue", "tab:green", "tab:orange")):
+        crop = place_slices(hu[lo:hi], spacing, regressor, "anatomy").positions
+        axes.plot(
+            crop, z[lo:hi], "-", color=colour, linewidth=4, alpha=0.6, label=f"slices {lo}-{hi - 1} alone"
+        )
+    for name, check in landmarks.items():
+        slice_z = z[check["slice"]]
+        axes.plot([check["phantom_level"]], [slice_z], "r*", markersize=12)
+        axes.annotate(
+            f"{name.replace('_', ' ')}: phantom {check['phantom_level']:.2f}",
+            (check["phantom_level"], slice_z),
+            textcoords="offset points",
+            xytext=(8, -4),
+            fontsize=8,
+            color="red",
+        )
+    axes.axvspan(-0.3, -0.05, color="0.9")
+    axes.axvspan(1.05, 1.3, color="0.9")
+    axes.set(
+        xlim=(-0.3, 1.3),
+        ylim=image_axes.get_ylim(),
+        xlabel="position (0 pelvis floor, 1 lung bases; grey: out of range)",
+        title="placement by the shipped regressor",
+    )
+    axes.legend(loc="lower right", fontsize=8)
+    save_figure(figure, path)
+    return {"file": str(path.relative_to(REPO))}
+
+
 def gate_inputs(regressor: PositionRegressor) -> dict[str, Any]:
     """What the gate says about inputs the model was not made for (and one it was)."""
     hu, spacing = _canonical(FIXTURE / "example_ct.nii.gz")
@@ -290,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
             regressor, results["phantom_subranges"]["phantom_landmarks"]
         ),
         "speed": lambda: speed(regressor),
+        "plot": lambda: plot_real_fixture(
+            regressor, results["real_landmarks"]["landmarks"], REPO / "docs" / "position_real_fixture.png"
+        ),
     }
     if args.score:
         sections["false_flags"] = lambda: false_flags(args.position, args.model)
