@@ -202,7 +202,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--margin-px", type=int, default=3, help="region margin (3 px ≈ review's 10 mm)")
     parser.add_argument("--failure-dice", type=float, default=0.9)
     parser.add_argument(
-        "--segmenter-minutes", type=float, default=20.0, help="training budget when no checkpoint exists"
+        "--segmenter-minutes", type=float, default=60.0, help="training budget when no checkpoint exists"
     )
     return parser
 

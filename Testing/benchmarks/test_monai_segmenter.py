@@ -1,0 +1,82 @@
+"""The MONAI segmenter's training loop: its learning-rate schedule, resuming, and that the checkpoint keeps
+the weights of the best validation step (not the last step's under the best step's name)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import monai_segmenter
+from benchmarks.monai_segmenter import SegmenterSpec, learning_rate, load_segmenter, train
+from benchmarks.slices import CaseInfo, SliceSet
+
+pytest.importorskip("monai")
+torch.set_num_threads(1)
+
+
+def test_learning_rate_warms_up_peaks_and_decays_to_two_percent():
+    assert learning_rate(0, 1000, 1e-3, warmup=100) == pytest.approx(1e-5, rel=0.01)
+    assert learning_rate(99, 10**6, 1e-3, warmup=100) == pytest.approx(1e-3, rel=1e-4)
+    assert learning_rate(500, 1000, 1e-3, warmup=100) == pytest.approx(1e-3 * (0.02 + 0.49), rel=1e-6)
+    assert learning_rate(1000, 1000, 1e-3) == pytest.approx(2e-5)
+    assert learning_rate(5000, 1000, 1e-3) == pytest.approx(2e-5)  # past the end: stays at the floor
+    after_warmup = [learning_rate(s, 1000, 1e-3, warmup=100) for s in range(99, 1001)]
+    assert all(a >= b for a, b in zip(after_warmup, after_warmup[1:]))
+    assert not any(math.isnan(r) for r in after_warmup)
+
+
+def _tiny_slices(n: int = 8, res: int = 32) -> SliceSet:
+    """Bright discs (the "liver") on a dark body, one synthetic case."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:res, :res]
+    organ = np.stack([(yy - rng.integers(10, 22)) ** 2 + (xx - 16) ** 2 < 36 for _ in range(n)])
+    images = np.where(organ, 0.5, -0.5).astype(np.float32)
+    zeros = np.zeros((n, res, res), dtype=bool)
+    return SliceSet(
+        images=images,
+        positions=np.linspace(0, 1, n, dtype=np.float32),
+        body=np.ones((n, res, res), dtype=bool),
+        anomaly=zeros,
+        organ=organ,
+        case=np.zeros(n, dtype=np.int64),
+        slice_index=np.arange(n),
+        cases=(CaseInfo("normal-0", "normal", 0),),
+    )
+
+
+@pytest.fixture
+def tiny_spec(tmp_path, monkeypatch) -> SegmenterSpec:
+    monkeypatch.setattr(monai_segmenter, "WORK_DIR", tmp_path)
+    monkeypatch.setattr(SegmenterSpec, "slices", lambda self, seeds: _tiny_slices())
+    return SegmenterSpec(resolution=32, channels=(4, 8), min_liver_px=1)
+
+
+def test_training_stops_at_the_schedule_end_and_resumes_there(tiny_spec):
+    logs: list[str] = []
+    first = train(tiny_spec, minutes=5, steps=3, batch_size=4, val_every=1, log=logs.append)
+    assert first["step"] == 3 and len(first["history"]) == 3 and tiny_spec.checkpoint.is_file()
+    second = train(tiny_spec, minutes=5, steps=5, batch_size=4, val_every=1, log=logs.append)
+    assert any("resumed at step 3" in line for line in logs)
+    assert second["step"] == 5 and [h[0] for h in second["history"]] == [1, 2, 3, 4, 5]
+
+
+def test_the_checkpoint_keeps_the_best_steps_weights(tiny_spec, monkeypatch):
+    """Validation says step 1 was best; the loaded model must be the net as it was at step 1."""
+    snapshots: list[dict[str, torch.Tensor]] = []
+
+    def falling_dice(model, val, min_liver_px):  # noqa: ANN001, ARG001 - stands in for _validation_dice
+        snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return 1.0 / len(snapshots)
+
+    monkeypatch.setattr(monai_segmenter, "_validation_dice", falling_dice)
+    state = train(tiny_spec, minutes=5, steps=4, batch_size=4, lr=1e-2, val_every=1, log=lambda m: None)
+    assert state["best_step"] == 1 and state["best_dice"] == 1.0
+    model, summary = load_segmenter(tiny_spec)
+    assert summary["best_step"] == 1 and summary["step"] == 4
+    weights = model.state_dict()
+    name = next(k for k, v in weights.items() if v.is_floating_point() and v.numel() > 1)
+    torch.testing.assert_close(weights[name], snapshots[0][name])
+    assert not torch.equal(snapshots[0][name], snapshots[-1][name])  # the net did move after step 1
