@@ -50,6 +50,14 @@ __all__ = [
 ]
 
 
+#: Normal phantom seeds of the segmenter: 24 to train on, 2 to choose the checkpoint. Six training phantoms
+#: (the first run) reached validation Dice 0.936 but only 0.84 on some held-out phantoms: they did not cover
+#: the generator's variety of liver shapes. All lie in the shipped model's normal training range (1000-1029),
+#: far from every track's test seeds (5000+).
+TRAIN_SEEDS: tuple[int, ...] = tuple(range(1000, 1024))
+VAL_SEEDS: tuple[int, ...] = (1024, 1025)
+
+
 class SegmenterSpec:
     """What defines one trained segmenter: its data and network (the checkpoint's cache key).
 
@@ -67,8 +75,8 @@ class SegmenterSpec:
 
     def __init__(
         self,
-        train_seeds: tuple[int, ...] = tuple(range(1000, 1006)),
-        val_seeds: tuple[int, ...] = (1006,),
+        train_seeds: tuple[int, ...] = TRAIN_SEEDS,
+        val_seeds: tuple[int, ...] = VAL_SEEDS,
         resolution: int = 128,
         window: HUWindow | None = None,
         channels: tuple[int, ...] = (8, 16, 32, 64, 128),

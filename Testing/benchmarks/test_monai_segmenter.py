@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from benchmarks import monai_segmenter
+from benchmarks.data import PhantomSplit
 from benchmarks.monai_segmenter import SegmenterSpec, learning_rate, load_segmenter, train
 from benchmarks.slices import CaseInfo, SliceSet
 
@@ -80,3 +81,23 @@ def test_the_checkpoint_keeps_the_best_steps_weights(tiny_spec, monkeypatch):
     name = next(k for k, v in weights.items() if v.is_floating_point() and v.numel() > 1)
     torch.testing.assert_close(weights[name], snapshots[0][name])
     assert not torch.equal(snapshots[0][name], snapshots[-1][name])  # the net did move after step 1
+
+
+def test_default_seeds_are_many_normal_phantoms_apart_from_every_test_seed():
+    spec = SegmenterSpec()
+    assert len(spec.train_seeds) == 24 and len(spec.val_seeds) == 2
+    assert not set(spec.train_seeds) & set(spec.val_seeds)
+    test_seeds = {seed for seed, _ in PhantomSplit(per_type=10, n_normal=10).test_cases}
+    assert not (set(spec.train_seeds) | set(spec.val_seeds)) & test_seeds
+    assert max(spec.train_seeds + spec.val_seeds) < 5000  # below every track's test and pool seeds
+
+
+def test_changed_seeds_train_a_new_checkpoint():
+    """The checkpoint's name hashes the spec, so a spec with other seeds never resumes the old weights."""
+    spec = SegmenterSpec()
+    fewer = SegmenterSpec(train_seeds=tuple(range(1000, 1006)), val_seeds=(1006,))
+    other_val = SegmenterSpec(val_seeds=(1024,))
+    assert len({spec.checkpoint, fewer.checkpoint, other_val.checkpoint}) == 3
+    assert SegmenterSpec().checkpoint == spec.checkpoint
+    with pytest.raises(ValueError, match="overlap"):
+        SegmenterSpec(val_seeds=(1000,))
