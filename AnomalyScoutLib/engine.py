@@ -46,16 +46,17 @@ from AnomalyScoutLib.io.geometry import AxialFrame, axial_frame, slice_centers_r
 from AnomalyScoutLib.io.volume import read_label_map, read_volume
 from AnomalyScoutLib.montage import (
     ANOMALY_MAP_LABEL,
+    MATPLOTLIB_MODULES,
     RESIDUAL_LABEL,
     MontagePanel,
     most_anomalous,
-    preload_matplotlib,
     write_montage,
 )
 from AnomalyScoutLib.outputs import AtomicOutputDir, NrrdVolumeWriter
-from AnomalyScoutLib.position.fit import SlicePlacement
+from AnomalyScoutLib.position.fit import OPTIMIZER_MODULE, SlicePlacement
 from AnomalyScoutLib.position.gate import GateResult, domain_check, require_in_range
 from AnomalyScoutLib.position.placement import NO_REGRESSOR_NOTE, PLACEMENT_METHODS, place_and_gate
+from AnomalyScoutLib.preload import preload_modules
 from AnomalyScoutLib.preprocessing import ModelGrid, body_mask, model_grid, slice_positions
 from AnomalyScoutLib.scoring import ScoreConfig, case_score, residual_maps, score_slices
 
@@ -629,6 +630,12 @@ def _place_and_gate(
     return placement, gate
 
 
+def _placement_modules(scorer: VolumeScorer, options: ScoreOptions) -> tuple[str, ...]:
+    """What placing this run's slices will import: the fit's optimiser when they are placed by anatomy."""
+    by_anatomy = options.position != "index" and scorer.model.position_regressor is not None
+    return (OPTIMIZER_MODULE,) if by_anatomy else ()
+
+
 def _placement_warnings(placement: SlicePlacement, gate: GateResult, scorer: VolumeScorer) -> list[str]:
     """What the user must hear about the placement: no regressor, too few slices, slices out of range, a
     calibration made with the other placement."""
@@ -697,7 +704,8 @@ def score_file(
     listener = listener or _SilentListener()
     timings: dict[str, float] = {}
     clock = time.perf_counter()
-    matplotlib_loading = preload_matplotlib()  # imports while this thread reads the CT
+    # imports while this thread reads the CT: the position fit's optimiser (needed sooner), then matplotlib
+    loading = preload_modules(*_placement_modules(scorer, options), *MATPLOTLIB_MODULES)
     scan = _read_input(input_path, options)
     placement, gate = _place_and_gate(scan, scorer, options)
     timings["read_s"] = time.perf_counter() - clock
@@ -727,7 +735,7 @@ def score_file(
             score_of_case = case_score(case.scores[gate.in_range], scorer.score_config)
             calibrated, by_model, fpr = _calibrate(scorer, case, score_of_case, options.fpr, listener)
             calibrated, domain_warning = _gate_flags(calibrated, gate, by_model, listener)
-            matplotlib_loading.join()  # never two threads importing the same modules
+            loading.join()  # the montage's imports are done (or failed, for write_montage to report)
             label = RESIDUAL_LABEL if scorer.model.head is None else ANOMALY_MAP_LABEL
             _write_flagged_montage(
                 out.staging / "flagged.png", scan, (volumes.heatmap(), label), case, calibrated, gate

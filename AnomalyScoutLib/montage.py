@@ -10,7 +10,6 @@ and no global pyplot state, so it works in a worker process and in tests.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import threading
@@ -19,8 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from AnomalyScoutLib.preload import preload_modules
+
 __all__ = [
     "ANOMALY_MAP_LABEL",
+    "MATPLOTLIB_MODULES",
     "RESIDUAL_LABEL",
     "MontagePanel",
     "most_anomalous",
@@ -33,6 +35,9 @@ CT_WINDOW_HU = (-160.0, 240.0)
 #: Residuals below this fraction of the shown maximum stay transparent.
 HEATMAP_FLOOR = 0.25
 
+
+#: What :func:`write_montage` imports (matplotlib's object API on the Agg canvas).
+MATPLOTLIB_MODULES = ("matplotlib.backends.backend_agg", "matplotlib.figure")
 
 #: Colour-bar labels of the two heatmaps a montage can show.
 RESIDUAL_LABEL = "residual (normalised HU)"
@@ -67,19 +72,10 @@ def most_anomalous(scores: np.ndarray, percentiles: np.ndarray, count: int) -> l
 def preload_matplotlib() -> threading.Thread:
     """Import what :func:`write_montage` needs on a helper thread, and return the thread.
 
-    The import costs about half a CPU second. A run that starts this before reading its CT (SimpleITK
-    reads without holding the GIL) has matplotlib ready for the montage at no cost in time. A failed import
-    is left for :func:`write_montage` to report.
+    The import costs about half a CPU second. A run that starts this before reading its CT has matplotlib
+    ready for the montage at no cost in time (:mod:`AnomalyScoutLib.preload`).
     """
-
-    def load() -> None:
-        with contextlib.suppress(ImportError):
-            from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
-            from matplotlib.figure import Figure  # noqa: F401
-
-    thread = threading.Thread(target=load, name="anomalyscout-preload", daemon=True)
-    thread.start()
-    return thread
+    return preload_modules(*MATPLOTLIB_MODULES)
 
 
 def write_montage(

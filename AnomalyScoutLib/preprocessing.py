@@ -226,16 +226,32 @@ def body_mask(array_hu: np.ndarray, threshold_hu: float = BODY_THRESHOLD_HU) -> 
     if array_hu.ndim != 3:
         raise VolumeError(f"body_mask needs a (slices, rows, cols) array, got shape {array_hu.shape}")
     foreground = array_hu > threshold_hu
-    labels, count = ndimage.label(foreground)
-    if count == 0:
+    # Label only the in-plane box that holds any foreground (the air around the patient is a third to half
+    # of a slice): the same components, found in the same raster order, in that much less time.
+    box = _bounding_box(foreground)
+    if box is None:
         return np.zeros(array_hu.shape, dtype=bool)
+    labels, count = ndimage.label(foreground[box])
     if count == 1:
         return _fill_holes_per_slice(foreground)
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
     keep = np.flatnonzero(sizes >= BODY_MIN_PART * sizes.max())
+    body = np.zeros(array_hu.shape, dtype=bool)
     # One kept part (the usual case: body plus table) is a comparison, 4x faster than a lookup per voxel.
-    return _fill_holes_per_slice(labels == keep[0] if len(keep) == 1 else np.isin(labels, keep))
+    body[box] = labels == keep[0] if len(keep) == 1 else np.isin(labels, keep)
+    return _fill_holes_per_slice(body)
+
+
+def _bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, slice, slice] | None:
+    """The index of the smallest in-plane box, over all slices, that holds every True of ``mask`` with
+    ``margin`` more pixels on each side (as far as the slices reach); None for an all-False mask."""
+    rows, cols = np.flatnonzero(mask.any(axis=(0, 2))), np.flatnonzero(mask.any(axis=(0, 1)))
+    if len(rows) == 0:
+        return None
+    top, bottom = max(rows[0] - margin, 0), min(rows[-1] + 1 + margin, mask.shape[1])
+    left, right = max(cols[0] - margin, 0), min(cols[-1] + 1 + margin, mask.shape[2])
+    return slice(None), slice(top, bottom), slice(left, right)
 
 
 def _fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
@@ -247,20 +263,18 @@ def _fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
     outside that box touches the border anyway, and the margin, all background, connects whatever reaches
     the box's edge to it, so the result is the same as labelling the whole slice, in about half the time.
     """
-    rows, cols = np.flatnonzero(mask.any(axis=(0, 2))), np.flatnonzero(mask.any(axis=(0, 1)))
-    if len(rows) == 0:
+    box = _bounding_box(mask, margin=1)
+    if box is None:
         return mask.copy()
-    top, bottom = max(rows[0] - 1, 0), min(rows[-1] + 2, mask.shape[1])
-    left, right = max(cols[0] - 1, 0), min(cols[-1] + 2, mask.shape[2])
     in_plane = np.zeros((3, 3, 3), dtype=bool)
     in_plane[1] = ndimage.generate_binary_structure(2, 1)
-    background, count = ndimage.label(~mask[:, top:bottom, left:right], structure=in_plane)
+    background, count = ndimage.label(~mask[box], structure=in_plane)
     edges = (background[:, 0, :], background[:, -1, :], background[:, :, 0], background[:, :, -1])
     outside = np.zeros(count + 1, dtype=bool)
     outside[np.concatenate([edge.ravel() for edge in edges])] = True
     outside[0] = False  # label 0 is the mask itself
     filled = mask.copy()
-    filled[:, top:bottom, left:right] = ~outside[background]
+    filled[box] = ~outside[background]
     return filled
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from AnomalyScoutLib.allocator import keep_freed_memory
 from AnomalyScoutLib.cancellation import CancelFlag, cancel_on_signals
 from AnomalyScoutLib.cli import add_command_parser
 from AnomalyScoutLib.devices import select_device
@@ -115,6 +116,7 @@ def build_scorer(args: argparse.Namespace) -> VolumeScorer:
     """
     from AnomalyScoutLib.model_file import DEFAULT_MODEL_PATH, AnomalyModel
 
+    keep_freed_memory()  # every batch reuses the last one's pages (AnomalyScoutLib.allocator)
     device = device_from_args(args)
     inversion = InversionConfig(mode=args.mode, steps=args.steps, lr=args.lr, seed=args.seed)
     score = ScoreConfig(method=args.score_method)

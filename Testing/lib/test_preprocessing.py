@@ -176,6 +176,23 @@ def test_the_body_mask_equals_the_largest_parts_with_each_slices_holes_filled(se
     np.testing.assert_array_equal(body_mask(hu), expected)
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_air_around_the_patient_does_not_change_the_body_mask(seed):
+    """body_mask labels only the box that holds tissue: parts touching that box's edges, several parts and
+    holes open to the box's edge must come out as they do from the whole slices."""
+    rng = np.random.default_rng(100 + seed)
+    shape = tuple(int(n) for n in rng.integers(2, 12, 3))
+    hu = np.where(rng.random(shape) < rng.uniform(0.2, 0.9), 0.0, -1000.0)
+    margins = [(0, 0)] + [tuple(int(m) for m in rng.integers(0, 6, 2)) for _ in range(2)]
+    padded = np.pad(hu, margins, constant_values=-1000.0)
+    labels, count = ndimage.label(padded > -500.0)
+    sizes = np.bincount(labels.ravel())[1:]
+    parts = np.isin(labels, 1 + np.flatnonzero(sizes >= 0.25 * sizes.max())) if count else labels > 0
+    expected = np.stack([ndimage.binary_fill_holes(part) for part in parts])
+    np.testing.assert_array_equal(body_mask(padded), expected)
+    np.testing.assert_array_equal(body_mask(padded), np.pad(body_mask(hu), margins))
+
+
 def test_the_body_mask_of_pure_air_is_empty_and_2d_input_is_refused():
     assert not body_mask(np.full((2, 16, 16), -1000.0)).any()
     with pytest.raises(VolumeError, match="slices, rows, cols"):
