@@ -286,7 +286,9 @@ class VolumeScorer:
                 if sink is not None:
                     on_input_grid = (
                         grid.from_model(residual.cpu()).numpy(),
-                        model.window.denormalize(grid.from_model(result.images.cpu())).numpy(),
+                        # HU on the model grid, then resampled: bilinear weights sum to one, so this is the
+                        # same map up to float rounding, with 1/16 of the arithmetic of doing it at 512²
+                        grid.from_model(model.window.denormalize(result.images.cpu())).numpy(),
                         None if maps is None else grid.from_model(maps.cpu()).numpy(),
                     )
                     if finished is not None:

@@ -215,3 +215,17 @@ def test_an_unknown_position_method_is_a_config_error(real_ct):
     canonical, _, spacing = real_ct
     with pytest.raises(ConfigError, match="'atlas'"):
         slice_positions(canonical, spacing, method="atlas")
+
+
+@pytest.mark.parametrize(
+    "shape_rc, spacing", [((512, 512), (0.8, 0.8)), ((300, 420), (1.0, 0.7)), ((64, 40), (2.0, 3.0))]
+)
+def test_hounsfield_units_may_be_restored_before_or_after_resampling_to_the_input_grid(shape_rc, spacing):
+    """The engine restores HU on the model grid, then resamples (16x less arithmetic at 512²): the same map
+    as restoring them on the input grid, up to float rounding."""
+    window, grid = HUWindow(), model_grid(shape_rc, spacing, 128)
+    images = torch.rand(3, 128, 128, generator=torch.Generator().manual_seed(0)) * 2.0 - 1.0
+    after = window.denormalize(grid.from_model(images))
+    before = grid.from_model(window.denormalize(images))
+    assert before.shape == (3, *shape_rc)
+    torch.testing.assert_close(before, after, rtol=0.0, atol=1e-3)
