@@ -30,11 +30,13 @@ from typing import Any
 
 from AnomalyScoutLib import __version__
 from AnomalyScoutLib.errors import AnomalyScoutError
+from AnomalyScoutLib.omp_threads import limit_spin_waiting
 
 __all__ = [
     "COMMANDS",
     "COMMAND_MODULES",
     "EXIT_CANCELLED",
+    "SCORING_MODULES",
     "add_command_parser",
     "build_parser",
     "command_name",
@@ -105,7 +107,13 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+#: Sub-commands that run the scoring engine (its helper threads beside torch's: ``omp_threads``).
+SCORING_MODULES: frozenset[str] = frozenset({"score", "review", "calibrate", "rank", "demo"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    if _chosen_module(sys.argv[1:] if argv is None else argv) in SCORING_MODULES:
+        limit_spin_waiting()  # before the sub-command's module imports torch
     args = build_parser(argv).parse_args(argv)
     try:
         return int(args.func(args) or 0)

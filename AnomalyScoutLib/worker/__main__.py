@@ -21,12 +21,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from AnomalyScoutLib.cancellation import CancelFlag, cancel_on_signals
-from AnomalyScoutLib.commands.review import add_review_arguments, review_from_args
-from AnomalyScoutLib.commands.score import add_scoring_arguments, build_scorer, score_options
-from AnomalyScoutLib.engine import score_file
-from AnomalyScoutLib.errors import AnomalyScoutError
-from AnomalyScoutLib.worker.protocol import Done, ErrorEvent, EventWriter, Progress, Started, WarningEvent
+from AnomalyScoutLib.omp_threads import limit_spin_waiting
+
+limit_spin_waiting()  # before the imports below load torch (AnomalyScoutLib.omp_threads)
+
+from AnomalyScoutLib.cancellation import CancelFlag, cancel_on_signals  # noqa: E402
+from AnomalyScoutLib.commands.review import add_review_arguments, review_from_args  # noqa: E402
+from AnomalyScoutLib.commands.score import add_scoring_arguments, build_scorer, score_options  # noqa: E402
+from AnomalyScoutLib.engine import score_file  # noqa: E402
+from AnomalyScoutLib.errors import AnomalyScoutError  # noqa: E402
+from AnomalyScoutLib.worker.protocol import (  # noqa: E402
+    Done,
+    ErrorEvent,
+    EventWriter,
+    Progress,
+    Started,
+    WarningEvent,
+)
 
 __all__ = ["EXIT_INTERNAL_ERROR", "EXIT_USAGE", "JsonLinesListener", "main"]
 
