@@ -9,7 +9,12 @@ nearness to an edge. The table is fitted on normal phantoms that neither the mod
 
 * ``product``: the shipped score (top 5 % of the smoothed residual + kappa x discriminator-feature residual);
 * ``residual``: the top 5 % of the smoothed residual alone;
-* ``normalised``: the top 5 % of the smoothed residual divided by its expected value.
+* ``normalised``: the top 5 % of the smoothed residual divided by its expected value;
+* ``... / scan``: the same slice scores divided by the median slice score of their own scan, a per-scan
+  reference that removes what the patient's noise and build add to every slice (a scan has many slices, and
+  an anomaly covers a minority of them);
+* ``... / position``: the slice scores divided by the median score of the fitting phantoms' normal slices
+  at the same body position (10 bins), the per-position reference the product's calibration applies.
 
 Raw slice scores, as ``model_selection`` ranks them (no per-position calibration). Writes
 ``benchmarks/results/expected_residual.json``.
@@ -39,7 +44,7 @@ from benchmarks.phantom_track import sweep_summary
 from benchmarks.results_io import RESULTS_DIR, placer_for, run_header, write_json
 from benchmarks.slices import SliceSet, concatenate
 
-__all__ = ["FIT_FIRST_SEED", "main", "normalised_detection"]
+__all__ = ["FIT_FIRST_SEED", "main", "normalised_detection", "relative_to_position", "relative_to_scan"]
 
 #: Normal phantoms the table is fitted on: far from the training (1000+), validation (7000+) and test (9000+)
 #: seeds.
@@ -69,6 +74,32 @@ def normalised_detection(
     normalised = normalised * body
     scores = top_fraction_mean(normalised, body, score.top_fraction)
     return Detection(maps=(normalised / _MAP_SCALE).numpy(), slice_scores=scores.numpy().astype(np.float64))
+
+
+def relative_to_scan(detection: Detection, case: np.ndarray) -> Detection:
+    """Each slice score divided by the median slice score of its case (maps unchanged)."""
+    scores = detection.slice_scores.astype(np.float64)
+    medians = np.zeros_like(scores)
+    for c in np.unique(case):
+        medians[case == c] = np.median(scores[case == c])
+    return Detection(maps=detection.maps, slice_scores=scores / np.maximum(medians, 1e-12))
+
+
+def relative_to_position(
+    detection: Detection,
+    positions: np.ndarray,
+    normal_scores: np.ndarray,
+    normal_positions: np.ndarray,
+    bins: int = 10,
+) -> Detection:
+    """Each slice score divided by the median score of normal slices in its position bin (equal-count bins
+    of the normal slices' positions; slices beyond them use the first or last bin)."""
+    edges = np.quantile(normal_positions, np.linspace(0.0, 1.0, bins + 1)[1:-1])
+    normal_bin = np.searchsorted(edges, normal_positions)
+    medians = np.array([np.median(normal_scores[normal_bin == b]) for b in range(bins)])
+    reference = medians[np.searchsorted(edges, positions)]
+    scores = detection.slice_scores.astype(np.float64) / np.maximum(reference, 1e-12)
+    return Detection(maps=detection.maps, slice_scores=scores)
 
 
 def _evaluate(path: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -101,6 +132,15 @@ def _evaluate(path: Path, args: argparse.Namespace) -> dict[str, Any]:
         "residual": test_run.method_run(residual_only).detection,
         "normalised": normalised_detection(test, test_recon, expected, score),
     }
+    fit_scores = {
+        "product": fit_run.method_run().detection.slice_scores,
+        "normalised": normalised_detection(fit, fit_recon, expected, score).slice_scores,
+    }
+    for name, normal_scores in fit_scores.items():
+        detections[f"{name} / scan"] = relative_to_scan(detections[name], test.case)
+        detections[f"{name} / position"] = relative_to_position(
+            detections[name], test.positions, normal_scores, fit.positions
+        )
     entry: dict[str, Any] = {"path": str(path), "model_id": model.model_id, "mode": args.mode,
                              "fit_slices": len(fit), "test_slices": len(test),
                              "range_gate": excluded.as_dict(), "scores": {}}  # fmt: skip

@@ -5,7 +5,8 @@ import torch
 
 from AnomalyScoutLib.expected_residual import ExpectedResidual
 from AnomalyScoutLib.scoring import ScoreConfig
-from benchmarks.expected_residual import normalised_detection
+from benchmarks.detectors import Detection
+from benchmarks.expected_residual import normalised_detection, relative_to_position, relative_to_scan
 from benchmarks.slices import CaseInfo, SliceSet
 
 
@@ -36,3 +37,23 @@ def test_normalised_scores_rank_a_smooth_tissue_lesion_above_an_edge_a_raw_resid
     detection = normalised_detection(slices, recon, expected, score)
     assert detection.slice_scores[1] > 2 * detection.slice_scores[0]
     assert detection.maps.shape == images.shape
+
+
+def test_scores_relative_to_their_scan_remove_a_scan_wide_offset():
+    # Scan 1 is a noisier patient: every slice scores twice as high, its anomalous slice included.
+    scores = np.array([1.0, 1.0, 1.0, 1.6, 2.0, 2.0, 2.0, 2.0])
+    relative = relative_to_scan(Detection(maps=None, slice_scores=scores), np.array([0, 0, 0, 0, 1, 1, 1, 1]))
+    assert relative.slice_scores[3] == max(relative.slice_scores)  # the raw maximum was a normal slice
+    np.testing.assert_allclose(relative.slice_scores[4:], 1.0)
+
+
+def test_scores_relative_to_their_position_remove_what_the_body_level_adds():
+    # Normal pelvis slices (position 0.1) leave twice the score of normal abdomen slices (0.5).
+    normal_positions = np.repeat([0.1, 0.5], 50)
+    normal_scores = np.where(normal_positions < 0.3, 2.0, 1.0)
+    positions = np.array([0.1, 0.5, 0.5])
+    scores = np.array([2.0, 1.0, 1.5])  # a normal pelvis slice, a normal and an anomalous abdomen slice
+    relative = relative_to_position(
+        Detection(maps=None, slice_scores=scores), positions, normal_scores, normal_positions, bins=2
+    )
+    np.testing.assert_allclose(relative.slice_scores, [1.0, 1.0, 1.5])
