@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
-from AnomalyScoutLib.preload import preload_modules
 
 __all__ = [
     "ANOMALY_MAP_LABEL",
@@ -26,7 +23,6 @@ __all__ = [
     "RESIDUAL_LABEL",
     "MontagePanel",
     "most_anomalous",
-    "preload_matplotlib",
     "write_montage",
 ]
 
@@ -67,15 +63,6 @@ def most_anomalous(scores: np.ndarray, percentiles: np.ndarray, count: int) -> l
     ranks = np.nan_to_num(np.asarray(percentiles, dtype=np.float64), nan=0.0)
     order = np.lexsort((-scores, -ranks))
     return [int(i) for i in order[:count]]
-
-
-def preload_matplotlib() -> threading.Thread:
-    """Import what :func:`write_montage` needs on a helper thread, and return the thread.
-
-    The import costs about half a CPU second. A run that starts this before reading its CT has matplotlib
-    ready for the montage at no cost in time (:mod:`AnomalyScoutLib.preload`).
-    """
-    return preload_modules(*MATPLOTLIB_MODULES)
 
 
 def write_montage(
