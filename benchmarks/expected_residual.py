@@ -16,7 +16,7 @@ nearness to an edge. The table is fitted on normal phantoms that neither the mod
 * ``... / position``: the slice scores divided by the median score of the fitting phantoms' normal slices
   at the same body position (10 bins), the per-position reference the product's calibration applies.
 
-Raw slice scores, as ``model_selection`` ranks them (no per-position calibration). Writes
+The first three are raw slice scores, as ``model_selection`` ranks them. Writes
 ``benchmarks/results/expected_residual.json``.
 """
 
@@ -70,9 +70,8 @@ def normalised_detection(
     """Slice scores (top fraction of the normalised residual in the body), maps scaled for pixel metrics."""
     recon = torch.from_numpy(reconstructions)
     normalised = expected.normalise(_residuals(slices, reconstructions, score), recon)
-    body = torch.from_numpy(slices.body)
-    normalised = normalised * body
-    scores = top_fraction_mean(normalised, body, score.top_fraction)
+    # 0 outside the body already: residual_maps masks the residual, and the division keeps the zeros
+    scores = top_fraction_mean(normalised, torch.from_numpy(slices.body), score.top_fraction)
     return Detection(maps=(normalised / _MAP_SCALE).numpy(), slice_scores=scores.numpy().astype(np.float64))
 
 

@@ -52,8 +52,8 @@ __all__ = [
 
 #: Normal phantom seeds of the segmenter: 24 to train on, 2 to choose the checkpoint. Six training phantoms
 #: (the first run) reached validation Dice 0.936 but only 0.84 on some held-out phantoms: they did not cover
-#: the generator's variety of liver shapes. All lie in the shipped model's normal training range (1000-1029),
-#: far from every track's test seeds (5000+).
+#: the generator's variety of liver shapes. All lie among the normal phantoms the generators train on
+#: (1000-1039), far from every track's test seeds (5000+).
 TRAIN_SEEDS: tuple[int, ...] = tuple(range(1000, 1024))
 VAL_SEEDS: tuple[int, ...] = (1024, 1025)
 
