@@ -41,6 +41,7 @@ from AnomalyScoutLib.calibration import (
 )
 from AnomalyScoutLib.cancellation import CancelFlag
 from AnomalyScoutLib.errors import ConfigError, VolumeError
+from AnomalyScoutLib.intensity_envelope import IntensityEnvelope
 from AnomalyScoutLib.inversion import InversionConfig, Reconstruction, Reconstructor
 from AnomalyScoutLib.io.geometry import AxialFrame, axial_frame, slice_centers_ras, to_canonical
 from AnomalyScoutLib.io.volume import read_label_map, read_volume
@@ -86,6 +87,8 @@ OUTPUT_FILES: tuple[str, ...] = (
 #: Written beside them when the model holds an anomaly-map head (``AnomalyScoutLib/anomaly_map/``).
 ANOMALY_MAP_FILE = "anomaly_map.nrrd"
 MONTAGE_SLICES = 8
+#: The largest residual the window allows (intensities normalised to [-1, 1]): where metal is drawn.
+RESIDUAL_TOP = 2.0
 
 
 class RunListener(Protocol):
@@ -111,12 +114,17 @@ class _SilentListener:
 
 @dataclass(frozen=True)
 class CaseScores:
-    """Raw per-slice results of one volume in canonical order."""
+    """Raw per-slice results of one volume in canonical order.
+
+    ``beyond_mm2`` is each slice's body area above the model's intensity envelope (metal:
+    :mod:`AnomalyScoutLib.intensity_envelope`); ``None`` for a model without one.
+    """
 
     positions: np.ndarray
     scores: np.ndarray
     pixel: np.ndarray
     feature: np.ndarray
+    beyond_mm2: np.ndarray | None = None
 
 
 def canonical_view(array_zyx: np.ndarray, frame: AxialFrame) -> np.ndarray:
@@ -154,6 +162,8 @@ class VolumeScorer:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
         self.model, self.inversion, self.score_config, self.device = model, inversion, score, device
         self.batch_size = batch_size
+        #: HU no normal body voxel reaches (fitted by ``calibrate``); None for models calibrated before it.
+        self.envelope = IntensityEnvelope.from_metadata(model.metadata)
         self.reconstructor = Reconstructor(
             model.generator, model.encoder, model.discriminator, inversion, device
         )
@@ -248,14 +258,15 @@ class VolumeScorer:
             raise VolumeError(f"{len(positions)} slice positions for {n_slices} slices")
         condition = np.clip(np.asarray(positions, dtype=np.float32), 0.0, 1.0)
         grid = model_grid((rows, cols), spacing_kji[1:], model.resolution)
-        scores, pixel, feature = (np.zeros(n_slices, dtype=np.float64) for _ in range(3))
+        scores, pixel, feature, beyond = (np.zeros(n_slices, dtype=np.float64) for _ in range(4))
+        pixel_area_mm2 = float(spacing_kji[1] * spacing_kji[2])
         start = time.perf_counter()
         preparing = ThreadPoolExecutor(1, thread_name_prefix="anomalyscout-prepare")
         finishing = ThreadPoolExecutor(1, thread_name_prefix="anomalyscout-finish")
 
         def prepare(k0: int) -> Future[_Batch]:
             k1 = min(n_slices, k0 + self.batch_size)
-            return preparing.submit(_prepare_batch, canonical_hu, region, k0, k1)
+            return preparing.submit(_prepare_batch, canonical_hu, region, k0, k1, self.envelope)
 
         finished: Future[None] | None = None
         try:
@@ -278,6 +289,8 @@ class VolumeScorer:
                 scores[k0:k1] = batch_scores.score.cpu().numpy()
                 pixel[k0:k1] = batch_scores.pixel.cpu().numpy()
                 feature[k0:k1] = batch_scores.feature.cpu().numpy()
+                if self.envelope is not None:
+                    beyond[k0:k1] = self.envelope.area_mm2(batch.beyond, pixel_area_mm2)
                 maps = None
                 if model.head is not None:
                     with torch.inference_mode():
@@ -304,7 +317,13 @@ class VolumeScorer:
             # also on an error or a cancellation: nothing may still write into the sink once score returns
             preparing.shutdown(wait=True, cancel_futures=True)
             finishing.shutdown(wait=True, cancel_futures=True)
-        return CaseScores(positions=positions.astype(np.float64), scores=scores, pixel=pixel, feature=feature)
+        return CaseScores(
+            positions=positions.astype(np.float64),
+            scores=scores,
+            pixel=pixel,
+            feature=feature,
+            beyond_mm2=None if self.envelope is None else beyond,
+        )
 
 
 class BatchSink(Protocol):
@@ -328,13 +347,23 @@ class _Batch:
     hu: np.ndarray
     body: np.ndarray
     area: np.ndarray
+    beyond: np.ndarray | None = None
 
 
-def _prepare_batch(canonical_hu: np.ndarray, region: np.ndarray | None, k0: int, k1: int) -> _Batch:
-    """A float32 copy of slices ``k0:k1``, their body mask, and the body within ``region`` (numpy, scipy)."""
+def _prepare_batch(
+    canonical_hu: np.ndarray,
+    region: np.ndarray | None,
+    k0: int,
+    k1: int,
+    envelope: IntensityEnvelope | None = None,
+) -> _Batch:
+    """A float32 copy of slices ``k0:k1``, their body mask, the body within ``region``, and the voxels of
+    that area above ``envelope`` (numpy, scipy)."""
     hu = np.array(canonical_hu[k0:k1], dtype=np.float32)
     body = body_mask(hu)
-    return _Batch(k0, k1, hu, body, body if region is None else body & region[k0:k1])
+    area = body if region is None else body & region[k0:k1]
+    beyond = None if envelope is None else envelope.beyond(hu, area)
+    return _Batch(k0, k1, hu, body, area, beyond)
 
 
 def _finish_batch(
@@ -347,14 +376,16 @@ def _finish_batch(
     """Mask a batch's maps on the input grid and hand them to ``sink`` (the finishing thread; numpy only).
 
     The residual and the map are 0 outside the scored area; the reconstruction keeps the input outside the
-    body, so that it reads as the CT with only the patient re-generated.
+    body, so that it reads as the CT with only the patient re-generated. Voxels beyond the intensity envelope
+    (metal, which the window hides from the networks) are drawn at the top of both maps' scales.
     """
-    sink.write(
-        batch.k0,
-        residual * batch.area,
-        np.where(batch.body, images_hu, batch.hu),
-        None if anomaly_map is None else anomaly_map * batch.area,
-    )
+    residual = residual * batch.area
+    anomaly_map = None if anomaly_map is None else anomaly_map * batch.area
+    if batch.beyond is not None and batch.beyond.any():
+        residual[batch.beyond] = RESIDUAL_TOP
+        if anomaly_map is not None:
+            anomaly_map[batch.beyond] = 1.0
+    sink.write(batch.k0, residual, np.where(batch.body, images_hu, batch.hu), anomaly_map)
 
 
 @dataclass(frozen=True)
@@ -451,6 +482,7 @@ def _write_tables(
             "threshold": _finite(calibrated.threshold[k]),
             "pixel_score": float(case.pixel[k]),
             "feature_score": float(case.feature[k]),
+            "beyond_normal_mm2": None if case.beyond_mm2 is None else float(case.beyond_mm2[k]),
             "center_ras": [float(c) for c in centers_ras[k]],
             "in_range": bool(gate.in_range[k]),
             "out_of_range": gate.reason[k] or None,
@@ -613,6 +645,7 @@ def _run_summary(
         "device": str(scorer.device),
         "input": scan.source,
         "mask": options.mask_path,
+        "intensity_envelope_hu": None if scorer.envelope is None else scorer.envelope.high_hu,
         "timings": timings,
     }
 
@@ -647,6 +680,25 @@ def _placement_warnings(placement: SlicePlacement, gate: GateResult, scorer: Vol
     if gate.summary is not None:
         warnings.append(gate.summary)
     return warnings
+
+
+def _envelope_flags(
+    calibrated: CalibratedScores, case: CaseScores, envelope: IntensityEnvelope | None, gate: GateResult
+) -> CalibratedScores:
+    """In-range slices with enough body beyond the intensity envelope are flagged at percentile 100, and so
+    is their case, whatever the residual says: the networks cannot see above their window."""
+    if envelope is None or case.beyond_mm2 is None:
+        return calibrated
+    beyond = envelope.flags(case.beyond_mm2) & gate.in_range
+    if not beyond.any():
+        return calibrated
+    return replace(
+        calibrated,
+        percentile=np.where(beyond, 100.0, calibrated.percentile),
+        flagged=calibrated.flagged | beyond,
+        case_percentile=100.0,
+        case_flagged=True,
+    )
 
 
 def _gate_flags(
@@ -737,6 +789,7 @@ def score_file(
             score_of_case = case_score(case.scores[gate.in_range], scorer.score_config)
             calibrated, by_model, fpr = _calibrate(scorer, case, score_of_case, options.fpr, listener)
             calibrated, domain_warning = _gate_flags(calibrated, gate, by_model, listener)
+            calibrated = _envelope_flags(calibrated, case, scorer.envelope, gate)
             loading.join()  # the montage's imports are done (or failed, for write_montage to report)
             label = RESIDUAL_LABEL if scorer.model.head is None else ANOMALY_MAP_LABEL
             _write_flagged_montage(

@@ -75,7 +75,8 @@ def read_review(out_dir: str | Path) -> tuple[ReviewRow, ...]:
     """The slices in and around the segmentation, riskiest first (slice order among equal risks).
 
     Slices without a risk are left out: the grown segmentation does not reach them, so their score says
-    nothing about it (``review.csv`` leaves the risk blank there, and wherever it is not finite).
+    nothing about it (``review.csv`` leaves the risk blank there). Slices with metal read ``inf`` and come
+    first.
 
     Raises:
         ResultsError: ``review.csv`` or ``scores.json`` is missing or malformed.

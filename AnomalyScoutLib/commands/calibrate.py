@@ -7,6 +7,10 @@ rate. The normals must not have been used for training: with ``--phantom N`` the
 from ``--phantom-seed`` (default 900000) upwards, far from the training seeds. Modes already calibrated in the
 model and not recomputed are kept. The tensors are untouched, so the model id stays the same.
 
+The same normals fit the model's intensity envelope (:mod:`AnomalyScoutLib.intensity_envelope`): the HU above
+which a body voxel is not normal tissue (metal), never below ``--envelope-floor-hu`` (default 2000, the top of
+real cortical bone; lower it only when the normals are the kind of scan the model will score).
+
 Slices are placed as ``anomalyscout score`` places them (``--position``, default ``auto``: by anatomy when the
 model holds a body-part regressor), through the same function, and the placement is stored with each mode's
 bins. Slices that ``score`` would not judge (outside the model's range, or narrower than an abdomen) are left
@@ -30,6 +34,7 @@ from AnomalyScoutLib.cli import add_command_parser
 from AnomalyScoutLib.commands.score import add_device_arguments, add_position_argument, device_from_args
 from AnomalyScoutLib.engine import VolumeScorer
 from AnomalyScoutLib.errors import ConfigError
+from AnomalyScoutLib.intensity_envelope import FLOOR_HU, METADATA_KEY, IntensityEnvelope, highest_body_hu
 from AnomalyScoutLib.inversion import MODES, InversionConfig
 from AnomalyScoutLib.io.geometry import axial_frame, to_canonical
 from AnomalyScoutLib.io.volume import Volume, read_volume
@@ -63,6 +68,7 @@ class CalibrationRun:
         slices: normal slices in the bins.
         skipped_slices: slices left out: outside the model's range or narrower than an abdomen (the gate).
         skipped_volumes: volumes left out whole (no slice in range).
+        envelope: the intensity envelope of the same normal slices.
     """
 
     calibration: Calibration
@@ -71,6 +77,7 @@ class CalibrationRun:
     slices: int
     skipped_slices: int
     skipped_volumes: int
+    envelope: IntensityEnvelope
 
     def summary(self) -> str:
         """One line about the placement and what it left out."""
@@ -82,6 +89,11 @@ class CalibrationRun:
             )
         if self.skipped_volumes:
             line += f", {self.skipped_volumes} volume(s) with no slice in range skipped"
+        envelope = self.envelope
+        line += (
+            f"; intensity envelope {envelope.high_hu:.0f} HU (highest normal body voxel "
+            f"{envelope.normal_max_hu:.0f} HU)"
+        )
         return line
 
 
@@ -93,6 +105,7 @@ def calibrate_model(
     position: str = "auto",
     n_bins: int = 10,
     default_fpr: float = 0.01,
+    envelope_floor_hu: float = FLOOR_HU,
     progress: Any = None,
 ) -> CalibrationRun:
     """Score every normal volume with every scorer and return the model's calibration with those modes added.
@@ -100,6 +113,8 @@ def calibrate_model(
     Each volume is read (or generated) once, placed and gated once (:func:`place_and_gate`, as ``score``
     does) and its in-range slices scored by all scorers before the next, so a slow source of volumes is paid
     once and out-of-range slices cost no reconstruction. ``progress`` wraps the volume iterator (``tqdm``).
+
+    The intensity envelope is fitted on the same in-range slices (never below ``envelope_floor_hu``).
 
     Raises:
         ConfigError: unknown ``position``, ``"anatomy"`` without a regressor, or no volume with a slice in
@@ -109,6 +124,7 @@ def calibrate_model(
     method = resolve_method(position, regressor)
     collected: list[dict[str, list[Any]]] = [{"scores": [], "positions": [], "cases": []} for _ in scorers]
     volumes = slices = skipped_slices = skipped_volumes = 0
+    normal_max_hu: list[float] = []
     for volume in progress(normals) if progress else normals:
         frame = axial_frame(volume)
         canonical = to_canonical(volume.array_zyx, frame)
@@ -121,6 +137,7 @@ def calibrate_model(
         volumes, slices = volumes + 1, slices + int(inside.sum())
         positions = placement.positions[inside]
         canonical_inside = canonical if inside.all() else canonical[inside]
+        normal_max_hu.append(highest_body_hu(canonical_inside))
         for scorer, store in zip(scorers, collected):
             result = scorer.score(canonical_inside, frame.spacing_kji, positions=positions)
             store["scores"].append(result.scores)
@@ -143,7 +160,8 @@ def calibrate_model(
         calibration = calibration.with_mode(
             calibration_key(scorer.inversion.mode, scorer.score_config.key()), fitted
         )
-    return CalibrationRun(calibration, method, volumes, slices, skipped_slices, skipped_volumes)
+    envelope = IntensityEnvelope.fit(normal_max_hu, floor_hu=envelope_floor_hu)
+    return CalibrationRun(calibration, method, volumes, slices, skipped_slices, skipped_volumes, envelope)
 
 
 def _shape(text: str) -> tuple[int, int, int]:
@@ -197,10 +215,12 @@ def run(args: argparse.Namespace) -> int:
         position=args.position,
         n_bins=args.bins,
         default_fpr=args.default_fpr,
+        envelope_floor_hu=args.envelope_floor_hu,
         progress=progress,
     )
     calibration = done.calibration
     model.calibration = calibration.to_json()
+    model.metadata[METADATA_KEY] = done.envelope.to_json()
     model.save(args.out, half=stored_in_half(model_path))
     for key in sorted(calibration.modes):
         entry = calibration.modes[key]
@@ -251,6 +271,12 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--bins", type=int, default=10, help="slice-position bins (default 10)")
     parser.add_argument("--default-fpr", type=float, default=0.01, help="false-positive rate used by default")
+    parser.add_argument(
+        "--envelope-floor-hu",
+        type=float,
+        default=FLOOR_HU,
+        help=f"lowest HU the metal envelope may take (default {FLOOR_HU:g}: real cortical bone stays below)",
+    )
     add_position_argument(parser)
     add_device_arguments(parser)
     parser.set_defaults(func=run)

@@ -8,7 +8,9 @@ grown by a margin (``margin_mm``, 3-D, so that a slice where the model missed th
 found it is still looked at, and so that an anomaly touching the organ's border counts), and each slice's
 risk is its score over the calibrated threshold at its body position: ``risk > 1`` is what ``anomalyscout
 score`` flags at the model's false-positive rate. Slices the grown segmentation does not reach get no risk
-(blank) and no flag.
+(blank) and no flag. A slice with metal in that region (body voxels beyond the model's intensity envelope,
+:mod:`AnomalyScoutLib.intensity_envelope`, which the residual cannot see) has risk ``inf``: beyond anything
+normal, listed first.
 
 Outputs (one atomic folder): ``review.csv`` (``slice_index, position, risk, flagged``; canonical slice order
 as everywhere, design.md), ``review.png`` (the riskiest slices, heatmap over the CT, the segmentation's
@@ -94,11 +96,16 @@ def grow_region(
     return region
 
 
-def slice_risk(scores: np.ndarray, thresholds: np.ndarray, in_region: np.ndarray) -> np.ndarray:
-    """Score over the calibrated threshold at the slice's position (1 = the flag threshold); NaN for slices
-    the region does not reach (their score says nothing about the segmentation)."""
+def slice_risk(
+    scores: np.ndarray, thresholds: np.ndarray, in_region: np.ndarray, metal: np.ndarray | None = None
+) -> np.ndarray:
+    """Score over the calibrated threshold at the slice's position (1 = the flag threshold), ``inf`` where
+    ``metal`` (slices the envelope flags); NaN for slices the region does not reach (their score says
+    nothing about the segmentation)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         risk = np.asarray(scores, dtype=np.float64) / np.asarray(thresholds, dtype=np.float64)
+    if metal is not None:
+        risk = np.where(metal, np.inf, risk)
     return np.where(in_region, risk, np.nan)
 
 
@@ -107,7 +114,7 @@ def _write_review_csv(path: Path, positions: np.ndarray, risk: np.ndarray, flagg
         writer = csv.writer(handle)
         writer.writerow(["slice_index", "position", "risk", "flagged"])
         for k in range(len(risk)):
-            shown = f"{risk[k]:.6g}" if math.isfinite(risk[k]) else ""
+            shown = "" if math.isnan(risk[k]) else f"{risk[k]:.6g}"  # metal: "inf"
             writer.writerow([k, f"{positions[k]:.6f}", shown, int(flagged[k])])
 
 
@@ -121,7 +128,7 @@ def _write_review_montage(
 ) -> None:
     risk, percentile, flagged = review
     values, label = heatmap
-    ranked = np.flatnonzero(np.isfinite(risk))
+    ranked = np.flatnonzero(~np.isnan(risk))  # metal's inf first
     ranked = ranked[np.argsort(-risk[ranked], kind="stable")][:REVIEW_SLICES]
     panels = [
         MontagePanel(
@@ -193,7 +200,10 @@ def review_segmentation(
         run = score_file(ct, out.staging, scorer, options, listener=listener, cancel=cancel)
         region_c = to_canonical(read_label_map(region_path), frame) > 0
         in_region = region_c.any(axis=(1, 2))
-        risk = slice_risk(run.case.scores, run.calibrated.threshold, in_region)
+        metal = None
+        if scorer.envelope is not None and run.case.beyond_mm2 is not None and run.gate is not None:
+            metal = scorer.envelope.flags(run.case.beyond_mm2) & run.gate.in_range
+        risk = slice_risk(run.case.scores, run.calibrated.threshold, in_region, metal)
         flagged = run.calibrated.flagged & in_region
         _write_review_csv(out.staging / "review.csv", run.case.positions, risk, flagged)
         # The montage shows what the scores came from, as flagged.png does: the head's map when the model

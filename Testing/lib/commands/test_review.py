@@ -107,3 +107,22 @@ def test_leaves_its_inputs_untouched(case_files, tiny_model_file, tmp_path):
     before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in case_files}
     assert _review(*case_files, tmp_path / "review", tiny_model_file) == 0
     assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in case_files} == before
+
+
+def test_a_slice_with_metal_in_the_region_has_infinite_risk_and_is_flagged(
+    case_files, tiny_anomalous_phantom, tiny_model_file, tmp_path
+):
+    from AnomalyScoutLib.intensity_envelope import FLOOR_HU, METADATA_KEY, IntensityEnvelope
+    from AnomalyScoutLib.model_file import AnomalyModel
+    from AnomalyScoutLib.phantom import ANOMALY_CODES
+
+    model = AnomalyModel.load(tiny_model_file)
+    model.metadata[METADATA_KEY] = IntensityEnvelope(FLOOR_HU).to_json()
+    with_envelope = model.save(tmp_path / "with-envelope.safetensors")
+    ct, labels = case_files  # the whole label map: every body voxel is in the region
+    out = tmp_path / "review"
+    assert _review(ct, labels, out, with_envelope) == 0
+    metal = (tiny_anomalous_phantom.anomaly_mask == ANOMALY_CODES["metal"]).any(axis=(1, 2))
+    rows = _rows(out / "review.csv")
+    assert [r["risk"] == "inf" for r in rows] == metal.tolist()
+    assert all(r["flagged"] == "1" for r, m in zip(rows, metal) if m)
