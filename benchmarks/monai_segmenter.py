@@ -12,7 +12,7 @@ the track then runs it on held-out anomalous cases.
 Usage (repository root; checkpointed every minute and resumable; stops at the end of the ``--steps``
 schedule or at ``--minutes``, whichever comes first)::
 
-    nice -n 10 python -m benchmarks.monai_segmenter --threads 1 --minutes 60 --steps 12000
+    nice -n 10 python -m benchmarks.monai_segmenter --threads 1 --minutes 60 --steps 12000 [--context 1]
 
 MONAI is a benchmark extra (``pip install -e .[benchmark]``); the library never imports it.
 """
@@ -44,7 +44,9 @@ __all__ = [
     "build_segmenter",
     "learning_rate",
     "load_segmenter",
+    "neighbour_stack",
     "predict_liver",
+    "segmenter_images",
     "slice_dice",
     "train",
 ]
@@ -71,6 +73,8 @@ class SegmenterSpec:
             against 0.5 s, so a CPU hour gives it 2.5 times the steps (the 16-256 net stopped at Dice 0.86
             after 400 steps).
         min_liver_px: Slices with fewer true liver pixels do not count in the validation Dice.
+        context: neighbouring slices given each side (2.5-D input, ``2 * context + 1`` channels): a liver
+            tip whose border against bowel and kidney is faint in one slice is plain in the stack.
     """
 
     def __init__(
@@ -81,6 +85,7 @@ class SegmenterSpec:
         window: HUWindow | None = None,
         channels: tuple[int, ...] = (8, 16, 32, 64, 128),
         min_liver_px: int = 50,
+        context: int = 0,
     ):
         if set(train_seeds) & set(val_seeds):
             raise ValueError("training and validation seeds overlap")
@@ -90,6 +95,9 @@ class SegmenterSpec:
         self.window = window or HUWindow()
         self.channels = tuple(channels)
         self.min_liver_px = min_liver_px
+        if context < 0:
+            raise ValueError(f"context must be >= 0, got {context}")
+        self.context = context
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -100,6 +108,8 @@ class SegmenterSpec:
             "window": [self.window.low, self.window.high],
             "channels": list(self.channels),
             "min_liver_px": self.min_liver_px,
+            # only when set, so that the 2-D segmenter's checkpoint keeps its cache key
+            **({"context": self.context} if self.context else {}),
         }
 
     @property
@@ -111,13 +121,40 @@ class SegmenterSpec:
         return concatenate([phantom_case(s, "normal", self.resolution, self.window) for s in seeds])
 
 
-def build_segmenter(channels: tuple[int, ...] = (8, 16, 32, 64, 128)) -> nn.Module:
-    """MONAI's residual 2-D U-Net, one input channel (the slice), one output logit (liver)."""
+def neighbour_stack(slices: SliceSet, context: int, source: SliceSet | None = None) -> np.ndarray:
+    """``(n, 2 * context + 1, h, w)``: every slice of ``slices`` between its ``context`` neighbours below and
+    above in its own case, taken from ``source`` (default: ``slices``; give the unstrided case when
+    ``slices`` keeps every n-th slice). Past a case's ends, or where ``source`` lacks a slice, the nearest
+    slice towards the centre stands in (edge replication)."""
+    source = slices if source is None else source
+    pairs = zip(source.case, source.slice_index)
+    rows = {(source.cases[c].name, int(k)): i for i, (c, k) in enumerate(pairs)}
+    stack = np.empty((len(slices), 2 * context + 1, *slices.images.shape[1:]), dtype=np.float32)
+    for i, (c, k) in enumerate(zip(slices.case, slices.slice_index)):
+        name = slices.cases[c].name
+        if (name, int(k)) not in rows:
+            raise ValueError(f"slice {k} of {name} is not in the source set")
+        for channel, offset in enumerate(range(-context, context + 1)):
+            step = -1 if offset > 0 else 1
+            while (name, int(k) + offset) not in rows:
+                offset += step
+            stack[i, channel] = source.images[rows[(name, int(k) + offset)]]
+    return stack
+
+
+def segmenter_images(spec: SegmenterSpec, slices: SliceSet, source: SliceSet | None = None) -> np.ndarray:
+    """What the segmenter of ``spec`` reads: the slices themselves, or their neighbour stacks (2.5-D)."""
+    return neighbour_stack(slices, spec.context, source) if spec.context else slices.images
+
+
+def build_segmenter(channels: tuple[int, ...] = (8, 16, 32, 64, 128), in_channels: int = 1) -> nn.Module:
+    """MONAI's residual 2-D U-Net: ``in_channels`` inputs (the slice, or its neighbour stack), one output
+    logit (liver)."""
     from monai.networks.nets import UNet  # a benchmark extra: imported only where used
 
     return UNet(
         spatial_dims=2,
-        in_channels=1,
+        in_channels=in_channels,
         out_channels=1,
         channels=channels,
         strides=(2,) * (len(channels) - 1),
@@ -158,13 +195,15 @@ def augment_batch(
 
 @torch.no_grad()
 def predict_liver(model: nn.Module, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Boolean liver mask ``(n, h, w)`` (sigmoid > 0.5) of ``(n, h, w)`` slices in [-1, 1]."""
+    """Boolean liver mask ``(n, h, w)`` (sigmoid > 0.5) of ``(n, h, w)`` slices or ``(n, c, h, w)`` neighbour
+    stacks in [-1, 1]."""
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
-        batch = torch.as_tensor(images[start : start + batch_size], dtype=torch.float32).unsqueeze(1)
+        batch = torch.as_tensor(images[start : start + batch_size], dtype=torch.float32)
+        batch = batch.unsqueeze(1) if batch.ndim == 3 else batch
         out.append((model(batch)[:, 0] > 0).numpy())
-    return np.concatenate(out) if out else np.zeros(images.shape, dtype=bool)
+    return np.concatenate(out) if out else np.zeros((0, *images.shape[-2:]), dtype=bool)
 
 
 def slice_dice(prediction: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -172,9 +211,9 @@ def slice_dice(prediction: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return np.array([metrics.dice(p, t) for p, t in zip(prediction, truth)])
 
 
-def _validation_dice(model: nn.Module, val: SliceSet, min_liver_px: int) -> float:
+def _validation_dice(model: nn.Module, val: SliceSet, val_images: np.ndarray, min_liver_px: int) -> float:
     keep = val.organ.reshape(len(val), -1).sum(axis=1) >= min_liver_px
-    return float(slice_dice(predict_liver(model, val.images[keep]), val.organ[keep]).mean())
+    return float(slice_dice(predict_liver(model, val_images[keep]), val.organ[keep]).mean())
 
 
 def learning_rate(step: int, steps: int, peak: float, warmup: int = 200) -> float:
@@ -216,7 +255,7 @@ def train(
     from monai.losses import DiceCELoss
 
     torch.manual_seed(seed)
-    model = build_segmenter(spec.channels)
+    model = build_segmenter(spec.channels, 2 * spec.context + 1)
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     state: dict[str, Any] = {"step": 0, "best_dice": -1.0, "best_step": 0, "history": [], "wall_s": 0.0}
     if spec.checkpoint.is_file():
@@ -225,7 +264,9 @@ def train(
         optimiser.load_state_dict(state["optimiser"])
         log(f"resumed at step {state['step']} (best Dice {state['best_dice']:.4f})")
     train_set, val = spec.slices(spec.train_seeds), spec.slices(spec.val_seeds)
-    images = torch.from_numpy(train_set.images).unsqueeze(1)
+    stacked = segmenter_images(spec, train_set)
+    images = torch.from_numpy(stacked if stacked.ndim == 4 else stacked[:, None])
+    val_images = segmenter_images(spec, val)
     masks = torch.from_numpy(train_set.organ.astype(np.float32)).unsqueeze(1)
     with_liver = torch.from_numpy(np.flatnonzero(train_set.organ.reshape(len(train_set), -1).any(axis=1)))
     generator = torch.Generator().manual_seed(seed + state["step"])
@@ -249,7 +290,7 @@ def train(
         optimiser.step()
         state["step"] += 1
         if state["step"] % val_every == 0:
-            dice = _validation_dice(model, val, spec.min_liver_px)
+            dice = _validation_dice(model, val, val_images, spec.min_liver_px)
             state["history"].append([state["step"], loss.item(), dice])
             rate = optimiser.param_groups[0]["lr"]
             log(f"step {state['step']} lr {rate:.2e} loss {loss.item():.4f} val Dice {dice:.4f}")
@@ -277,7 +318,7 @@ def load_segmenter(spec: SegmenterSpec) -> tuple[nn.Module, dict[str, Any]]:
             f"no trained segmenter at {spec.checkpoint}: run `python -m benchmarks.monai_segmenter` first"
         )
     state = torch.load(spec.checkpoint, weights_only=True)
-    model = build_segmenter(spec.channels)
+    model = build_segmenter(spec.channels, 2 * spec.context + 1)
     model.load_state_dict(state.get("best_model", state["model"]))
     model.eval()
     summary = {k: state[k] for k in ("step", "best_dice", "best_step", "wall_s")}
@@ -290,9 +331,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=12000, help="end of the learning-rate schedule")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--context", type=int, default=0, help="neighbouring slices each side (1: a 3-slice 2.5-D stack)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    spec = SegmenterSpec()
+    spec = SegmenterSpec(context=args.context)
     print(f"[segmenter] checkpoint {spec.checkpoint}", flush=True)
     train(
         spec,

@@ -48,9 +48,16 @@ from benchmarks.aggregation import slice_scores
 from benchmarks.baselines.atlas import PositionAtlas
 from benchmarks.baselines.autoencoder import AutoencoderDetector
 from benchmarks.baselines.denoising_autoencoder import DenoisingAutoencoderDetector
-from benchmarks.data import SlicePlacer, in_range_only, volume_file_case
+from benchmarks.data import SlicePlacer, in_range_only, phantom_split, volume_file_case
 from benchmarks.generator_runs import generator_run
-from benchmarks.monai_segmenter import SegmenterSpec, load_segmenter, predict_liver, slice_dice, train
+from benchmarks.monai_segmenter import (
+    SegmenterSpec,
+    load_segmenter,
+    predict_liver,
+    segmenter_images,
+    slice_dice,
+    train,
+)
 from benchmarks.ours import GeneratorDetector
 from benchmarks.phantom_track import FAST_NAME, add_data_arguments, baseline_run, phantom_data
 from benchmarks.real_track import REAL_CT, REAL_LIVER
@@ -167,7 +174,12 @@ def _liver_slices(slices: SliceSet, min_px: int) -> np.ndarray:
 
 
 def _real_fixture(
-    model: Any, args: argparse.Namespace, window: Any, train_set: SliceSet, placer: SlicePlacer
+    model: Any,
+    spec: SegmenterSpec,
+    args: argparse.Namespace,
+    window: Any,
+    train_set: SliceSet,
+    placer: SlicePlacer,
 ) -> dict[str, Any]:
     """The segmenter, ours and the atlas on the one real patient, TotalSegmentator's liver as truth (all
     trained on the normal phantoms only); slices placed as the rest of the track."""
@@ -179,7 +191,7 @@ def _real_fixture(
     print(f"[segfail] real fixture: {excluded.line('real')}", flush=True)
     liver = _liver_slices(real, args.min_liver_px)
     predicted = np.zeros_like(real.organ)
-    predicted[liver] = predict_liver(model, real.images[liver])
+    predicted[liver] = predict_liver(model, segmenter_images(spec, real.subset(liver), real))
     region = review_region(predicted, real.body, args.margin_px)
     # The atlas only: the autoencoders would be trained again for this cache key, CPU minutes not to spare.
     key = placer.data_key(["segfail-real", args.resolution, *excluded.key_parts()])
@@ -204,6 +216,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--segmenter-minutes", type=float, default=60.0, help="training budget when no checkpoint exists"
     )
+    parser.add_argument(
+        "--segmenter-context", type=int, default=0, help="segmenter's neighbouring slices each side (2.5-D)"
+    )
     return parser
 
 
@@ -213,13 +228,20 @@ def main(argv: list[str] | None = None) -> int:
     split, train_set, test, data_key, exclusions = phantom_data(args, track.model.window, track.placer)
     track.record_gate(exclusions)
     spec = SegmenterSpec(
-        resolution=args.resolution, window=track.model.window, min_liver_px=args.min_liver_px
+        resolution=args.resolution,
+        window=track.model.window,
+        min_liver_px=args.min_liver_px,
+        context=args.segmenter_context,
     )
     segmenter, segmenter_summary = _segmenter(spec, args.segmenter_minutes)
     liver = _liver_slices(test, args.min_liver_px)
     # Only the liver slices are judged, so only they are segmented (half the slices: CPU is scarce).
     predicted = np.zeros_like(test.organ)
-    predicted[liver] = predict_liver(segmenter, test.images[liver])
+    # A 2.5-D segmenter reads each test slice's true neighbours, from the unstrided cases.
+    source = None
+    if spec.context:
+        source = phantom_split(split, args.resolution, track.model.window, track.placer)[1]
+    predicted[liver] = predict_liver(segmenter, segmenter_images(spec, test.subset(liver), source))
     region = review_region(predicted, test.body, args.margin_px)
     scores = _region_scores(test, region, args, data_key, train_set, _baselines(args))
 
@@ -260,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             for kind in sorted(set(test.case_anomaly))
             if (liver & (test.case_anomaly == kind)).any()
         },
-        "real_fixture": _real_fixture(segmenter, args, track.model.window, train_set, track.placer),
+        "real_fixture": _real_fixture(segmenter, spec, args, track.model.window, train_set, track.placer),
     }
     write_json(results, args.out)
     plots.plot_scatter(

@@ -68,7 +68,7 @@ def test_the_checkpoint_keeps_the_best_steps_weights(tiny_spec, monkeypatch):
     """Validation says step 1 was best; the loaded model must be the net as it was at step 1."""
     snapshots: list[dict[str, torch.Tensor]] = []
 
-    def falling_dice(model, val, min_liver_px):  # noqa: ANN001, ARG001 - stands in for _validation_dice
+    def falling_dice(model, val, val_images, min_liver_px):  # noqa: ANN001, ARG001 - for _validation_dice
         snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         return 1.0 / len(snapshots)
 
@@ -101,3 +101,42 @@ def test_changed_seeds_train_a_new_checkpoint():
     assert SegmenterSpec().checkpoint == spec.checkpoint
     with pytest.raises(ValueError, match="overlap"):
         SegmenterSpec(val_seeds=(1000,))
+
+
+def test_neighbour_stacks_hold_each_slices_own_case_neighbours_and_replicate_at_the_ends():
+    one, two = _tiny_slices(4), _tiny_slices(4)
+    both = SliceSet(
+        images=np.concatenate([one.images, two.images + 10.0]),  # case 1 is told apart by its values
+        positions=np.concatenate([one.positions, two.positions]),
+        body=np.concatenate([one.body, two.body]),
+        anomaly=np.concatenate([one.anomaly, two.anomaly]),
+        organ=np.concatenate([one.organ, two.organ]),
+        case=np.repeat([0, 1], 4),
+        slice_index=np.tile(np.arange(4), 2),
+        cases=(CaseInfo("normal-0", "normal", 0), CaseInfo("normal-1", "normal", 1)),
+    )
+    stack = monai_segmenter.neighbour_stack(both, 1)
+    assert stack.shape == (8, 3, 32, 32)
+    np.testing.assert_array_equal(stack[:, 1], both.images)  # the slice itself in the middle
+    np.testing.assert_array_equal(stack[1, 0], both.images[0])
+    np.testing.assert_array_equal(stack[1, 2], both.images[2])
+    np.testing.assert_array_equal(stack[0, 0], both.images[0])  # first slice: itself below
+    np.testing.assert_array_equal(stack[3, 2], both.images[3])  # last of case 0 does not reach case 1
+    np.testing.assert_array_equal(stack[4, 0], both.images[4])
+    # Every other slice, stacked from the unstrided source: the true neighbours, not the strided ones.
+    strided = both.subset(both.slice_index % 2 == 1)
+    from_source = monai_segmenter.neighbour_stack(strided, 1, both)
+    np.testing.assert_array_equal(from_source[0], both.images[[0, 1, 2]])
+    with pytest.raises(ValueError, match="not in the source"):
+        monai_segmenter.neighbour_stack(both, 1, strided)
+
+
+def test_a_2_5_d_segmenter_trains_on_three_slice_stacks_and_has_its_own_checkpoint(tiny_spec):
+    flat = SegmenterSpec(resolution=32, channels=(4, 8), min_liver_px=1)
+    stacked = SegmenterSpec(resolution=32, channels=(4, 8), min_liver_px=1, context=1)
+    assert stacked.checkpoint != flat.checkpoint and "context" not in flat.as_dict()
+    train(stacked, minutes=5, steps=2, batch_size=4, val_every=1, log=lambda m: None)
+    model, _ = load_segmenter(stacked)
+    images = monai_segmenter.segmenter_images(stacked, _tiny_slices())
+    assert images.shape == (8, 3, 32, 32)
+    assert monai_segmenter.predict_liver(model, images).shape == (8, 32, 32)
