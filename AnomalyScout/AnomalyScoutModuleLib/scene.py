@@ -53,7 +53,16 @@ ROLE_ATTRIBUTE = "AnomalyScout.Role"
 INPUT_ATTRIBUTE = "AnomalyScout.InputNodeID"
 RESULTS_DIR_ATTRIBUTE = "AnomalyScout.ResultsDir"
 FOLDER_NAME = "AnomalyScout results"
-SCORE_COLUMNS = ("slice_index", "position", "score", "percentile", "flagged", "threshold", "in_range")
+SCORE_COLUMNS = (
+    "slice_index",
+    "position",
+    "score",
+    "percentile",
+    "flagged",
+    "threshold",
+    "in_range",
+    "beyond_normal_mm2",
+)
 CENTER_COLUMNS = ("center_r", "center_a", "center_s")
 
 
@@ -70,6 +79,9 @@ class SliceScore:
     center_ras: tuple[float, float, float] = (math.nan, math.nan, math.nan)
     in_range: bool = True
     """False for a slice outside the model's anatomical range: scored but never flagged (docs/position.md)."""
+    beyond_normal_mm2: float = 0.0
+    """Body area denser than any normal tissue (metal, which the networks' HU window hides): flagged at
+    percentile 100 whatever the score (``AnomalyScoutLib/intensity_envelope.py``)."""
 
 
 @dataclass(frozen=True)
@@ -85,13 +97,19 @@ class ScoreReport:
 
     @property
     def flagged_slices(self) -> tuple[SliceScore, ...]:
-        """The flagged slices, most anomalous first (the order a reviewer wants to visit them)."""
-        return tuple(sorted((s for s in self.slices if s.flagged), key=lambda s: -s.score))
+        """The flagged slices, most anomalous first (the order a reviewer wants to visit them): by percentile
+        (metal's 100 first, whatever its residual score), then by score."""
+        flagged = (s for s in self.slices if s.flagged)
+        return tuple(sorted(flagged, key=lambda s: (-_or_zero(s.percentile), -s.score)))
 
 
 def _number(value: object) -> float:
     """``None`` (no calibration in the model) becomes NaN so every column stays numeric."""
     return math.nan if value is None else float(value)
+
+
+def _or_zero(value: float) -> float:
+    return 0.0 if math.isnan(value) else value
 
 
 def read_score_report(out_dir: str | Path) -> ScoreReport:
@@ -113,6 +131,8 @@ def read_score_report(out_dir: str | Path) -> ScoreReport:
                 threshold=_number(row.get("threshold")),
                 center_ras=tuple(float(c) for c in row["center_ras"]),
                 in_range=bool(row.get("in_range", True)),
+                # null for a model without an envelope, absent in results written before it
+                beyond_normal_mm2=float(row.get("beyond_normal_mm2") or 0.0),
             )
             for row in data["slices"]
         )
@@ -652,6 +672,7 @@ def _append_rows(table: slicer.vtkMRMLTableNode, rows: Iterable[SliceScore]) -> 
             float(row.flagged),
             row.threshold,
             float(row.in_range),
+            row.beyond_normal_mm2,
             *row.center_ras,
         )
         for column, value in zip(columns, values):

@@ -166,6 +166,25 @@ def test_flagged_list_is_sorted_by_score(scene, ct_node, tmp_path):
     assert list(_column(nodes.flagged_table, "slice_index")) == [9, 2, 20]
 
 
+def test_a_slice_flagged_for_metal_leads_the_flagged_list_and_shows_its_area(scene, ct_node, tmp_path):
+    out = tmp_path / "run"
+    report = write_contract_outputs(out, flagged=(2, 9, 20))
+    # Slice 20's residual score is the lowest, but its body holds metal: percentile 100, listed first.
+    for row in report["slices"]:
+        k = row["slice_index"]
+        row["score"] = {9: 3.0, 2: 2.0, 20: 1.5}.get(k, 0.5)
+        row["percentile"] = {9: 99.5, 2: 99.2, 20: 100.0}.get(k, 50.0)
+        row["beyond_normal_mm2"] = 12.5 if k == 20 else 0.0
+    report["slices"][0]["beyond_normal_mm2"] = None  # a model without an envelope writes null
+    (out / "scores.json").write_text(json.dumps(report))
+
+    nodes = SceneResults(scene).show_results(ct_node, out)
+
+    assert list(_column(nodes.flagged_table, "slice_index")) == [20, 9, 2]
+    assert list(_column(nodes.flagged_table, "beyond_normal_mm2")) == [12.5, 0.0, 0.0]
+    assert _column(nodes.table, "beyond_normal_mm2")[0] == 0.0
+
+
 def test_live_scores_fill_the_plot_as_progress_lines_arrive(scene, ct_node, run_dir):
     out, _ = run_dir
     results = SceneResults(scene)
