@@ -31,6 +31,7 @@ from AnomalyScoutLib.errors import ConfigError, ModelFileError
 from AnomalyScoutLib.scoring import ScoreConfig
 
 __all__ = [
+    "ATLAS_CALIBRATION_KEY",
     "CALIBRATION_VERSION",
     "Calibration",
     "CalibratedScores",
@@ -39,12 +40,15 @@ __all__ = [
     "calibration_key",
     "calibration_settings",
     "check_fpr",
+    "combine_opinions",
     "fit_mode_calibration",
     "placement_mismatch",
     "self_calibrated",
 ]
 
 CALIBRATION_VERSION = 1
+#: Where the position atlas's normal score distributions are filed (its score is the same in every mode).
+ATLAS_CALIBRATION_KEY = "atlas"
 #: Slice placements a calibration can be made with (``position.placement.resolve_method``).
 _PLACEMENTS: tuple[str, ...] = ("anatomy", "index")
 #: Quantile levels stored per distribution (every 0.5 %).
@@ -295,6 +299,20 @@ class Calibration:
             return cls(modes, check_fpr(float(data.get("default_fpr", 0.01))))
         except (KeyError, TypeError, ValueError) as error:
             raise ModelFileError(f"the model's calibration metadata is malformed: {error}") from error
+
+
+def combine_opinions(first: CalibratedScores, second: CalibratedScores) -> CalibratedScores:
+    """Two calibrated opinions on the same slices, each applied at *half* the false-positive rate, as one: a
+    slice (and the case) is flagged when either flags it, so on normal data about the full rate is flagged,
+    and its percentile is the larger of the two (the threshold shown stays the first opinion's)."""
+    return CalibratedScores(
+        percentile=np.fmax(first.percentile, second.percentile),
+        threshold=first.threshold,
+        flagged=first.flagged | second.flagged,
+        case_percentile=float(np.fmax(first.case_percentile, second.case_percentile)),
+        case_threshold=first.case_threshold,
+        case_flagged=first.case_flagged or second.case_flagged,
+    )
 
 
 def self_calibrated(scores: np.ndarray, case_score: float, fpr: float) -> CalibratedScores:

@@ -62,6 +62,7 @@ COMMANDS: dict[str, str] = {
     ),
     "position_train": "train the body-part regressor that places slices on the anatomical scale",
     "attach_position": "put a body-part regressor into a model file (slices placed by anatomy)",
+    "fit_atlas": "put a per-position intensity atlas into a model file (a second calibrated opinion)",
 }
 #: Sub-command modules, in the order ``--help`` lists them.
 COMMAND_MODULES: tuple[str, ...] = tuple(COMMANDS)

@@ -17,6 +17,7 @@ The body mask is computed per batch (largest 3-D component *within the batch*): 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -31,11 +32,13 @@ import numpy as np
 import torch
 
 from AnomalyScoutLib.calibration import (
+    ATLAS_CALIBRATION_KEY,
     CalibratedScores,
     Calibration,
     ModeCalibration,
     calibration_settings,
     check_fpr,
+    combine_opinions,
     placement_mismatch,
     self_calibrated,
 )
@@ -117,7 +120,8 @@ class CaseScores:
     """Raw per-slice results of one volume in canonical order.
 
     ``beyond_mm2`` is each slice's body area above the model's intensity envelope (metal:
-    :mod:`AnomalyScoutLib.intensity_envelope`); ``None`` for a model without one.
+    :mod:`AnomalyScoutLib.intensity_envelope`); ``atlas`` each slice's score against the model's position
+    atlas (:mod:`AnomalyScoutLib.position_atlas`). Each is ``None`` for a model without it.
     """
 
     positions: np.ndarray
@@ -125,6 +129,7 @@ class CaseScores:
     pixel: np.ndarray
     feature: np.ndarray
     beyond_mm2: np.ndarray | None = None
+    atlas: np.ndarray | None = None
 
 
 def canonical_view(array_zyx: np.ndarray, frame: AxialFrame) -> np.ndarray:
@@ -171,6 +176,20 @@ class VolumeScorer:
     def calibration_settings(self) -> dict[str, Any]:
         """What ``calibrate`` stores with a calibration made by this scorer (see ``calibration_settings``)."""
         return calibration_settings(self.score_config.as_dict(), self.inversion.resolved_steps)
+
+    def atlas_settings(self) -> dict[str, Any] | None:
+        """What an atlas calibration is made with (atlas definition and case score), None without an atlas."""
+        if self.model.atlas is None:
+            return None
+        return {**dataclasses.asdict(self.model.atlas.config), "case_top": self.score_config.case_top}
+
+    def atlas_calibration(self) -> ModeCalibration | None:
+        """The stored calibration of this model's atlas score, if made with exactly :meth:`atlas_settings`."""
+        found = self.stored_calibration().modes.get(ATLAS_CALIBRATION_KEY)
+        settings = self.atlas_settings()
+        if found is None or settings is None or dict(found.score_config) != settings:
+            return None
+        return found
 
     def run_settings(self) -> tuple[str, ScoreConfig, int]:
         """Mode, score and steps: what :meth:`Calibration.for_run` matches a stored calibration against."""
@@ -258,7 +277,7 @@ class VolumeScorer:
             raise VolumeError(f"{len(positions)} slice positions for {n_slices} slices")
         condition = np.clip(np.asarray(positions, dtype=np.float32), 0.0, 1.0)
         grid = model_grid((rows, cols), spacing_kji[1:], model.resolution)
-        scores, pixel, feature, beyond = (np.zeros(n_slices, dtype=np.float64) for _ in range(4))
+        scores, pixel, feature, beyond, atlas = (np.zeros(n_slices, dtype=np.float64) for _ in range(5))
         pixel_area_mm2 = float(spacing_kji[1] * spacing_kji[2])
         start = time.perf_counter()
         preparing = ThreadPoolExecutor(1, thread_name_prefix="anomalyscout-prepare")
@@ -291,6 +310,8 @@ class VolumeScorer:
                 feature[k0:k1] = batch_scores.feature.cpu().numpy()
                 if self.envelope is not None:
                     beyond[k0:k1] = self.envelope.area_mm2(batch.beyond, pixel_area_mm2)
+                if model.atlas is not None:
+                    atlas[k0:k1] = model.atlas.slice_scores(x, position, area_m).cpu().numpy()
                 maps = None
                 if model.head is not None:
                     with torch.inference_mode():
@@ -323,6 +344,7 @@ class VolumeScorer:
             pixel=pixel,
             feature=feature,
             beyond_mm2=None if self.envelope is None else beyond,
+            atlas=None if model.atlas is None else atlas,
         )
 
 
@@ -432,9 +454,19 @@ def _finite(value: float) -> float | None:
 
 
 def _calibrate(
-    scorer: VolumeScorer, case: CaseScores, score_of_case: float, fpr: float | None, listener: RunListener
+    scorer: VolumeScorer,
+    case: CaseScores,
+    cases_of: tuple[float, float | None],
+    fpr: float | None,
+    listener: RunListener,
 ) -> tuple[CalibratedScores, bool, float]:
-    """Percentiles and flags from the model's calibration, or the per-case fallback with a warning."""
+    """Percentiles and flags from the model's calibration, or the per-case fallback with a warning.
+
+    ``cases_of``: the case score, and the atlas's (None without an atlas). With a calibrated atlas, the
+    reconstruction's score and the atlas's are two opinions, each at half the false-positive rate
+    (:func:`combine_opinions`).
+    """
+    score_of_case, atlas_of_case = cases_of
     stored = scorer.stored_calibration()
     fpr = stored.default_fpr if fpr is None else fpr
     mode_calibration = stored.for_run(*scorer.run_settings())
@@ -444,7 +476,15 @@ def _calibrate(
             "median (run `anomalyscout calibrate`)"
         )
         return self_calibrated(case.scores, score_of_case, fpr), False, fpr
-    return mode_calibration.apply(case.scores, case.positions, score_of_case, fpr), True, fpr
+    atlas_calibration = scorer.atlas_calibration()
+    if case.atlas is None or atlas_of_case is None or atlas_calibration is None:
+        if case.atlas is not None:
+            listener.warning("the model's position atlas has no calibration: only the reconstruction's score "
+                             "is used (run `anomalyscout calibrate`)")  # fmt: skip
+        return mode_calibration.apply(case.scores, case.positions, score_of_case, fpr), True, fpr
+    main = mode_calibration.apply(case.scores, case.positions, score_of_case, fpr / 2)
+    second = atlas_calibration.apply(case.atlas, case.positions, atlas_of_case, fpr / 2)
+    return combine_opinions(main, second), True, fpr
 
 
 def _write_tables(
@@ -483,6 +523,7 @@ def _write_tables(
             "pixel_score": float(case.pixel[k]),
             "feature_score": float(case.feature[k]),
             "beyond_normal_mm2": None if case.beyond_mm2 is None else float(case.beyond_mm2[k]),
+            "atlas_score": None if case.atlas is None else float(case.atlas[k]),
             "center_ras": [float(c) for c in centers_ras[k]],
             "in_range": bool(gate.in_range[k]),
             "out_of_range": gate.reason[k] or None,
@@ -787,7 +828,12 @@ def score_file(
             timings["score_s"] = time.perf_counter() - clock
             clock = time.perf_counter()
             score_of_case = case_score(case.scores[gate.in_range], scorer.score_config)
-            calibrated, by_model, fpr = _calibrate(scorer, case, score_of_case, options.fpr, listener)
+            atlas_of_case = None
+            if case.atlas is not None:
+                atlas_of_case = case_score(case.atlas[gate.in_range], scorer.score_config)
+            calibrated, by_model, fpr = _calibrate(
+                scorer, case, (score_of_case, atlas_of_case), options.fpr, listener
+            )
             calibrated, domain_warning = _gate_flags(calibrated, gate, by_model, listener)
             calibrated = _envelope_flags(calibrated, case, scorer.envelope, gate)
             loading.join()  # the montage's imports are done (or failed, for write_montage to report)

@@ -34,6 +34,9 @@ from AnomalyScoutLib.nets.encoder import Encoder
 from AnomalyScoutLib.nets.generator import Generator
 from AnomalyScoutLib.position import store as position_store
 from AnomalyScoutLib.position.network import PositionRegressor
+from AnomalyScoutLib.position_atlas import METADATA_KEY as ATLAS_KEY
+from AnomalyScoutLib.position_atlas import PREFIX as ATLAS_PREFIX
+from AnomalyScoutLib.position_atlas import PositionAtlas
 from AnomalyScoutLib.preprocessing import POSITION_METHODS, HUWindow
 
 __all__ = [
@@ -96,6 +99,9 @@ class AnomalyModel:
         #: The anomaly-map head (``head.*`` tensors, ``metadata["head"]``); None in model files without one,
         #: which score with the pixel residual (AnomalyScoutLib/anomaly_map/).
         self.head: AnomalyHead | None = None
+        #: The per-position intensity atlas (``atlas.*`` tensors, ``metadata["position_atlas"]``), a second
+        #: calibrated opinion beside the reconstruction; None in model files without one.
+        self.atlas: PositionAtlas | None = None
 
     @classmethod
     def create(
@@ -159,6 +165,8 @@ class AnomalyModel:
             net.to(device)
         if self.head is not None:
             self.head.to(device)
+        if self.atlas is not None:
+            self.atlas.to(device)
         return self
 
     def state_tensors(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
@@ -177,6 +185,13 @@ class AnomalyModel:
                 {
                     f"{HEAD_KEY}.{k}": t.detach().cpu().float().contiguous()
                     for k, t in self.head.state_dict().items()
+                }
+            )
+        if self.atlas is not None:  # 2 x bins x res²: stored like the networks
+            tensors.update(
+                {
+                    f"{ATLAS_PREFIX}.{k}": t.detach().cpu().to(dtype).contiguous()
+                    for k, t in self.atlas.state_dict().items()
                 }
             )
         return tensors
@@ -236,6 +251,9 @@ class AnomalyModel:
         if HEAD_KEY in metadata:
             model.head = _load_head(metadata[HEAD_KEY], tensors, path)
             known = (*known, HEAD_KEY)
+        if ATLAS_KEY in metadata:
+            model.atlas = _load_atlas(metadata[ATLAS_KEY], architecture.resolution, tensors, path)
+            known = (*known, ATLAS_PREFIX)
         extra = sorted(name for name in tensors if name.split(".", 1)[0] not in known)
         if extra:
             raise ModelFileError(f"{path}: unexpected tensors {', '.join(extra[:5])}")
@@ -291,6 +309,15 @@ def _load_head(info: Any, tensors: dict[str, torch.Tensor], path: Path) -> Anoma
         raise ModelFileError(f"{path}: invalid anomaly-map head settings: {error}") from None
     _load_network(head, HEAD_KEY, tensors, path)
     return head.eval().requires_grad_(False)
+
+
+def _load_atlas(info: Any, resolution: int, tensors: dict[str, torch.Tensor], path: Path) -> PositionAtlas:
+    try:
+        atlas = PositionAtlas.from_metadata(info, resolution)
+    except AnomalyScoutError as error:
+        raise ModelFileError(f"{path}: invalid position atlas settings: {error}") from None
+    _load_network(atlas, ATLAS_PREFIX, tensors, path)
+    return atlas.eval()
 
 
 def _load_network(net: nn.Module, prefix: str, tensors: dict[str, torch.Tensor], path: Path) -> None:

@@ -29,7 +29,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from AnomalyScoutLib.calibration import Calibration, calibration_key, check_fpr, fit_mode_calibration
+from AnomalyScoutLib.calibration import (
+    ATLAS_CALIBRATION_KEY,
+    Calibration,
+    calibration_key,
+    check_fpr,
+    fit_mode_calibration,
+)
 from AnomalyScoutLib.cli import add_command_parser
 from AnomalyScoutLib.commands.score import add_device_arguments, add_position_argument, device_from_args
 from AnomalyScoutLib.engine import VolumeScorer
@@ -114,7 +120,9 @@ def calibrate_model(
     does) and its in-range slices scored by all scorers before the next, so a slow source of volumes is paid
     once and out-of-range slices cost no reconstruction. ``progress`` wraps the volume iterator (``tqdm``).
 
-    The intensity envelope is fitted on the same in-range slices (never below ``envelope_floor_hu``).
+    The intensity envelope is fitted on the same in-range slices (never below ``envelope_floor_hu``), and a
+    model with a position atlas gets the distributions of its atlas score too (the first scorer's: the atlas
+    score does not depend on the mode).
 
     Raises:
         ConfigError: unknown ``position``, ``"anatomy"`` without a regressor, or no volume with a slice in
@@ -125,6 +133,7 @@ def calibrate_model(
     collected: list[dict[str, list[Any]]] = [{"scores": [], "positions": [], "cases": []} for _ in scorers]
     volumes = slices = skipped_slices = skipped_volumes = 0
     normal_max_hu: list[float] = []
+    atlas_store: dict[str, list[Any]] = {"scores": [], "positions": [], "cases": []}
     for volume in progress(normals) if progress else normals:
         frame = axial_frame(volume)
         canonical = to_canonical(volume.array_zyx, frame)
@@ -143,6 +152,10 @@ def calibrate_model(
             store["scores"].append(result.scores)
             store["positions"].append(positions)
             store["cases"].append(case_score(result.scores, scorer.score_config))
+            if result.atlas is not None and scorer is scorers[0]:
+                atlas_store["scores"].append(result.atlas)
+                atlas_store["positions"].append(positions)
+                atlas_store["cases"].append(case_score(result.atlas, scorer.score_config))
     if not collected or not collected[0]["cases"]:
         why = f" ({skipped_volumes} had no slice in the model's range)" if skipped_volumes else ""
         raise ConfigError(f"calibration needs at least one normal volume{why}")
@@ -160,6 +173,17 @@ def calibrate_model(
         calibration = calibration.with_mode(
             calibration_key(scorer.inversion.mode, scorer.score_config.key()), fitted
         )
+    atlas_settings = scorers[0].atlas_settings() if scorers else None
+    if atlas_settings is not None:
+        fitted = fit_mode_calibration(
+            atlas_store["scores"],
+            atlas_store["positions"],
+            atlas_store["cases"],
+            atlas_settings,
+            n_bins=n_bins,
+            placement=method,
+        )
+        calibration = calibration.with_mode(ATLAS_CALIBRATION_KEY, fitted)
     envelope = IntensityEnvelope.fit(normal_max_hu, floor_hu=envelope_floor_hu)
     return CalibrationRun(calibration, method, volumes, slices, skipped_slices, skipped_volumes, envelope)
 

@@ -10,7 +10,9 @@ It runs the stages a user would otherwise chain by hand, each with its own progr
 2. ``train-encoder``: the encoder of that GAN, written as a model file;
 3. optionally ``train-head`` (``--head-steps``: the learned anomaly map) and ``attach-position``
    (``--position-regressor``: slices placed by anatomy, range gate);
-4. ``calibrate``: normal score distributions per body position on held-out normal volumes (never the
+4. ``fit-atlas``: the per-position intensity atlas of the training volumes, a second opinion beside the
+   reconstruction (``--no-atlas`` leaves it out);
+5. ``calibrate``: normal score distributions per body position on held-out normal volumes (never the
    training volumes: a calibration on seen data would under-state the false-positive rate).
 
 With ``--position-regressor`` every stage places the slices alike, by anatomy with that regressor: the GAN,
@@ -65,6 +67,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--encoder-minutes", type=float, default=0.0, help="cap on the encoder's time")
     # The narrowing chosen for the shipped model on held-out anomalies (models/README.md).
     add_code_space_arguments(parser, offset_scale=0.6, single_w=True)
+    parser.add_argument(
+        "--atlas",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fit the per-position intensity atlas of the training volumes (default: yes)",
+    )
     parser.add_argument(
         "--head-steps",
         type=int,
@@ -163,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
 
-    stages = 3 + (args.head_steps > 0) + (args.position_regressor is not None)
+    stages = 3 + (args.head_steps > 0) + (args.position_regressor is not None) + args.atlas
     started = _stage(1, stages, f"GAN ({args.config}, {args.gan_kimg:g} kimg)")
     gan_dir = work / "gan"
     gan_args = ["train-gan", "--out", str(gan_dir), "--kimg", str(args.gan_kimg)]
@@ -216,6 +224,16 @@ def run(args: argparse.Namespace) -> int:
         if code:
             return code
         model_file, stage = placed_file, stage + 1
+    if args.atlas:
+        atlas_file = work / "atlas.safetensors"
+        code = _kept_or_made(
+            _stage(stage, stages, "position atlas of the training volumes"),
+            atlas_file,
+            ["fit-atlas", "--model", str(model_file), "--data", str(train_list), "--out", str(atlas_file)],
+        )
+        if code:
+            return code
+        model_file, stage = atlas_file, stage + 1
 
     started = _stage(stage, stages, f"calibration on {len(calibration)} held-out normal volume(s)")
     calibrate_args = ["calibrate", "--model", str(model_file), "--out", str(args.out)]

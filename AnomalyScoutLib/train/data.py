@@ -56,17 +56,26 @@ def _is_dicom_folder(path: Path) -> bool:
 def list_volumes(data: str | Path) -> list[Path]:
     """The CT volumes named by ``data``, in a stable order.
 
-    ``data`` is one of: a text file with one path per line (``#`` comments, relative to the file's folder); a
-    folder written by ``anomalyscout phantom`` (its ``manifest.json`` names the CT files, so label maps and
-    anomaly masks are not mistaken for CT); or any other folder, whose image files and DICOM sub-folders are
-    all taken.
+    ``data`` is one of: one volume file; a text file with one path per line (``#`` comments, relative to the
+    file's folder); a folder written by ``anomalyscout phantom`` (its ``manifest.json`` names the CT files, so
+    label maps and anomaly masks are not mistaken for CT); or any other folder, whose image files and DICOM
+    sub-folders are all taken.
 
     Raises:
-        ConfigError: ``data`` does not exist or names no volume.
+        ConfigError: ``data`` does not exist, is a file that is neither a volume nor a text list, or names no
+            volume.
     """
     data = Path(data)
-    if data.is_file():
-        lines = [line.split("#", 1)[0].strip() for line in data.read_text().splitlines()]
+    if _is_volume_file(data):
+        paths = [data]
+    elif data.is_file():
+        try:
+            text = data.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(
+                f"--data {data} is neither a CT volume ({', '.join(VOLUME_SUFFIXES)}) nor a text list of them"
+            ) from None
+        lines = [line.split("#", 1)[0].strip() for line in text.splitlines()]
         paths = [(data.parent / line) for line in lines if line]
     elif (data / "manifest.json").is_file():
         manifest = json.loads((data / "manifest.json").read_text())

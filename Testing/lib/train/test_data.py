@@ -46,3 +46,13 @@ def test_slices_are_windowed_resampled_and_air_slices_skipped_without_shifting_p
     assert np.allclose(data.positions[: n_per_volume - 1].numpy(), expected)
     images, positions = data.batch(5, torch.Generator().manual_seed(0), torch.device("cpu"))
     assert images.shape == (5, 1, 32, 32) and images.dtype == torch.float32 and positions.shape == (5,)
+
+
+def test_data_may_be_one_volume_file_and_a_binary_non_volume_is_one_clear_line(tmp_path, tiny_phantom):
+    from AnomalyScoutLib.io.volume import write_volume
+
+    write_volume(tiny_phantom.volume, tmp_path / "ct.nii.gz")
+    assert list_volumes(tmp_path / "ct.nii.gz") == [tmp_path / "ct.nii.gz"]
+    (tmp_path / "ct.bin").write_bytes(b"\x8b\x00\xff" * 10)
+    with pytest.raises(ConfigError, match="neither a CT volume .* nor a text list"):
+        list_volumes(tmp_path / "ct.bin")
