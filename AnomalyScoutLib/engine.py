@@ -71,11 +71,13 @@ __all__ = [
     "ANOMALY_MAP_FILE",
     "OUTPUT_FILES",
     "BatchSink",
+    "CaseJudgement",
     "CaseScores",
     "RunListener",
     "ScoreOptions",
     "ScoreRun",
     "VolumeScorer",
+    "calibrate_case",
     "canonical_view",
     "score_file",
 ]
@@ -742,6 +744,40 @@ def _envelope_flags(
     )
 
 
+@dataclass(frozen=True)
+class CaseJudgement:
+    """What :func:`calibrate_case` made of a scored case: percentiles and flags, whether the model's own
+    calibration made them (else the case-wise fallback), the rate used, the case score and the domain
+    check's warning (None when the flags stand)."""
+
+    calibrated: CalibratedScores
+    by_model: bool
+    fpr: float
+    case_score: float
+    domain_warning: str | None
+
+
+def calibrate_case(
+    scorer: VolumeScorer,
+    case: CaseScores,
+    gate: GateResult,
+    fpr: float | None = None,
+    listener: RunListener | None = None,
+) -> CaseJudgement:
+    """Every rule between raw scores and flags, in order, for ``score``, ``review`` and ``rank`` alike: the
+    case score of the in-range slices, the model's calibration (with its atlas, each opinion at half the
+    rate) or the case-wise fallback, the range gate and the domain check, then the intensity envelope."""
+    listener = listener or _SilentListener()
+    score_of_case = case_score(case.scores[gate.in_range], scorer.score_config)
+    atlas_of_case = None
+    if case.atlas is not None:
+        atlas_of_case = case_score(case.atlas[gate.in_range], scorer.score_config)
+    calibrated, by_model, fpr = _calibrate(scorer, case, (score_of_case, atlas_of_case), fpr, listener)
+    calibrated, domain_warning = _gate_flags(calibrated, gate, by_model, listener)
+    calibrated = _envelope_flags(calibrated, case, scorer.envelope, gate)
+    return CaseJudgement(calibrated, by_model, fpr, score_of_case, domain_warning)
+
+
 def _gate_flags(
     calibrated: CalibratedScores, gate: GateResult, by_model: bool, listener: RunListener
 ) -> tuple[CalibratedScores, str | None]:
@@ -827,15 +863,9 @@ def score_file(
             )
             timings["score_s"] = time.perf_counter() - clock
             clock = time.perf_counter()
-            score_of_case = case_score(case.scores[gate.in_range], scorer.score_config)
-            atlas_of_case = None
-            if case.atlas is not None:
-                atlas_of_case = case_score(case.atlas[gate.in_range], scorer.score_config)
-            calibrated, by_model, fpr = _calibrate(
-                scorer, case, (score_of_case, atlas_of_case), options.fpr, listener
-            )
-            calibrated, domain_warning = _gate_flags(calibrated, gate, by_model, listener)
-            calibrated = _envelope_flags(calibrated, case, scorer.envelope, gate)
+            judged = calibrate_case(scorer, case, gate, options.fpr, listener)
+            calibrated, by_model, fpr = judged.calibrated, judged.by_model, judged.fpr
+            score_of_case, domain_warning = judged.case_score, judged.domain_warning
             loading.join()  # the montage's imports are done (or failed, for write_montage to report)
             label = RESIDUAL_LABEL if scorer.model.head is None else ANOMALY_MAP_LABEL
             _write_flagged_montage(

@@ -29,7 +29,7 @@ import torch
 
 from AnomalyScoutLib.active.ranking import CaseScores
 from AnomalyScoutLib.devices import select_device
-from AnomalyScoutLib.engine import VolumeScorer
+from AnomalyScoutLib.engine import VolumeScorer, calibrate_case
 from AnomalyScoutLib.inversion import InversionConfig
 from AnomalyScoutLib.io.geometry import axial_frame, to_canonical
 from AnomalyScoutLib.io.volume import Volume, read_volume
@@ -37,7 +37,7 @@ from AnomalyScoutLib.model_file import DEFAULT_MODEL_PATH, AnomalyModel
 from AnomalyScoutLib.position.gate import require_in_range
 from AnomalyScoutLib.position.placement import place_and_gate, resolve_method
 from AnomalyScoutLib.preprocessing import model_grid
-from AnomalyScoutLib.scoring import ScoreConfig, case_score
+from AnomalyScoutLib.scoring import ScoreConfig
 
 __all__ = ["ModelCaseScorer", "model_case_scorer", "score_canonical", "slice_latents"]
 
@@ -89,12 +89,11 @@ def score_canonical(
     placement, gate = place_and_gate(canonical_hu, spacing_kji, scorer.model.position_regressor, position)
     require_in_range(gate, placement)
     raw = scorer.score(canonical_hu, spacing_kji, positions=placement.positions)
-    value = case_score(raw.scores[gate.in_range], scorer.score_config)
-    calibration = scorer.mode_calibration()
-    if calibration is not None:
-        fpr = scorer.stored_calibration().default_fpr
-        calibrated = calibration.apply(raw.scores, raw.positions, value, fpr)
-        percentiles, case_percentile = calibrated.percentile, calibrated.case_percentile
+    # the same rules as `score` (atlas, envelope, gate); a case-wise fallback gives no percentile here
+    judged = calibrate_case(scorer, raw, gate)
+    value = judged.case_score
+    if judged.by_model:
+        percentiles, case_percentile = judged.calibrated.percentile, judged.calibrated.case_percentile
     else:
         percentiles, case_percentile = np.full(len(raw.scores), math.nan), math.nan
     latents = slice_latents(
