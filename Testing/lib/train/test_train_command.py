@@ -66,7 +66,7 @@ def test_one_command_trains_calibrates_on_held_out_volumes_and_resumes(tmp_path,
     calibration = model.calibration
     assert calibration and [key.split("/")[0] for key in calibration["modes"]] == ["atlas", "fast"]
     assert all(m["n_cases"] == 1 for m in calibration["modes"].values())  # the held-out volume, and only it
-    assert model.atlas is not None and model.metadata["position_atlas"]["volumes"] == 2  # the training volumes
+    assert model.atlas is not None and model.metadata["position_atlas"]["volumes"] == 2  # training volumes
     assert model.metadata["training"]["gan"]["kimg"] == 0.016
     assert model.metadata["training"]["encoder"]["code_space"] == {"offset_scale": 0.5, "single_w": False}
 
