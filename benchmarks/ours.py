@@ -120,7 +120,11 @@ class GeneratorDetector:
 
     def _calibration(self) -> tuple[ModeCalibration, float] | None:
         """The stored calibration the engine would use for this inversion and score (same mode, score
-        definition and steps) and the model's default false-positive rate, or ``None``."""
+        definition and steps) and the model's default false-positive rate, or ``None``. A model with an
+        anomaly-map head has none for this detector: its calibration is of the head's score, which this
+        detector (the residual) does not compute (``benchmarks.head_detector`` scores the head)."""
+        if self.model.head is not None:
+            return None
         stored = Calibration.from_json(self.model.calibration)
         found = stored.for_run(self.inversion.mode, self.score, self.inversion.resolved_steps)
         return None if found is None else (found, stored.default_fpr)

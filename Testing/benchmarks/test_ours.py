@@ -58,3 +58,14 @@ def test_calibrated_scores_are_raw_scores_over_the_threshold_at_the_models_false
     ratio = detector.calibrated(slices, raw).slice_scores
     threshold = np.quantile(np.linspace(1.0, 2.0, 20), 0.95)  # default_fpr 0.05
     np.testing.assert_allclose(ratio, 3.9 / threshold, rtol=1e-3)
+
+
+def test_a_model_with_a_head_has_no_calibration_for_its_residual(calibrated_model, tmp_path):
+    """Its stored calibration is of the head's score; applied to the residual it would compare two scales."""
+    from AnomalyScoutLib.anomaly_map.head import AnomalyHead, HeadConfig
+    from AnomalyScoutLib.anomaly_map.training import attach_head
+
+    model = AnomalyModel.load(calibrated_model)
+    attach_head(model, AnomalyHead(HeadConfig(channels=(4, 8))), {})
+    with_head = model.save(tmp_path / "with-head.safetensors")
+    assert not GeneratorDetector("ours", with_head, InversionConfig(mode="fast"), ScoreConfig()).is_calibrated()
