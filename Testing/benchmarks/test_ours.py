@@ -66,6 +66,9 @@ def test_a_model_with_a_head_has_no_calibration_for_its_residual(calibrated_mode
     from AnomalyScoutLib.anomaly_map.training import attach_head
 
     model = AnomalyModel.load(calibrated_model)
+    calibration = model.calibration
     attach_head(model, AnomalyHead(HeadConfig(channels=(4, 8))), {})
+    model.calibration = calibration  # as if `calibrate` had run on the model with its head
     with_head = model.save(tmp_path / "with-head.safetensors")
-    assert not GeneratorDetector("ours", with_head, InversionConfig(mode="fast"), ScoreConfig()).is_calibrated()
+    detector = GeneratorDetector("ours", with_head, InversionConfig(mode="fast"), ScoreConfig())
+    assert not detector.is_calibrated()

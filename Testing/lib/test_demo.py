@@ -72,15 +72,16 @@ def test_with_the_shipped_model_the_demo_flags_anomalous_slices_and_no_normal_on
 
 @pytest.mark.parametrize("seed", [0, 7])
 def test_with_the_shipped_model_metal_raises_the_slices_it_touches_above_their_normal_twin(seed):
-    """The engine end to end with the shipped model, free of the position and patient confounds that sink
-    the test above: the same phantom with and without a metal clip (and its streaks), scored slice by
-    slice. Streaks change every slice they cross by tens of HU, so each of those slices must leave a higher
+    """The engine end to end with the shipped model, free of the position and patient confounds that sink the
+    test above: the same phantom with and without a metal clip (and its streaks), scored slice by slice.
+    Streaks change every slice they cross by tens of HU, so each of those slices must leave a higher
     residual (``pixel``, the reconstruction's part of the score) than the same slice of the anomaly-free
-    twin. (The shipped model's slice *score* is its anomaly-map head's, which does not rank every streak slice
-    above its twin: metal is its weakest type, docs/benchmarks.md, section 10.) Bright metal raises the residual against any
-    reconstruction, even a flat one, so the model must also show that it learned anatomy: refined, it draws
-    the normal twin better than the best flat image (the body's median), and its encoder reads each slice
-    better than the typical slice at its position: what a model that learned nothing fails."""
+    twin. (The shipped model's slice *score* is its anomaly-map head's, which does not rank every streak
+    slice above its twin: metal is its weakest type, docs/benchmarks.md, section 10.) Bright metal raises
+    the residual against any reconstruction, even a flat one, so the model must also show that it learned
+    anatomy: refined, it draws the normal twin better than the best flat image (the body's median), and
+    its encoder reads each slice better than the typical slice at its position: what a model that learned
+    nothing fails."""
     from AnomalyScoutLib.engine import VolumeScorer
     from AnomalyScoutLib.inversion import InversionConfig
     from AnomalyScoutLib.model_file import DEFAULT_MODEL_PATH, AnomalyModel
