@@ -92,6 +92,11 @@ OUTPUT_FILES: tuple[str, ...] = (
 #: Written beside them when the model holds an anomaly-map head (``AnomalyScoutLib/anomaly_map/``).
 ANOMALY_MAP_FILE = "anomaly_map.nrrd"
 MONTAGE_SLICES = 8
+#: Said once per run when a model's atlas has no calibration (its score is then left out of the flags).
+UNCALIBRATED_ATLAS = (
+    "the model's position atlas has no calibration: only the reconstruction's score is used "
+    "(run `anomalyscout calibrate`)"
+)
 #: The largest residual the window allows (intensities normalised to [-1, 1]): where metal is drawn.
 RESIDUAL_TOP = 2.0
 
@@ -481,8 +486,7 @@ def _calibrate(
     atlas_calibration = scorer.atlas_calibration()
     if case.atlas is None or atlas_of_case is None or atlas_calibration is None:
         if case.atlas is not None:
-            listener.warning("the model's position atlas has no calibration: only the reconstruction's score "
-                             "is used (run `anomalyscout calibrate`)")  # fmt: skip
+            listener.warning(UNCALIBRATED_ATLAS)
         return mode_calibration.apply(case.scores, case.positions, score_of_case, fpr), True, fpr
     main = mode_calibration.apply(case.scores, case.positions, score_of_case, fpr / 2)
     second = atlas_calibration.apply(case.atlas, case.positions, atlas_of_case, fpr / 2)
