@@ -50,6 +50,7 @@ from benchmarks.baselines.autoencoder import AutoencoderDetector
 from benchmarks.baselines.denoising_autoencoder import DenoisingAutoencoderDetector
 from benchmarks.data import SlicePlacer, in_range_only, phantom_split, volume_file_case
 from benchmarks.generator_runs import generator_run
+from benchmarks.head_detector import HeadRun
 from benchmarks.monai_segmenter import (
     SegmenterSpec,
     load_segmenter,
@@ -126,7 +127,9 @@ def _region_scores(
     fast = generator_run(detector, test, data_key)
     inside = fast.method_run(region=region).detection
     scores: dict[str, np.ndarray] = {}
-    if detector.is_calibrated():
+    if detector.model.head is not None:
+        scores.update(_head_region_scores(fast, test, region))
+    elif detector.is_calibrated():
         scores[DEFAULT_SCORE] = detector.calibrated(test, inside).slice_scores
     scores["ours fast, raw score, segmentation region"] = inside.slice_scores
     scores["ours fast, whole slice"] = fast.method_run().detection.slice_scores
@@ -134,6 +137,29 @@ def _region_scores(
         print(f"[segfail] {baseline.name} ...", flush=True)
         maps = baseline_run(baseline, train_set, test, data_key).detection.maps
         scores[f"{baseline.name}, segmentation region"] = slice_scores(maps, test.body & region)
+    return scores
+
+
+def _head_region_scores(fast: Any, test: SliceSet, region: np.ndarray) -> dict[str, np.ndarray]:
+    """A model with an anomaly-map head, as ``review`` scores it: the head's top-k inside the region over the
+    calibrated threshold at the slice's position (at half the rate when the model's atlas is calibrated too:
+    the threshold ``review`` divides by is then the head's at that rate)."""
+    import torch
+
+    from AnomalyScoutLib.calibration import ATLAS_CALIBRATION_KEY, Calibration
+    from AnomalyScoutLib.scoring import top_fraction_mean
+
+    run = HeadRun("head", fast)
+    maps, _ = run.maps()
+    area = torch.from_numpy(test.body & region)
+    inside = top_fraction_mean(torch.from_numpy(maps), area, run.head.config.top_fraction).numpy()
+    scores = {"ours fast (head), raw score, segmentation region": inside.astype(np.float64)}
+    stored = Calibration.from_json(fast.detector.model.calibration)
+    calibration = stored.for_run("fast", ScoreConfig(), 0)
+    if calibration is not None:
+        fpr = stored.default_fpr / (2 if ATLAS_CALIBRATION_KEY in stored.modes else 1)
+        thresholds = calibration.apply(inside, test.positions, 0.0, fpr).threshold
+        scores[DEFAULT_SCORE] = inside / thresholds
     return scores
 
 

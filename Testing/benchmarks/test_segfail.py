@@ -53,3 +53,60 @@ def test_augmentation_moves_image_and_mask_together():
     for image, mask in zip(moved, moved_masks):
         inside, outside = image[mask > 0], image[mask == 0]
         assert inside.mean() > outside.mean() + 0.8  # the bright square is still under its mask
+
+
+def test_a_head_models_review_risk_is_its_region_score_over_the_calibrated_threshold(tmp_path, monkeypatch):
+    """What ``review`` reports for a model with a head: the head's top-k inside the region, divided by the
+    head's calibrated threshold at the slice's position, at half the rate when the atlas is calibrated too."""
+    from AnomalyScoutLib.anomaly_map.head import AnomalyHead, HeadConfig
+    from AnomalyScoutLib.anomaly_map.training import attach_head
+    from AnomalyScoutLib.calibration import (
+        ATLAS_CALIBRATION_KEY,
+        Calibration,
+        calibration_key,
+        calibration_settings,
+        fit_mode_calibration,
+    )
+    from AnomalyScoutLib.inversion import InversionConfig
+    from AnomalyScoutLib.model_file import AnomalyModel
+    from AnomalyScoutLib.nets.architecture import ArchitectureConfig
+    from AnomalyScoutLib.scoring import ScoreConfig
+    from benchmarks import generator_runs, segfail_track
+    from benchmarks.ours import GeneratorDetector
+    from benchmarks.slices import CaseInfo, SliceSet
+
+    monkeypatch.setattr(generator_runs, "WORK_DIR", tmp_path)
+    model = AnomalyModel.create(ArchitectureConfig(32, (16, 16, 8, 8), z_dim=16, w_dim=16), seed=0)
+    torch.manual_seed(0)
+    attach_head(model, AnomalyHead(HeadConfig(channels=(4, 8), top_fraction=0.05)), {})
+    normal = np.linspace(0.0, 1.0, 201)
+    settings = calibration_settings(ScoreConfig().as_dict(), 0)
+    fitted = fit_mode_calibration([normal], [np.linspace(0, 1, 201)], [0.5], settings, n_bins=1)
+    key = calibration_key("fast", "topk")
+    n = 4
+    rng = np.random.default_rng(0)
+    slices = SliceSet(
+        images=rng.uniform(-1, 1, (n, 32, 32)).astype(np.float32),
+        positions=np.linspace(0.2, 0.8, n).astype(np.float32),
+        body=np.ones((n, 32, 32), dtype=bool),
+        anomaly=np.zeros((n, 32, 32), dtype=bool),
+        organ=np.zeros((n, 32, 32), dtype=bool),
+        case=np.zeros(n, dtype=np.int64),
+        slice_index=np.arange(n),
+        cases=(CaseInfo("normal-0", "normal", 0),),
+    )
+    region = np.zeros((n, 32, 32), dtype=bool)
+    region[:, 8:24, 8:24] = True
+    risks = {}
+    for with_atlas in (False, True):
+        modes = {key: fitted, **({ATLAS_CALIBRATION_KEY: fitted} if with_atlas else {})}
+        model.calibration = Calibration(modes).to_json()
+        path = model.save(tmp_path / f"head-{with_atlas}.safetensors")
+        detector = GeneratorDetector("ours", path, InversionConfig(mode="fast"), ScoreConfig())
+        fast = generator_runs.generator_run(detector, slices, f"test-{with_atlas}")
+        scores = segfail_track._head_region_scores(fast, slices, region)
+        raw = scores["ours fast (head), raw score, segmentation region"]
+        threshold = fitted.bins[0].threshold(0.005 if with_atlas else 0.01)
+        np.testing.assert_allclose(scores[segfail_track.DEFAULT_SCORE], raw / threshold)
+        risks[with_atlas] = scores[segfail_track.DEFAULT_SCORE]
+    assert (risks[True] < risks[False]).all()  # the stricter threshold at half the rate
