@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -46,7 +45,7 @@ from AnomalyScoutLib.model_file import AnomalyModel
 from AnomalyScoutLib.phantom import make_phantom
 from AnomalyScoutLib.scoring import ScoreConfig
 from benchmarks.data import PhantomSplit
-from benchmarks.product_track import SHAPE_XYZ, phantom_rows, real_scan, summary
+from benchmarks.product_track import SHAPE_XYZ, evaluate_scorers
 from benchmarks.results_io import RESULTS_DIR, run_header, write_json
 
 __all__ = ["main"]
@@ -92,17 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     envelopes = _envelopes(args.fit_cases)
     scorers = _scorers(args.model, envelopes)
-    split = PhantomSplit(per_type=args.per_type, n_normal=args.normals)
-    with tempfile.TemporaryDirectory(prefix="metal-envelope-") as work:
-        rows = phantom_rows(scorers, split, Path(work))
-        real = real_scan(scorers, Path(work))
     results = {
         **run_header("metal_envelope", "metal_envelope", argv, started),
         "model_id": scorers["none"].model.model_id,
         "envelopes": {name: None if e is None else e.to_json() for name, e in envelopes.items()},
-        "test_cases": split.as_dict()["test_cases"],
-        "phantoms": {name: summary(r, split.types) for name, r in rows.items()},
-        "real_scan": real,
+        **evaluate_scorers(scorers, PhantomSplit(per_type=args.per_type, n_normal=args.normals)),
     }
     write_json(results, args.out)
     print(f"[metal-envelope] wrote {args.out}")

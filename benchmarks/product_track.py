@@ -41,6 +41,7 @@ from benchmarks.results_io import RESULTS_DIR, run_header, write_json
 
 __all__ = [
     "REAL_SCAN",
+    "evaluate_scorers",
     "SHAPE_XYZ",
     "main",
     "phantom_rows",
@@ -113,6 +114,18 @@ def real_scan(scorers: dict[str, VolumeScorer], work: Path) -> dict[str, Any]:
     return result
 
 
+def evaluate_scorers(scorers: dict[str, VolumeScorer], split: PhantomSplit) -> dict[str, Any]:
+    """Every scorer on the split's test volumes and on the real scan: the results file's shared part."""
+    with tempfile.TemporaryDirectory(prefix="product-track-") as work:
+        rows = phantom_rows(scorers, split, Path(work))
+        real = real_scan(scorers, Path(work))
+    return {
+        "test_cases": split.as_dict()["test_cases"],
+        "phantoms": {name: summary(r, split.types) for name, r in rows.items()},
+        "real_scan": real,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", type=Path, required=True, help="model files to compare")
@@ -137,17 +150,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         for path in args.models
     }
-    split = PhantomSplit(per_type=args.per_type, n_normal=args.normals)
-    with tempfile.TemporaryDirectory(prefix="product-track-") as work:
-        rows = phantom_rows(scorers, split, Path(work))
-        real = real_scan(scorers, Path(work))
     results = {
         **run_header("product_track", "product_track", argv, started),
         "mode": args.mode,
         "models": {name: scorer.model.model_id for name, scorer in scorers.items()},
-        "test_cases": split.as_dict()["test_cases"],
-        "phantoms": {name: summary(r, split.types) for name, r in rows.items()},
-        "real_scan": real,
+        **evaluate_scorers(scorers, PhantomSplit(per_type=args.per_type, n_normal=args.normals)),
     }
     write_json(results, args.out)
     print(f"[product-track] wrote {args.out}")
