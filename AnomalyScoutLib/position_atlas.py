@@ -111,7 +111,6 @@ class AtlasAccumulator:
         self.weight = torch.zeros(config.bins, dtype=torch.float64)
         self.sum = torch.zeros(shape, dtype=torch.float64)
         self.sum_of_squares = torch.zeros(shape, dtype=torch.float64)
-        self.volumes = 0
 
     def add(self, x: torch.Tensor, positions: torch.Tensor) -> None:
         """Add ``(N, res, res)`` normal slices in [-1, 1] at ``positions`` (N,) on the model's scale."""
