@@ -79,6 +79,7 @@ __all__ = [
     "VolumeScorer",
     "calibrate_case",
     "canonical_view",
+    "metal_slices",
     "score_file",
 ]
 
@@ -729,14 +730,20 @@ def _placement_warnings(placement: SlicePlacement, gate: GateResult, scorer: Vol
     return warnings
 
 
+def metal_slices(case: CaseScores, envelope: IntensityEnvelope | None, gate: GateResult) -> np.ndarray:
+    """The in-range slices with enough body beyond the intensity envelope (all False without an envelope):
+    what ``score`` flags at percentile 100 and ``review`` gives infinite risk."""
+    if envelope is None or case.beyond_mm2 is None:
+        return np.zeros(len(case.scores), dtype=bool)
+    return envelope.flags(case.beyond_mm2) & gate.in_range
+
+
 def _envelope_flags(
     calibrated: CalibratedScores, case: CaseScores, envelope: IntensityEnvelope | None, gate: GateResult
 ) -> CalibratedScores:
-    """In-range slices with enough body beyond the intensity envelope are flagged at percentile 100, and so
-    is their case, whatever the residual says: the networks cannot see above their window."""
-    if envelope is None or case.beyond_mm2 is None:
-        return calibrated
-    beyond = envelope.flags(case.beyond_mm2) & gate.in_range
+    """The :func:`metal_slices` are flagged at percentile 100, and so is their case, whatever the residual
+    says: the networks cannot see above their window."""
+    beyond = metal_slices(case, envelope, gate)
     if not beyond.any():
         return calibrated
     return replace(

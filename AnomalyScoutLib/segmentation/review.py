@@ -36,6 +36,7 @@ from AnomalyScoutLib.engine import (
     ScoreOptions,
     ScoreRun,
     VolumeScorer,
+    metal_slices,
     score_file,
 )
 from AnomalyScoutLib.errors import ConfigError, VolumeError
@@ -200,9 +201,7 @@ def review_segmentation(
         run = score_file(ct, out.staging, scorer, options, listener=listener, cancel=cancel)
         region_c = to_canonical(read_label_map(region_path), frame) > 0
         in_region = region_c.any(axis=(1, 2))
-        metal = None
-        if scorer.envelope is not None and run.case.beyond_mm2 is not None and run.gate is not None:
-            metal = scorer.envelope.flags(run.case.beyond_mm2) & run.gate.in_range
+        metal = metal_slices(run.case, scorer.envelope, run.gate)
         risk = slice_risk(run.case.scores, run.calibrated.threshold, in_region, metal)
         flagged = run.calibrated.flagged & in_region
         _write_review_csv(out.staging / "review.csv", run.case.positions, risk, flagged)
