@@ -58,13 +58,15 @@ class HeadRun:
                 out.append(self.head.anomaly_map(images[part], recon[part], positions[part], body[part]))
         return torch.cat(out).numpy(), time.perf_counter() - start
 
-    def method_run(self, top_fraction: float | None = None) -> MethodRun:
-        """Maps and top-k slice scores (``top_fraction``: the head's own unless given); detection time is
-        the reconstruction's plus the head's."""
+    def method_run(self, top_fraction: float | None = None, region: np.ndarray | None = None) -> MethodRun:
+        """Maps and top-k slice scores (``top_fraction``: the head's own unless given) over the body, or over
+        the body within ``region`` (as ``GeneratorRun.method_run``); detection time is the reconstruction's
+        plus the head's."""
         maps, seconds = self.maps()
         slices = self.reconstructions.slices
         fraction = self.head.config.top_fraction if top_fraction is None else top_fraction
-        scores = top_fraction_mean(torch.from_numpy(maps), torch.from_numpy(slices.body), fraction).numpy()
+        area = slices.body if region is None else slices.body & region
+        scores = top_fraction_mean(torch.from_numpy(maps), torch.from_numpy(area), fraction).numpy()
         name = self.name if top_fraction is None else f"{self.name}, top {fraction:g}"
         return MethodRun(
             name, Detection(maps, scores.astype(np.float64)), 0.0, self.reconstructions.seconds + seconds

@@ -144,16 +144,10 @@ def _head_region_scores(fast: Any, test: SliceSet, region: np.ndarray) -> dict[s
     """A model with an anomaly-map head, as ``review`` scores it: the head's top-k inside the region over the
     calibrated threshold at the slice's position (at half the rate when the model's atlas is calibrated too:
     the threshold ``review`` divides by is then the head's at that rate)."""
-    import torch
-
     from AnomalyScoutLib.calibration import ATLAS_CALIBRATION_KEY, Calibration
-    from AnomalyScoutLib.scoring import top_fraction_mean
 
-    run = HeadRun("head", fast)
-    maps, _ = run.maps()
-    area = torch.from_numpy(test.body & region)
-    inside = top_fraction_mean(torch.from_numpy(maps), area, run.head.config.top_fraction).numpy()
-    scores = {"ours fast (head), raw score, segmentation region": inside.astype(np.float64)}
+    inside = HeadRun("head", fast).method_run(region=region).detection.slice_scores
+    scores = {"ours fast (head), raw score, segmentation region": inside}
     stored = Calibration.from_json(fast.detector.model.calibration)
     calibration = stored.for_run("fast", ScoreConfig(), 0)
     if calibration is not None:
