@@ -36,12 +36,13 @@ from benchmarks.aggregation import slice_scores
 from benchmarks.baselines.atlas import PositionAtlas
 from benchmarks.baselines.patch_match import LocalPatchMatch
 from benchmarks.detectors import Detection
-from benchmarks.evaluate import detection_metrics
-from benchmarks.phantom_track import phantom_data
+from benchmarks.phantom_track import method_summary, phantom_data
 from benchmarks.results_io import RESULTS_DIR, placer_for, run_header, write_json
 from benchmarks.slices import SliceSet
 
 __all__ = ["drawn_bank_detection", "main"]
+
+TRACK = "bank-matching"
 
 
 def drawn_bank_detection(
@@ -73,21 +74,6 @@ def drawn_bank_detection(
     return Detection(maps=maps, slice_scores=slice_scores(maps, slices.body))
 
 
-def _row(name: str, slices: SliceSet, detection: Detection, seconds: float) -> dict[str, Any]:
-    metrics = detection_metrics(slices, detection)
-    per_type = {k: v["slice_auroc"] for k, v in metrics.items() if k != "overall"}
-    row = {
-        "method": name,
-        "slice_auroc": metrics["overall"]["slice_auroc"],
-        "mean_type_auroc": float(np.mean(list(per_type.values()))),
-        "pixel_ap": metrics["overall"]["pixel_ap"],
-        "per_type": per_type,
-        "seconds": seconds,
-    }
-    print(f"[bank-matching] {name}: mean over types {row['mean_type_auroc']:.3f}", flush=True)
-    return row
-
-
 def main(argv: list[str] | None = None) -> int:
     from AnomalyScoutLib.model_file import AnomalyModel
 
@@ -110,12 +96,13 @@ def main(argv: list[str] | None = None) -> int:
     for name, detector in (("atlas", PositionAtlas()), ("patch-match, real bank", LocalPatchMatch())):
         clock = time.time()
         detector.fit(data.train)
-        rows.append(_row(name, data.test, detector.detect(data.test), time.time() - clock))
+        detection = detector.detect(data.test)
+        rows.append({**method_summary(name, data.test, detection, TRACK), "seconds": time.time() - clock})
     for samples in (0, args.samples):
         clock = time.time()
         detection = drawn_bank_detection(model, data.test, samples, args.mix_from, LocalPatchMatch())
         name = "patch-match, reconstruction" + (f" + {samples} drawn" if samples else "")
-        rows.append(_row(name, data.test, detection, time.time() - clock))
+        rows.append({**method_summary(name, data.test, detection, TRACK), "seconds": time.time() - clock})
     results = {
         **run_header("bank_matching", "bank_matching", argv, started),
         "model_id": model.model_id,

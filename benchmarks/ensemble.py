@@ -28,13 +28,12 @@ import torch
 from benchmarks.baselines.atlas import PositionAtlas
 from benchmarks.data import in_range_only, phantom_case
 from benchmarks.detectors import Detection
-from benchmarks.evaluate import detection_metrics
 from benchmarks.generator_runs import generator_run
 from benchmarks.head_detector import head_run
 from benchmarks.ours import GeneratorDetector
-from benchmarks.phantom_track import phantom_data
+from benchmarks.phantom_track import method_summary, phantom_data
 from benchmarks.results_io import RESULTS_DIR, placer_for, run_header, write_json
-from benchmarks.slices import SliceSet, concatenate
+from benchmarks.slices import concatenate
 
 __all__ = ["main", "position_percentiles"]
 
@@ -58,21 +57,6 @@ def position_percentiles(
             near = np.argsort(np.abs(normal_positions - position), kind="stable")[:min_count]
         out[i] = float((normal_scores[near] < score).mean())
     return out
-
-
-def _row(name: str, slices: SliceSet, scores: np.ndarray) -> dict[str, Any]:
-    metrics = detection_metrics(slices, Detection(None, scores))
-    per_type = {k: v["slice_auroc"] for k, v in metrics.items() if k != "overall"}
-    mean = float(np.mean(list(per_type.values())))
-    print(
-        f"[ensemble] {name}: slice AUROC {metrics['overall']['slice_auroc']:.3f}, mean over types {mean:.3f}"
-    )
-    return {
-        "method": name,
-        "slice_auroc": metrics["overall"]["slice_auroc"],
-        "mean_type_auroc": mean,
-        "per_type": per_type,
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,18 +102,20 @@ def main(argv: list[str] | None = None) -> int:
         ],
         "atlas": [atlas.detect(normals).slice_scores, atlas.detect(data.test).slice_scores],
     }
+
+    def row(name: str, scores: np.ndarray) -> dict[str, Any]:
+        return method_summary(name, data.test, Detection(None, scores), "ensemble")
+
     rows, percentiles = [], {}
     for name, (normal, test) in raw.items():
         percentiles[name] = position_percentiles(normal, normals.positions, test, data.test.positions)
-        rows.append(_row(f"{name}, raw", data.test, test))
-        rows.append(_row(f"{name}, percentile by position", data.test, percentiles[name]))
+        rows.append(row(f"{name}, raw", test))
+        rows.append(row(f"{name}, percentile by position", percentiles[name]))
     for parts in (("head", "atlas"), ("shipped fast residual", "atlas")):
         stacked = np.stack([percentiles[p] for p in parts])
         # ties at the top are broken by the other percentile
-        rows.append(
-            _row(f"max({', '.join(parts)})", data.test, stacked.max(axis=0) + 1e-3 * stacked.mean(axis=0))
-        )
-        rows.append(_row(f"mean({', '.join(parts)})", data.test, stacked.mean(axis=0)))
+        rows.append(row(f"max({', '.join(parts)})", stacked.max(axis=0) + 1e-3 * stacked.mean(axis=0)))
+        rows.append(row(f"mean({', '.join(parts)})", stacked.mean(axis=0)))
     results = {
         **run_header("ensemble", "ensemble", argv, started),
         "head_model": str(args.head_model),

@@ -53,7 +53,7 @@ from benchmarks.data import (
     in_range_only,
     phantom_split,
 )
-from benchmarks.detectors import Detector
+from benchmarks.detectors import Detection, Detector
 from benchmarks.evaluate import MethodRun, detection_metrics, method_entry, run_method
 from benchmarks.generator_runs import generator_run
 from benchmarks.ours import GeneratorDetector
@@ -142,6 +142,17 @@ def sweep_summary(metrics_by_type: dict[str, dict[str, Any]]) -> dict[str, float
         "mean_type_auroc": float(np.mean(per_type)),
         "pixel_ap": metrics_by_type["overall"]["pixel_ap"],
     }
+
+
+def method_summary(name: str, slices: SliceSet, detection: Detection, track: str) -> dict[str, Any]:
+    """A method's row in a probe's results file (:func:`sweep_summary`'s numbers and the slice AUROC of each
+    type), announced in one line prefixed ``[track]``."""
+    metrics = detection_metrics(slices, detection)
+    per_type = {t: m["slice_auroc"] for t, m in metrics.items() if t != "overall"}
+    row = {"method": name, **sweep_summary(metrics), "per_type": per_type}
+    overall, mean = row["slice_auroc"], row["mean_type_auroc"]
+    print(f"[{track}] {name}: slice AUROC {overall:.3f}, mean over types {mean:.3f}", flush=True)
+    return row
 
 
 def score_sweep(run, slices: SliceSet) -> list[dict[str, Any]]:  # noqa: ANN001 - a GeneratorRun

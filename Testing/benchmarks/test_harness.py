@@ -181,3 +181,32 @@ def test_a_method_runs_subset_keeps_its_slices_per_second():
     part = run.subset(np.arange(10) < 4)
     assert list(part.detection.slice_scores) == [0.0, 1.0, 2.0, 3.0]
     assert part.slices_per_second == pytest.approx(run.slices_per_second) and part.fit_seconds == 3.0
+
+
+def test_a_method_summary_holds_each_types_slice_auroc_and_their_mean():
+    from benchmarks.detectors import Detection
+    from benchmarks.phantom_track import method_summary
+    from benchmarks.slices import CaseInfo, SliceSet
+
+    n = 6
+    anomaly = np.zeros((n, 4, 4), dtype=bool)
+    anomaly[[0, 3], 1, 1] = True  # one anomalous slice in each anomalous case
+    slices = SliceSet(
+        images=np.zeros((n, 4, 4), dtype=np.float32),
+        positions=np.full(n, 0.5, dtype=np.float32),
+        body=np.ones((n, 4, 4), dtype=bool),
+        anomaly=anomaly,
+        organ=np.zeros((n, 4, 4), dtype=bool),
+        case=np.array([0, 0, 1, 1, 2, 2]),
+        slice_index=np.array([0, 1, 0, 1, 0, 1]),
+        cases=(
+            CaseInfo("tumour-1", "tumour", 1),
+            CaseInfo("blob-2", "blob", 2),
+            CaseInfo("normal-3", "normal", 3),
+        ),
+    )
+    # tumour's anomalous slice scores top (AUROC 1); blob's lowest (AUROC 0)
+    scores = np.array([5.0, 1.0, 4.0, 1.0, 2.0, 3.0])
+    row = method_summary("probe", slices, Detection(None, scores), "test")
+    assert row["per_type"] == {"blob": 0.0, "tumour": 1.0}
+    assert row["mean_type_auroc"] == 0.5 and row["worst_type_auroc"] == 0.0 and row["method"] == "probe"
