@@ -147,15 +147,17 @@ def calibrate_model(
         positions = placement.positions[inside]
         canonical_inside = canonical if inside.all() else canonical[inside]
         normal_max_hu.append(highest_body_hu(canonical_inside))
-        for scorer, store in zip(scorers, collected):
-            result = scorer.score(canonical_inside, frame.spacing_kji, positions=positions)
+        spacing = frame.spacing_kji
+        results = [scorer.score(canonical_inside, spacing, positions=positions) for scorer in scorers]
+        for scorer, store, result in zip(scorers, collected, results):
             store["scores"].append(result.scores)
             store["positions"].append(positions)
             store["cases"].append(case_score(result.scores, scorer.score_config))
-            if result.atlas is not None and scorer is scorers[0]:
-                atlas_store["scores"].append(result.atlas)
-                atlas_store["positions"].append(positions)
-                atlas_store["cases"].append(case_score(result.atlas, scorer.score_config))
+        atlas = results[0].atlas if results else None  # the same in every mode: the first scorer's
+        if atlas is not None:
+            atlas_store["scores"].append(atlas)
+            atlas_store["positions"].append(positions)
+            atlas_store["cases"].append(case_score(atlas, scorers[0].score_config))
     if not collected or not collected[0]["cases"]:
         why = f" ({skipped_volumes} had no slice in the model's range)" if skipped_volumes else ""
         raise ConfigError(f"calibration needs at least one normal volume{why}")
