@@ -177,8 +177,14 @@ class VolumeScorer:
         self.batch_size = batch_size
         #: HU no normal body voxel reaches (fitted by ``calibrate``); None for models calibrated before it.
         self.envelope = IntensityEnvelope.from_metadata(model.metadata)
+        # A head model's score is its map: the feature residual would only fill a column nobody reads.
         self.reconstructor = Reconstructor(
-            model.generator, model.encoder, model.discriminator, inversion, device
+            model.generator,
+            model.encoder,
+            model.discriminator,
+            inversion,
+            device,
+            feature_residual=model.head is None,
         )
 
     def calibration_settings(self) -> dict[str, Any]:
@@ -528,7 +534,7 @@ def _write_tables(
             "flagged": bool(calibrated.flagged[k]),
             "threshold": _finite(calibrated.threshold[k]),
             "pixel_score": float(case.pixel[k]),
-            "feature_score": float(case.feature[k]),
+            "feature_score": _finite(case.feature[k]),
             "beyond_normal_mm2": None if case.beyond_mm2 is None else float(case.beyond_mm2[k]),
             "atlas_score": None if case.atlas is None else float(case.atlas[k]),
             "center_ras": [float(c) for c in centers_ras[k]],

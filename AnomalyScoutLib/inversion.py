@@ -122,7 +122,8 @@ class InversionConfig:
 
 @dataclass(frozen=True)
 class Reconstruction:
-    """Reconstructed slices ``(N, H, W)`` in [-1, 1] and their feature residuals ``(N,)``."""
+    """Reconstructed slices ``(N, H, W)`` in [-1, 1] and their feature residuals ``(N,)`` (NaN where the
+    reconstructor was told not to measure them)."""
 
     images: torch.Tensor
     feature_residual: torch.Tensor
@@ -175,10 +176,16 @@ class Reconstructor:
         discriminator: Discriminator,
         config: InversionConfig,
         device: torch.device,
+        *,
+        feature_residual: bool = True,
     ) -> None:
         self.generator, self.encoder, self.discriminator = generator, encoder, discriminator
         self.config = config
         self.device = device
+        #: Measure the discriminator-feature residual of every reconstruction. A model whose score is its
+        #: anomaly-map head never reads it, and in ``fast`` mode its two discriminator passes are about half
+        #: of the network time; off, ``fast`` mode runs no discriminator pass at all.
+        self.feature_residual = feature_residual
         self._memory_format = _memory_format(device)
         for net in (generator, encoder, discriminator):
             # In place: the nets are converted once here instead of copied. Saving a model is unaffected
@@ -224,7 +231,7 @@ class Reconstructor:
         # inference_mode skips autograd's bookkeeping entirely, but its tensors can never enter a graph, so
         # the refinement modes (whose loss uses target_features) stay with no_grad.
         with torch.no_grad() if refine else torch.inference_mode():
-            target_features = self._features(x, position)
+            target_features = self._features(x, position) if refine or self.feature_residual else None
             check()
             if self.config.mode == "projector":
                 ws = self.generator.mean_w(position)[:, None].repeat(1, self.generator.num_ws, 1)
@@ -236,7 +243,10 @@ class Reconstructor:
             check()
             images = self._synthesize(ws)
             check()
-            residual = feature_residual(target_features, self._features(images, position))
+            if self.feature_residual:
+                residual = feature_residual(target_features, self._features(images, position))
+            else:
+                residual = torch.full((len(images),), float("nan"), device=images.device)
         return Reconstruction(images=images, feature_residual=residual)
 
     def _latent_noise_std(self) -> float:

@@ -57,6 +57,37 @@ def test_fast_mode_gives_one_image_and_feature_residual_per_slice(nets, batch):
     assert torch.isfinite(result.images).all() and (result.feature_residual >= 0).all()
 
 
+def test_without_the_feature_residual_fast_mode_runs_no_discriminator_and_draws_the_same(nets, batch):
+    x, position, mask = batch
+    generator, encoder, discriminator = nets
+    calls = []
+    hook = discriminator.trunk.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        with_features = _reconstructor(nets, mode="fast").reconstruct(x, position, mask)
+        measured = len(calls)
+        without = Reconstructor(
+            generator,
+            encoder,
+            discriminator,
+            InversionConfig(mode="fast"),
+            torch.device("cpu"),
+            feature_residual=False,
+        ).reconstruct(x, position, mask)
+    finally:
+        hook.remove()
+    assert measured > 0 and len(calls) == measured  # no discriminator pass once told not to measure
+    torch.testing.assert_close(without.images, with_features.images)
+    assert torch.isnan(without.feature_residual).all() and without.feature_residual.shape == (3,)
+
+
+def test_refinement_still_uses_the_features_when_the_residual_is_not_measured(nets, batch):
+    x, position, mask = batch
+    config = InversionConfig(mode="accurate", steps=5, lr=0.05)
+    measured = _reconstructor(nets, mode="accurate", steps=5, lr=0.05).reconstruct(x, position, mask)
+    unmeasured = Reconstructor(*nets, config, torch.device("cpu"), feature_residual=False)
+    torch.testing.assert_close(unmeasured.reconstruct(x, position, mask).images, measured.images)
+
+
 def test_refinement_brings_the_reconstruction_closer_than_the_encoder_alone(nets, batch):
     x, position, mask = batch
     fast = _reconstructor(nets, mode="fast").reconstruct(x, position, mask)

@@ -68,6 +68,16 @@ def test_the_slice_score_is_the_heads_top_k_not_the_residuals(tiny_architecture,
     np.testing.assert_allclose([s["score"] for s in slices], run.case.scores, rtol=1e-4)
 
 
+def test_a_head_model_leaves_out_the_feature_residual_nobody_reads(
+    tiny_architecture, ct_path, head_run, tmp_path
+):
+    run, out = head_run
+    plain = score_file(ct_path, tmp_path / "plain", _scorer(tiny_architecture, False))
+    assert np.isnan(run.case.feature).all() and np.isfinite(plain.case.feature).all()
+    slices = json.loads((out / "scores.json").read_text())["slices"]
+    assert all(s["feature_score"] is None for s in slices)  # valid JSON: no NaN
+
+
 @pytest.mark.parametrize("head", [True, False])
 def test_the_montages_show_the_map_the_scores_came_from(
     tiny_architecture, tiny_anomalous_phantom, ct_path, tmp_path, monkeypatch, head
