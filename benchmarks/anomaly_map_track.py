@@ -14,7 +14,9 @@ case and pixel metrics) on its full test set. Rows:
 - **head, slice only**: ``--slice-head-model`` (a head trained with ``--no-reconstruction``): what the GAN's
   reconstruction adds;
 - **fast-mode residual** of ``--model`` (the f-AnoGAN-style baseline, the product's score before the head);
-- the **atlas** and the **autoencoder** baselines (``--anomalib`` adds GANomaly/DRAEM when installed).
+- the **atlas** and the **autoencoder** baselines (``--anomalib`` adds GANomaly/DRAEM when installed);
+- **DRAEM** with its own reconstruction network (``--draem-minutes``; :mod:`benchmarks.baselines.draem`):
+  the same head and synthetic anomalies, with a reconstruction trained to undo them instead of the GAN's.
 
 Also: the heads' slice AUROC for other top-k fractions, how the heads' normal-slice scores drift with
 position (Spearman), and the head's cost next to fast mode measured in this process on the same slices.
@@ -38,6 +40,7 @@ from AnomalyScoutLib import metrics
 from AnomalyScoutLib.inversion import InversionConfig, Reconstructor
 from AnomalyScoutLib.model_file import AnomalyModel
 from AnomalyScoutLib.scoring import ScoreConfig
+from benchmarks.baselines.draem import DraemDetector
 from benchmarks.evaluate import MethodRun, detection_metrics, method_entry
 from benchmarks.generator_runs import generator_run
 from benchmarks.head_detector import HeadRun, head_run
@@ -46,6 +49,7 @@ from benchmarks.phantom_track import (
     FAST_NAME,
     _baseline_runs,
     add_data_arguments,
+    baseline_run,
     phantom_data,
     sweep_summary,
 )
@@ -105,6 +109,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--slice-head-model", type=Path, help="model file with a slice-only head")
     parser.add_argument("--anomalib", nargs="*", default=[], choices=["ganomaly", "draem"])
     parser.add_argument("--anomalib-epochs", type=int, default=2)
+    parser.add_argument(
+        "--draem-minutes",
+        type=float,
+        default=0.0,
+        help="train DRAEM this long on the training cases (0: skip)",
+    )
     return parser
 
 
@@ -114,9 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     split, train, test, data_key, exclusions = phantom_data(args, track.model.window, track.placer)
     track.record_gate(exclusions)
     unavailable: dict[str, str] = {}
+    draem: DraemDetector | None = None
     runs: list[MethodRun] = _baseline_runs(
         args, train, test, data_key, unavailable
     )  # atlas, autoencoder, ...
+    if args.draem_minutes > 0:
+        print(f"[anomaly_map] DRAEM ({args.draem_minutes:g} min) ...", flush=True)
+        draem = DraemDetector(minutes=args.draem_minutes, seed=args.seed)
+        runs.append(baseline_run(draem, train, test, data_key))
     print("[anomaly_map] fast-mode residual ...", flush=True)
     fast = generator_run(
         GeneratorDetector(FAST_NAME, args.model, InversionConfig(mode="fast"), ScoreConfig()), test, data_key
@@ -160,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         "top_fraction_sweep": sweeps,
         "position_drift": {r.name: position_drift(test, r) for r in runs},
         "head_cost": head_cost(args.head_model, test),
+        # empty when DRAEM's detections came from the cache of an earlier run
+        "draem_training": None if draem is None else draem.training,
     }
     write_json(results, args.out)
     print(f"[anomaly_map] wrote {args.out} in {time.time() - track.started:.0f} s", flush=True)
