@@ -17,7 +17,11 @@ anomaly score should say where. Set-up:
   ``--min-liver-px`` model pixels (50 px ≈ 4.9 cm² at the phantom's 3.1 mm model pixels; Dice on a few pixels
   of liver tip is noise, not failure). **Error area**: the pixels where prediction and truth disagree
   (false positives + false negatives) on the same liver slices; its Spearman correlation with each score is
-  reported too, because a reviewer cares about how much is wrong, not only whether;
+  reported too, because a reviewer cares about how much is wrong, not only whether. A second failure rule
+  reads it: **an error area above what the segmenter gets wrong on 95 % of the normal cases' liver slices**
+  (``failure_auroc_error_area``). The Dice rule calls every small liver tip a failure (a few wrong pixels
+  are a large share of a small liver), which no anomaly score should predict; the area rule asks what a
+  reviewer asks, "is much more of this slice wrong than on normal anatomy?";
 - **scores**, each restricted to the segmentation's own liver mask grown by ``--margin-px`` pixels (what
   ``anomalyscout review`` scores; on a slice where the segmenter found no liver, the whole body): ours
   (``fast``, the product's default), as ``review`` reports it (score over the calibrated threshold at the
@@ -65,7 +69,7 @@ from benchmarks.real_track import REAL_CT, REAL_LIVER
 from benchmarks.results_io import TrackStart, add_common_arguments, write_json
 from benchmarks.slices import CaseInfo, SliceSet
 
-__all__ = ["DEFAULT_SCORE", "failure_metrics", "main", "review_region"]
+__all__ = ["DEFAULT_SCORE", "error_area", "failure_metrics", "main", "review_region"]
 
 #: The row whose AUROC is ``failure_auroc``: what ``anomalyscout review`` reports as risk.
 DEFAULT_SCORE = "ours fast, review risk (calibrated, segmentation region)"
@@ -81,12 +85,14 @@ def review_region(predicted: np.ndarray, body: np.ndarray, margin_px: int) -> np
 
 
 def failure_metrics(
-    scores: np.ndarray, dice: np.ndarray, error_px: np.ndarray, failure_dice: float
+    scores: np.ndarray, dice: np.ndarray, error_px: np.ndarray, failure_dice: float, failure_error_px: float
 ) -> dict[str, Any]:
-    """Spearman(score, 1 − Dice), Spearman(score, error area) and AUROC / AP of the score for slices with
-    Dice below ``failure_dice``."""
+    """Spearman(score, 1 − Dice), Spearman(score, error area), AUROC / AP of the score for slices with
+    Dice below ``failure_dice``, and its AUROC for slices whose error area exceeds ``failure_error_px``."""
     failed = dice < failure_dice
     both = 0 < failed.sum() < failed.size
+    failed_by_area = error_px > failure_error_px
+    both_by_area = 0 < failed_by_area.sum() < failed_by_area.size
 
     def spearman(values: np.ndarray) -> float | None:  # undefined (None) when either side is constant
         return metrics.spearman(scores, values) if np.ptp(values) > 0 and np.ptp(scores) > 0 else None
@@ -96,6 +102,7 @@ def failure_metrics(
         "spearman_vs_error_area": spearman(error_px),
         "failure_auroc": metrics.roc_auc(failed, scores) if both else None,
         "failure_ap": metrics.average_precision(failed, scores) if both else None,
+        "failure_auroc_error_area": metrics.roc_auc(failed_by_area, scores) if both_by_area else None,
     }
 
 
@@ -163,15 +170,17 @@ def _evaluate(
     scores: dict[str, np.ndarray],
     groups: dict[str, np.ndarray],
     args: argparse.Namespace,
+    failure_error_px: float,
 ) -> dict[str, Any]:
-    """Dice, failures and every score's failure metrics per group of slices."""
+    """Dice, failures (by both rules) and every score's failure metrics per group of slices."""
     dice = slice_dice(predicted, test.organ)
-    error_px = (predicted ^ test.organ).reshape(len(test), -1).sum(axis=1).astype(np.float64)
+    error_px = error_area(predicted, test.organ)
     return {
         "dice": {
             name: {
                 "mean": float(dice[keep].mean()) if keep.any() else None,
                 "failures": int((dice[keep] < args.failure_dice).sum()),
+                "failures_by_error_area": int((error_px[keep] > failure_error_px).sum()),
                 "slices": int(keep.sum()),
                 "mean_error_px": float(error_px[keep].mean()) if keep.any() else None,
             }
@@ -179,7 +188,9 @@ def _evaluate(
         },
         "scores": {
             name: {
-                group: failure_metrics(s[keep], dice[keep], error_px[keep], args.failure_dice)
+                group: failure_metrics(
+                    s[keep], dice[keep], error_px[keep], args.failure_dice, failure_error_px
+                )
                 for group, keep in groups.items()
                 if keep.sum() > 1
             }
@@ -187,6 +198,11 @@ def _evaluate(
         },
         "_dice": dice,
     }
+
+
+def error_area(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per slice, the pixels where the predicted and the true liver disagree (false positives + negatives)."""
+    return (predicted ^ truth).reshape(len(truth), -1).sum(axis=1).astype(np.float64)
 
 
 def _liver_slices(slices: SliceSet, min_px: int) -> np.ndarray:
@@ -200,9 +216,11 @@ def _real_fixture(
     window: Any,
     train_set: SliceSet,
     placer: SlicePlacer,
+    failure_error_px: float,
 ) -> dict[str, Any]:
     """The segmenter, ours and the atlas on the one real patient, TotalSegmentator's liver as truth (all
-    trained on the normal phantoms only); slices placed as the rest of the track."""
+    trained on the normal phantoms only); slices placed as the rest of the track, failures by area at the
+    phantoms' threshold (model pixels)."""
     real, excluded = in_range_only(
         volume_file_case(
             REAL_CT, REAL_LIVER, 1, CaseInfo("example_ct", "normal", 0), args.resolution, window, placer
@@ -216,7 +234,7 @@ def _real_fixture(
     # The atlas only: the autoencoders would be trained again for this cache key, CPU minutes not to spare.
     key = placer.data_key(["segfail-real", args.resolution, *excluded.key_parts()])
     scores = _region_scores(real, region, args, key, train_set, (PositionAtlas(),))
-    result = _evaluate(real, predicted, scores, {"liver slices": liver}, args)
+    result = _evaluate(real, predicted, scores, {"liver slices": liver}, args, failure_error_px)
     result.pop("_dice")
     return {
         "case": str(REAL_CT.name),
@@ -271,7 +289,10 @@ def main(argv: list[str] | None = None) -> int:
         "liver slices of anomalous cases": liver & ~normal_case,
         "liver slices of normal cases": liver & normal_case,
     }
-    evaluation = _evaluate(test, predicted, scores, groups, args)
+    # The area rule's threshold: what the segmenter gets wrong on 95 % of normal anatomy's liver slices.
+    normal_errors = error_area(predicted, test.organ)[groups["liver slices of normal cases"]]
+    failure_error_px = float(np.percentile(normal_errors, 95)) if normal_errors.size else float("inf")
+    evaluation = _evaluate(test, predicted, scores, groups, args, failure_error_px)
     dice = evaluation.pop("_dice")
     headline = evaluation["scores"].get(DEFAULT_SCORE, {}).get("all liver slices", {})
     results: dict[str, Any] = {
@@ -287,13 +308,16 @@ def main(argv: list[str] | None = None) -> int:
         },
         "failure_rule": (
             f"Dice < {args.failure_dice} on a slice whose true liver covers >= {args.min_liver_px} model "
-            "pixels; error area = pixels where prediction and truth disagree"
+            "pixels; error area = pixels where prediction and truth disagree; by area: error area > "
+            f"{failure_error_px:.0f} px (the 95th percentile of the normal cases' liver slices)"
         ),
+        "failure_error_px": failure_error_px,
         "segmenter": {**spec.as_dict(), **segmenter_summary},
         "normal_dice": evaluation["dice"]["liver slices of normal cases"]["mean"],
         "default_score": DEFAULT_SCORE,
         "failure_auroc": headline.get("failure_auroc"),
         "failure_ap": headline.get("failure_ap"),
+        "failure_auroc_error_area": headline.get("failure_auroc_error_area"),
         "spearman_vs_1_minus_dice": headline.get("spearman_vs_1_minus_dice"),
         "slices_scored": int(liver.sum()),
         **evaluation,
@@ -302,7 +326,9 @@ def main(argv: list[str] | None = None) -> int:
             for kind in sorted(set(test.case_anomaly))
             if (liver & (test.case_anomaly == kind)).any()
         },
-        "real_fixture": _real_fixture(segmenter, spec, args, track.model.window, train_set, track.placer),
+        "real_fixture": _real_fixture(
+            segmenter, spec, args, track.model.window, train_set, track.placer, failure_error_px
+        ),
     }
     write_json(results, args.out)
     plots.plot_scatter(
@@ -312,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Score in the segmentation region vs segmentation failure ({int(liver.sum())} liver slices)",
     )
     print(
-        f"[segfail] normal Dice {results['normal_dice']:.3f}, failure AUROC {results['failure_auroc']}; "
+        f"[segfail] normal Dice {results['normal_dice']:.3f}, failure AUROC {results['failure_auroc']} "
+        f"(by error area: {results['failure_auroc_error_area']}); "
         f"wrote {args.out} in {time.time() - track.started:.0f} s",
         flush=True,
     )

@@ -8,7 +8,7 @@ import torch
 
 from benchmarks.baselines.denoising_autoencoder import coarse_noise
 from benchmarks.monai_segmenter import augment_batch
-from benchmarks.segfail_track import failure_metrics, review_region
+from benchmarks.segfail_track import error_area, failure_metrics, review_region
 
 torch.set_num_threads(1)
 
@@ -27,11 +27,22 @@ def test_review_region_grows_the_prediction_and_falls_back_to_the_body_where_non
 def test_failure_metrics_rank_failed_slices_and_correlate_with_the_error_area():
     dice = np.array([0.95, 0.97, 0.5, 0.3, 0.99])
     error = np.array([10.0, 5.0, 200.0, 300.0, 1.0])
-    perfect = failure_metrics(1.0 - dice, dice, error, 0.9)
+    perfect = failure_metrics(1.0 - dice, dice, error, 0.9, 100.0)
     assert perfect["failure_auroc"] == 1.0 and perfect["spearman_vs_error_area"] == 1.0
-    assert failure_metrics(dice, dice, error, 0.9)["failure_auroc"] == 0.0
-    nothing_failed = failure_metrics(dice, np.ones(5), error, 0.9)
+    assert failure_metrics(dice, dice, error, 0.9, 100.0)["failure_auroc"] == 0.0
+    nothing_failed = failure_metrics(dice, np.ones(5), error, 0.9, 1000.0)
     assert nothing_failed["failure_auroc"] is None and nothing_failed["spearman_vs_1_minus_dice"] is None
+    assert nothing_failed["failure_auroc_error_area"] is None
+
+
+def test_the_area_rule_fails_the_slices_with_much_wrong_even_at_a_high_dice():
+    # a small liver tip: low Dice, few wrong pixels; a large liver with a missed lesion: high Dice, many
+    dice = np.array([0.5, 0.92, 0.97, 0.98])
+    error = np.array([20.0, 400.0, 30.0, 25.0])
+    by_area = failure_metrics(np.array([0.1, 0.9, 0.2, 0.3]), dice, error, 0.9, 100.0)
+    assert by_area["failure_auroc_error_area"] == 1.0  # only the large error failed by area
+    assert by_area["failure_auroc"] == 0.0  # the Dice rule calls the tip the failure
+    np.testing.assert_array_equal(error_area(np.eye(3, dtype=bool)[None], np.zeros((1, 3, 3), bool)), [3.0])
 
 
 def test_coarse_noise_is_smooth_at_the_16_px_scale_with_the_asked_spread():
