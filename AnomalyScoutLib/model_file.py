@@ -254,6 +254,12 @@ class AnomalyModel:
         if ATLAS_KEY in metadata:
             model.atlas = _load_atlas(metadata[ATLAS_KEY], architecture.resolution, tensors, path)
             known = (*known, ATLAS_PREFIX)
+        if model.head is not None and model.head.config.use_atlas:
+            if model.atlas is None:
+                raise ModelFileError(
+                    f"{path}: its anomaly-map head reads a position atlas the file does not hold"
+                )
+            model.head.read_atlas(model.atlas)
         extra = sorted(name for name in tensors if name.split(".", 1)[0] not in known)
         if extra:
             raise ModelFileError(f"{path}: unexpected tensors {', '.join(extra[:5])}")

@@ -4,8 +4,11 @@ A pixel residual cannot tell a lesion from what the generator misses in every no
 bowel gas, noise); DRAEM's discriminative network learns that difference from synthetic anomalies instead.
 This head sees the CT slice, the GAN's pseudo-normal reconstruction and their difference (when
 ``use_reconstruction``), and a constant channel with the slice's relative position (when ``use_position``),
-and outputs one logit per pixel. The anomaly map is the sigmoid inside the body; a slice's score is the mean
-of the map's top ``top_fraction`` of body pixels (FPI's top-quartile mean, narrower for small lesions).
+and, when ``use_atlas``, how unusual each pixel is for its position in the model's per-position atlas
+(``log(1 + |x - mean| / std)``: what tissue belongs *where*, which a reconstruction that redraws whatever the
+encoder reads cannot say), and outputs one logit per pixel. The anomaly map is the sigmoid inside the body;
+a slice's score is the mean of the map's top ``top_fraction`` of body pixels (FPI's top-quartile mean,
+narrower for small lesions).
 
 It must cost little next to fast mode (≤ 20 % of its time), so it is narrow, has no normalisation layers
 (full-size elementwise passes dominate at these widths on CPU) and runs in ``channels_last``.
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +30,9 @@ from torch import nn
 
 from AnomalyScoutLib.errors import ConfigError
 from AnomalyScoutLib.scoring import top_fraction_mean
+
+if TYPE_CHECKING:
+    from AnomalyScoutLib.position_atlas import PositionAtlas
 
 __all__ = ["HEAD_KEY", "AnomalyHead", "HeadConfig", "head_from_metadata"]
 
@@ -43,6 +49,8 @@ class HeadConfig:
         use_reconstruction: feed the reconstruction and the difference image (off: the slice alone, to
             measure what the GAN adds).
         use_position: feed the relative slice position as a constant channel.
+        use_atlas: feed the slice's log z-map against the model's position atlas (the model file must hold
+            the atlas; :meth:`AnomalyHead.read_atlas` links it).
         top_fraction: share of body pixels whose mean map value is the slice score.
         stride: the U-Net runs at 1/stride of the slice's resolution: a stride x stride convolution in and
             a transposed one out (2: a quarter of the pixels, what keeps the head cheap next to fast mode).
@@ -51,6 +59,7 @@ class HeadConfig:
     channels: tuple[int, ...] = (8, 16, 32)
     use_reconstruction: bool = True
     use_position: bool = True
+    use_atlas: bool = False
     top_fraction: float = 0.01
     stride: int = 2
 
@@ -65,7 +74,7 @@ class HeadConfig:
 
     @property
     def in_channels(self) -> int:
-        return 1 + 2 * self.use_reconstruction + self.use_position
+        return 1 + 2 * self.use_reconstruction + self.use_position + self.use_atlas
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "channels": list(self.channels)}
@@ -113,6 +122,12 @@ class AnomalyHead(nn.Module):
         # The weights in the layout of the input (oneDNN's NHWC kernels are ~4x faster at these widths; a
         # saved state is made contiguous by the model file, and loading copies into this layout).
         self.to(memory_format=torch.channels_last)
+        # In a tuple, so that the atlas is not a sub-module: its tensors belong to the model, not the head.
+        self._atlas: tuple[PositionAtlas, ...] = ()
+
+    def read_atlas(self, atlas: PositionAtlas | None) -> None:
+        """Link the model's atlas, which a ``use_atlas`` head reads (None unlinks it)."""
+        self._atlas = () if atlas is None else (atlas,)
 
     @property
     def size_multiple(self) -> int:
@@ -136,6 +151,10 @@ class AnomalyHead(nn.Module):
             planes += [reconstruction, image - reconstruction]
         if self.config.use_position:
             planes.append(position.to(image.dtype)[:, None, None].expand_as(image))
+        if self.config.use_atlas:
+            if not self._atlas:
+                raise ValueError("this head reads a position atlas and none is linked (read_atlas)")
+            planes.append(torch.log1p(self._atlas[0].z_maps(image, position)).to(image.dtype))
         return torch.stack(planes, dim=1)
 
     def forward(

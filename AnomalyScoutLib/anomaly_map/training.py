@@ -305,8 +305,18 @@ def attach_head(model: AnomalyModel, head: AnomalyHead, training: dict[str, Any]
     :meth:`~AnomalyScoutLib.model_file.AnomalyModel.save`.
 
     The model's calibration is dropped: it describes the residual's scores (or another head's), and a stale
-    one would set wrong thresholds; ``anomalyscout calibrate`` makes the head's.
+    one would set wrong thresholds; ``anomalyscout calibrate`` makes the head's. A head that reads the atlas
+    is linked to the model's.
+
+    Raises:
+        ConfigError: the head reads a position atlas and the model holds none.
     """
+    if head.config.use_atlas:
+        if model.atlas is None:
+            raise ConfigError(
+                "the head reads a position atlas and the model holds none (anomalyscout fit-atlas)"
+            )
+        head.read_atlas(model.atlas.cpu())
     model.head = head.cpu().eval().requires_grad_(False)
     model.calibration = None
     model.metadata[HEAD_KEY] = {"config": head.config.to_dict(), "training": training}

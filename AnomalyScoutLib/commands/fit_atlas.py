@@ -86,6 +86,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.out.parent.is_dir():
         raise ConfigError(f"--out: folder {args.out.parent} does not exist")
     model = AnomalyModel.load(args.model)
+    if model.head is not None and model.head.config.use_atlas:
+        raise ConfigError(
+            f"{args.model}: its anomaly-map head was trained on this atlas and reads it; a new atlas would "
+            "change what the head sees (train the head again with train-head --atlas-input on the new atlas)"
+        )
     paths = list_volumes(args.data)
     volumes = (read_volume(path) for path in paths)
 

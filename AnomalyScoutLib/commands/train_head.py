@@ -55,6 +55,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--top-fraction", type=float, default=0.01, help="share of body pixels in the score")
     parser.add_argument("--no-reconstruction", action="store_true", help="the head sees the slice only")
     parser.add_argument("--no-position", action="store_true", help="no position channel")
+    parser.add_argument(
+        "--atlas-input",
+        action="store_true",
+        help="the head also reads the slice's z-map against the model's position atlas (fit-atlas first)",
+    )
     parser.add_argument("--float32", action="store_true", help="store float32 networks (default float16)")
     add_position_regressor_argument(parser, "as the model's training slices were placed")
     add_runtime_arguments(parser)
@@ -85,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         channels=tuple(args.channels),
         use_reconstruction=not args.no_reconstruction,
         use_position=not args.no_position,
+        use_atlas=args.atlas_input,
         top_fraction=args.top_fraction,
     )
     options = HeadTrainingOptions(
@@ -98,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
     )
     chosen = load_placement(args.position_regressor) if args.position_regressor else None
     model = AnomalyModel.load(args.model, device)
+    if config.use_atlas and model.atlas is None:
+        raise ConfigError(f"--atlas-input: {args.model} holds no position atlas (run anomalyscout fit-atlas)")
     placement = chosen or recorded_placement(
         model.metadata.get("training", {}).get("placement"), f"--model {args.model}", model.position_regressor
     )
@@ -116,8 +124,10 @@ def run(args: argparse.Namespace) -> int:
     if args.run is not None:
         args.run.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
+    head = AnomalyHead(config)
+    head.read_atlas(model.atlas if config.use_atlas else None)
     trainer = HeadTrainer(
-        AnomalyHead(config),
+        head,
         train,
         validation,
         fast_reconstruction(model, device),
