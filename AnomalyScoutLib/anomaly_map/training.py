@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from AnomalyScoutLib.model_file import AnomalyModel
 
 __all__ = [
+    "HEAD_WEIGHTS_KEY",
     "HeadTrainer",
     "HeadTrainingOptions",
     "Reconstruct",
@@ -51,6 +52,9 @@ __all__ = [
     "set_top_fraction",
     "soft_dice_loss",
 ]
+
+#: Header key of the weight files a training run writes (``head_best.safetensors``, the snapshots).
+HEAD_WEIGHTS_KEY = "anomalyscout_head"
 
 #: ``(images (N, H, W), positions (N,), body (N, H, W)) -> reconstructions (N, H, W)``, without gradients.
 Reconstruct = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -69,6 +73,9 @@ class HeadTrainingOptions:
     validate_every: int = 100
     max_minutes: float = 0.0
     seed: int = 0
+    #: Also keep the weights of every validation in ``snapshots/`` of the run folder, so that a checkpoint
+    #: can be chosen afterwards by another criterion (``benchmarks/head_selection.py``: validation phantoms).
+    snapshots: bool = False
 
     def __post_init__(self) -> None:
         if self.holdout not in FAMILIES:
@@ -122,7 +129,8 @@ class HeadTrainer:
         options: the run's settings.
         window: the HU window of the slices (the synthesis works in HU).
         device: where the head trains.
-        run_folder: where ``log.csv`` and ``head_best.safetensors`` go as training runs (None: nowhere).
+        run_folder: where ``log.csv``, ``head_best.safetensors`` (and ``snapshots/step-NNNNNN.safetensors``
+            with ``options.snapshots``) go as training runs (None: nowhere).
     """
 
     def __init__(
@@ -272,12 +280,14 @@ class HeadTrainer:
             self.best = row
             self.best_state = {k: v.detach().clone() for k, v in self.head.state_dict().items()}
             if run_folder is not None:
-                tensors = {k: v.cpu().float().contiguous() for k, v in self.best_state.items()}
-                header = {"config": self.head.config.to_dict(), "options": asdict(self.options), "best": row}
-                write_bytes_atomic(
-                    run_folder / "head_best.safetensors",
-                    save(tensors, metadata={"anomalyscout_head": json.dumps(header)}),
-                )
+                self._write_weights(run_folder / "head_best.safetensors", self.best_state, {"best": row})
+        if run_folder is not None and self.options.snapshots:
+            (run_folder / "snapshots").mkdir(exist_ok=True)
+            self._write_weights(
+                run_folder / "snapshots" / f"step-{self.step:06d}.safetensors",
+                self.head.state_dict(),
+                {"row": row},
+            )
         if run_folder is not None:
             log = run_folder / "log.csv"
             new = not log.is_file()
@@ -286,6 +296,12 @@ class HeadTrainer:
                 if new:
                     writer.writeheader()
                 writer.writerow(row)
+
+    def _write_weights(self, path: Path, state: dict[str, torch.Tensor], record: dict[str, Any]) -> None:
+        """The head's weights in float32 with its config, the run's options and ``record`` in the header."""
+        tensors = {k: v.detach().cpu().float().contiguous() for k, v in state.items()}
+        header = {"config": self.head.config.to_dict(), "options": asdict(self.options), **record}
+        write_bytes_atomic(path, save(tensors, metadata={HEAD_WEIGHTS_KEY: json.dumps(header)}))
 
     def summary(self) -> dict[str, Any]:
         """What the model file records about this training."""

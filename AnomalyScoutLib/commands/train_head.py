@@ -56,6 +56,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-reconstruction", action="store_true", help="the head sees the slice only")
     parser.add_argument("--no-position", action="store_true", help="no position channel")
     parser.add_argument(
+        "--snapshots",
+        action="store_true",
+        help="keep the weights of every validation in RUN/snapshots/ (to choose one afterwards; needs --run)",
+    )
+    parser.add_argument(
         "--atlas-input",
         action="store_true",
         help="the head also reads the slice's z-map against the model's position atlas (fit-atlas first)",
@@ -101,7 +106,10 @@ def run(args: argparse.Namespace) -> int:
         validate_every=args.validate_every,
         max_minutes=args.max_minutes,
         seed=args.seed,
+        snapshots=args.snapshots,
     )
+    if args.snapshots and args.run is None:
+        raise ConfigError("--snapshots needs --run (the folder they are written to)")
     chosen = load_placement(args.position_regressor) if args.position_regressor else None
     model = AnomalyModel.load(args.model, device)
     if config.use_atlas and model.atlas is None:

@@ -43,3 +43,17 @@ def test_a_missing_output_folder_is_a_one_line_error_before_any_work(
     assert capsys.readouterr().err.strip().splitlines() == [
         f"error: --out: folder {out.parent} does not exist"
     ]
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [("--snapshots", "--snapshots needs --run"), ("--atlas-input", "holds no position atlas")],
+)
+def test_options_that_need_something_missing_are_one_line_errors(
+    tiny_model_file, volumes, tmp_path, capsys, flag, message
+):
+    out = tmp_path / "m.safetensors"
+    argv = ["train-head", "--model", str(tiny_model_file), "--data", str(volumes), "--out", str(out), flag]
+    assert main(argv) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and message in error[0] and not out.exists()

@@ -82,6 +82,39 @@ def test_a_short_run_logs_each_validation_and_keeps_the_best_weights(tiny_phanto
     assert summary["steps_done"] == 4 and "warp" not in summary["training_families"]
 
 
+def test_snapshots_keep_the_weights_of_every_validation_as_they_were(tiny_phantom, tmp_path):
+    train, validation = _normal_slices(tiny_phantom).split(1)
+    options = HeadTrainingOptions(steps=4, batch=4, validation_slices=6, validate_every=2, snapshots=True)
+    head = AnomalyHead(HeadConfig(channels=(4, 8)))
+    seen: dict[int, dict[str, torch.Tensor]] = {}
+    trainer = HeadTrainer(
+        head,
+        train,
+        validation,
+        lambda images, positions, body: images * 0.5,
+        options,
+        HUWindow(),
+        torch.device("cpu"),
+        run_folder=tmp_path,
+    )
+    step = trainer.train_step
+
+    def remembering_step() -> float:
+        loss = step()
+        seen[trainer.step] = {k: v.clone() for k, v in head.state_dict().items()}
+        return loss
+
+    trainer.train_step = remembering_step
+    trainer.train()
+    files = sorted((tmp_path / "snapshots").iterdir())
+    assert [f.name for f in files] == ["step-000002.safetensors", "step-000004.safetensors"]
+    with safe_open(str(files[0]), framework="pt") as handle:
+        assert json.loads(handle.metadata()["anomalyscout_head"])["row"]["step"] == 2
+        for name, tensor in seen[2].items():
+            assert torch.equal(handle.get_tensor(name), tensor)
+    assert not all(torch.equal(seen[2][k], seen[4][k]) for k in seen[2])
+
+
 def test_a_cancelled_run_stops_before_its_first_step(tiny_phantom):
     train, validation = _normal_slices(tiny_phantom).split(1)
     flag = CancelFlag()
