@@ -12,12 +12,22 @@ slices)):
   voxel outside its ``anomaly_mask`` equals ``tiny_phantom``.
 
 Both are made once per session and shared: treat their arrays as read-only.
+
+Models that need no training:
+
+- ``tiny_architecture``: a 32x32 configuration small enough that a whole phantom scores in about a second.
+- ``tiny_model_file``: a random-initialised (seed 0) model of that configuration saved as a model file, for
+  code that loads models from disk (the worker, ``anomalyscout calibrate``, the benchmarks' model readers).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from AnomalyScoutLib.model_file import AnomalyModel
+from AnomalyScoutLib.nets.architecture import ArchitectureConfig
 from AnomalyScoutLib.phantom import PhantomCase, make_phantom
 
 TINY_SHAPE_XYZ = (64, 64, 24)
@@ -37,3 +47,17 @@ def tiny_phantom() -> PhantomCase:
 @pytest.fixture(scope="session")
 def tiny_anomalous_phantom() -> PhantomCase:
     return _read_only(make_phantom(0, shape_xyz=TINY_SHAPE_XYZ, anomalies=("tumour", "metal")))
+
+
+@pytest.fixture(scope="session")
+def tiny_architecture() -> ArchitectureConfig:
+    return ArchitectureConfig(
+        32, (16, 16, 8, 8), z_dim=16, w_dim=16, mapping_layers=2, position_frequencies=2
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_model_file(tiny_architecture, tmp_path_factory) -> Path:
+    return AnomalyModel.create(tiny_architecture, seed=0).save(
+        tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    )

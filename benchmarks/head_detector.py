@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from AnomalyScoutLib.anomaly_map.head import AnomalyHead
 from AnomalyScoutLib.inversion import InversionConfig
 from AnomalyScoutLib.scoring import ScoreConfig, top_fraction_mean
 from benchmarks.detectors import Detection
@@ -29,10 +30,17 @@ __all__ = ["HeadRun", "head_run"]
 class HeadRun:
     """A model file's head applied to the slice set of its reconstructions (fast mode, already made)."""
 
-    def __init__(self, name: str, reconstructions: GeneratorRun, batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        name: str,
+        reconstructions: GeneratorRun,
+        batch_size: int = 32,
+        head: AnomalyHead | None = None,
+    ) -> None:
         self.name = name
         self.reconstructions = reconstructions
-        self.head = reconstructions.detector.model.head
+        #: The model file's own head, or ``head`` (another head on the same reconstructions: a snapshot).
+        self.head = head if head is not None else reconstructions.detector.model.head
         if self.head is None:
             raise ValueError(f"{reconstructions.detector.model_path} holds no anomaly-map head")
         self.batch_size = batch_size

@@ -1,0 +1,57 @@
+"""Head selection: a snapshot of a head training run loads as the head it was, and scores as that head."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from AnomalyScoutLib.cli import main
+from AnomalyScoutLib.io.volume import write_volume
+from AnomalyScoutLib.model_file import AnomalyModel
+from benchmarks.head_detector import HeadRun
+from benchmarks.head_selection import load_snapshot
+
+torch.set_num_threads(1)
+
+
+class _Reconstructions:
+    """What HeadRun reads of a GeneratorRun: the slices, their reconstructions and the model behind them."""
+
+    def __init__(self, slices, model):
+        self.slices = slices
+        self.reconstructions = type("R", (), {"images": slices.images * 0.5})()
+        self.detector = type("D", (), {"model": model, "model_path": "tiny"})()
+        self.seconds = 0.0
+
+
+def test_a_snapshot_is_the_head_of_its_step_and_scores_as_that_head(tiny_model_file, tiny_phantom, tmp_path):
+    write_volume(tiny_phantom.volume, tmp_path / "a.nrrd")
+    write_volume(tiny_phantom.volume, tmp_path / "b.nrrd")
+    out = tmp_path / "with-head.safetensors"
+    argv = ["train-head", "--model", str(tiny_model_file), "--data", str(tmp_path), "--out", str(out),
+            "--run", str(tmp_path / "run"), "--steps", "2", "--batch", "2", "--validate-every", "1",
+            "--channels", "4", "8", "--threads", "1", "--no-progress", "--snapshots"]  # fmt: skip
+    assert main(argv) == 0
+    model = AnomalyModel.load(out)
+    first, header = load_snapshot(tmp_path / "run" / "snapshots" / "step-000001.safetensors", model)
+    last, _ = load_snapshot(tmp_path / "run" / "snapshots" / "step-000002.safetensors", model)
+    assert header["row"]["step"] == 1 and first.config == model.head.config
+    assert not all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), last.state_dict().values()))
+
+    from benchmarks.slices import CaseInfo, SliceSet
+
+    n, res = 4, model.resolution
+    images = np.random.default_rng(0).uniform(-1, 0.5, (n, res, res)).astype(np.float32)
+    mask = np.ones(images.shape, dtype=bool)
+    slices = SliceSet(images, np.linspace(0.2, 0.8, n).astype(np.float32), mask, ~mask, ~mask,
+                      np.zeros(n, np.int64), np.arange(n), (CaseInfo("normal-0", "normal", 0),))  # fmt: skip
+    reconstructions = _Reconstructions(slices, model)
+    later = HeadRun("last", reconstructions, head=last).method_run().detection.maps
+    snapshot = HeadRun("first", reconstructions, head=first).method_run().detection.maps
+    with torch.no_grad():
+        expected = first.anomaly_map(
+            torch.from_numpy(images), torch.from_numpy(images * 0.5), torch.from_numpy(slices.condition),
+            torch.from_numpy(mask),
+        ).numpy()  # fmt: skip
+    np.testing.assert_allclose(snapshot, expected, atol=1e-6)
+    assert not np.allclose(later, snapshot)  # each run reads its own head, not the model file's
