@@ -63,7 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--atlas-input",
         action="store_true",
-        help="the head also reads the slice's z-map against the model's position atlas (fit-atlas first)",
+        help="the head also reads the slice's z-map against the model's position atlas (fit-atlas first; "
+        "measured worse end to end when the atlas was fitted on the head's own volumes: docs/benchmarks.md)",
     )
     parser.add_argument("--float32", action="store_true", help="store float32 networks (default float16)")
     add_position_regressor_argument(parser, "as the model's training slices were placed")
