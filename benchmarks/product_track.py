@@ -40,6 +40,7 @@ from benchmarks.data import PhantomSplit
 from benchmarks.results_io import RESULTS_DIR, run_header, write_json
 
 __all__ = [
+    "case_bootstrap",
     "REAL_SCAN",
     "evaluate_scorers",
     "SHAPE_XYZ",
@@ -102,6 +103,57 @@ def summary(rows: list[dict[str, Any]], types: tuple[str, ...]) -> dict[str, Any
     }
 
 
+def _case_slices(rows: list[dict[str, Any]]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per case: the in-range slices' labels and their ranking (as :func:`type_metrics` ranks them)."""
+    by_case: dict[int, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["in_range"]:
+            by_case.setdefault(r["case"], []).append(r)
+    return {
+        case: (
+            np.array([r["anomalous"] for r in chosen]),
+            np.array([(r["percentile"] or 0.0) + 1e-6 * r["score"] for r in chosen]),
+        )
+        for case, chosen in by_case.items()
+    }
+
+
+def case_bootstrap(
+    rows: dict[str, list[dict[str, Any]]], types: tuple[str, ...], n_resamples: int = 1000
+) -> dict[str, Any]:
+    """How much of a difference between models the test cases can tell: 95 % intervals of each model's mean
+    slice AUROC over types, resampling whole *cases* (slices of one case are not independent) within each type
+    and among the controls, and of each model's difference from the first model on the same resamples."""
+    names = list(rows)
+    slices = {name: _case_slices(r) for name, r in rows.items()}
+    kinds = {r["case"]: r["kind"] for r in rows[names[0]]}
+    cases = np.array(sorted(c for c in kinds if c in slices[names[0]]))
+    strata = np.array([kinds[c] for c in cases])
+
+    def mean_auroc(name: str, picked: np.ndarray) -> float:
+        aurocs = []
+        for kind in types:
+            chosen = [slices[name][c] for c in picked if kinds[c] in (kind, "normal")]
+            aurocs.append(
+                metrics.roc_auc(
+                    np.concatenate([c[0] for c in chosen]), np.concatenate([c[1] for c in chosen])
+                )
+            )
+        return float(np.mean(aurocs))
+
+    def interval(statistic: Any) -> list[float]:
+        ci = metrics.bootstrap_ci(statistic, cases, n_resamples=n_resamples, strata=strata)
+        return [round(ci.low, 4), round(ci.high, 4)]
+
+    return {
+        "resamples": n_resamples,
+        "mean_type_auroc_ci95": {name: interval(lambda p, n=name: mean_auroc(n, p)) for name in names},
+        "difference_from_first_ci95": {
+            name: interval(lambda p, n=name: mean_auroc(n, p) - mean_auroc(names[0], p)) for name in names[1:]
+        },
+    }
+
+
 def real_scan(scorers: dict[str, VolumeScorer], work: Path) -> dict[str, Any]:
     result = {}
     for name, scorer in scorers.items():
@@ -122,6 +174,7 @@ def evaluate_scorers(scorers: dict[str, VolumeScorer], split: PhantomSplit) -> d
     return {
         "test_cases": split.as_dict()["test_cases"],
         "phantoms": {name: summary(r, split.types) for name, r in rows.items()},
+        "bootstrap": case_bootstrap(rows, split.types),
         "real_scan": real,
     }
 
