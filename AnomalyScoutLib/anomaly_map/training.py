@@ -31,7 +31,7 @@ from tqdm import tqdm
 from AnomalyScoutLib import metrics
 from AnomalyScoutLib.anomaly_map.data import NormalSlices
 from AnomalyScoutLib.anomaly_map.head import HEAD_KEY, AnomalyHead
-from AnomalyScoutLib.anomaly_map.synthesis import FAMILIES, synthesize_batch
+from AnomalyScoutLib.anomaly_map.synthesis import FAMILIES, Synthesized, synthesize_batch
 from AnomalyScoutLib.atomic import write_bytes_atomic
 from AnomalyScoutLib.cancellation import CancelFlag
 from AnomalyScoutLib.errors import ConfigError
@@ -173,11 +173,14 @@ class HeadTrainer:
         picks = torch.randint(len(choices), (n,), generator=self.generator)
         return [choices[int(p)] if d else None for d, p in zip(draws, picks)]
 
-    def _batch(
-        self, data: NormalSlices, index: torch.Tensor, families: list[str | None]
-    ) -> tuple[torch.Tensor, ...]:
-        """Synthesised slices, their reconstructions, positions, body and truth, on the device."""
-        made = synthesize_batch(
+    def _draw(self) -> tuple[torch.Tensor, list[str | None]]:
+        """A training batch: random slices, and a training family (or none) for each."""
+        index = torch.randint(len(self.train_set), (self.options.batch,), generator=self.generator)
+        return index, self._families(len(index), self.options.training_families)
+
+    def _synthesize(self, data: NormalSlices, index: torch.Tensor, families: list[str | None]) -> Synthesized:
+        """The chosen slices of ``data``, each with an anomaly of its family (foreign content: other volumes)."""
+        return synthesize_batch(
             data.images[index],
             data.body[index],
             self._donors(data, index),
@@ -185,6 +188,12 @@ class HeadTrainer:
             self.generator,
             self.window,
         )
+
+    def _batch(
+        self, data: NormalSlices, index: torch.Tensor, families: list[str | None]
+    ) -> tuple[torch.Tensor, ...]:
+        """Synthesised slices, their reconstructions, positions, body and truth, on the device."""
+        made = self._synthesize(data, index, families)
         positions, body = data.positions[index], data.body[index]
         recon = made.images  # a placeholder the head does not read when it has no reconstruction input
         if self._uses_recon:
@@ -225,10 +234,8 @@ class HeadTrainer:
 
     def train_step(self) -> float:
         """One optimisation step on a fresh synthetic batch; returns the loss."""
-        data = self.train_set
-        index = torch.randint(len(data), (self.options.batch,), generator=self.generator)
-        families = self._families(len(index), self.options.training_families)
-        images, recon, positions, body, masks = self._batch(data, index, families)
+        index, families = self._draw()
+        images, recon, positions, body, masks = self._batch(self.train_set, index, families)
         logits = self.head(images, recon if self._uses_recon else None, positions)
         target = masks.float()
         loss = focal_loss(logits, target) + soft_dice_loss(torch.sigmoid(logits) * body, target)

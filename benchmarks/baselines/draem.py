@@ -25,7 +25,6 @@ from torch import nn
 
 from AnomalyScoutLib.anomaly_map.data import NormalSlices
 from AnomalyScoutLib.anomaly_map.head import AnomalyHead, HeadConfig
-from AnomalyScoutLib.anomaly_map.synthesis import synthesize_batch
 from AnomalyScoutLib.anomaly_map.training import HeadTrainer, HeadTrainingOptions, focal_loss, soft_dice_loss
 from AnomalyScoutLib.inversion import ssim_map
 from AnomalyScoutLib.preprocessing import HUWindow
@@ -114,16 +113,8 @@ class _JointTrainer(HeadTrainer):
 
     def train_step(self) -> float:
         data = self.train_set
-        index = torch.randint(len(data), (self.options.batch,), generator=self.generator)
-        families = self._families(len(index), self.options.training_families)
-        made = synthesize_batch(
-            data.images[index],
-            data.body[index],
-            self._donors(data, index),
-            families,
-            self.generator,
-            self.window,
-        )
+        index, families = self._draw()
+        made = self._synthesize(data, index, families)
         images, normal, positions, body, masks = (
             t.to(self.device)
             for t in (made.images, data.images[index], data.positions[index], data.body[index], made.masks)
