@@ -179,7 +179,7 @@ class HeadTrainer:
         return index, self._families(len(index), self.options.training_families)
 
     def _synthesize(self, data: NormalSlices, index: torch.Tensor, families: list[str | None]) -> Synthesized:
-        """The chosen slices of ``data``, each with an anomaly of its family (foreign content: other volumes)."""
+        """The chosen slices of ``data``, each with an anomaly of its family (donors: other volumes)."""
         return synthesize_batch(
             data.images[index],
             data.body[index],
