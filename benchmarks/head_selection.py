@@ -32,7 +32,7 @@ from AnomalyScoutLib.anomaly_map.training import HEAD_WEIGHTS_KEY, attach_head
 from AnomalyScoutLib.model_file import AnomalyModel, stored_in_half
 from benchmarks.evaluate import detection_metrics
 from benchmarks.head_detector import HeadRun, head_run
-from benchmarks.model_selection import VALIDATION_FIRST_SEED, placed_validation_slices
+from benchmarks.model_selection import VALIDATION_FIRST_SEED, validation_set
 from benchmarks.phantom_track import sweep_summary
 from benchmarks.results_io import RESULTS_DIR, add_position_argument, run_header, write_json
 
@@ -82,11 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     started = time.time()
     model = AnomalyModel.load(args.model, "cpu")
-    slices, excluded, placer = placed_validation_slices(
-        args.model, args.per_type, args.normal_cases, args.position
-    )
-    key = placer.data_key(["validation", VALIDATION_FIRST_SEED, args.per_type, args.normal_cases,
-                           *excluded.key_parts()])  # fmt: skip
+    validation = validation_set(args.model, args.per_type, args.normal_cases, args.position)
+    slices, key = validation.slices, validation.key
     own = head_run(OWN_HEAD, args.model, slices, key)
     rows: dict[str, dict[str, Any]] = {OWN_HEAD: _row(own, slices)}
     heads: dict[str, tuple[AnomalyHead, dict[str, Any]]] = {}
@@ -111,9 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             **run_header("head_selection", "head_selection", argv, started),
             "model": str(args.model),
             "snapshots": str(args.snapshots),
-            "validation": {"first_seed": VALIDATION_FIRST_SEED, "slices": len(slices),
-                           "anomalous_slices": int(slices.labels.sum()), "placement": placer.method,
-                           "range_gate": excluded.as_dict()},
+            "validation": validation.description,
             "criterion": "highest mean over anomaly types of the slice AUROC",
             "rows": rows,
             "chosen": chosen,

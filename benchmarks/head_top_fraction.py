@@ -25,7 +25,7 @@ from AnomalyScoutLib.anomaly_map.training import set_top_fraction
 from AnomalyScoutLib.model_file import AnomalyModel, stored_in_half
 from benchmarks.evaluate import detection_metrics
 from benchmarks.head_detector import head_run
-from benchmarks.model_selection import VALIDATION_FIRST_SEED, placed_validation_slices
+from benchmarks.model_selection import validation_set
 from benchmarks.phantom_track import sweep_summary
 from benchmarks.results_io import RESULTS_DIR, add_position_argument, run_header, write_json
 
@@ -47,11 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.time()
-    slices, excluded, placer = placed_validation_slices(
-        args.model, args.per_type, args.normal_cases, args.position
-    )
-    key = placer.data_key(["validation", VALIDATION_FIRST_SEED, args.per_type, args.normal_cases,
-                           *excluded.key_parts()])  # fmt: skip
+    validation = validation_set(args.model, args.per_type, args.normal_cases, args.position)
+    slices, key = validation.slices, validation.key
     run = head_run("head", args.model, slices, key)
     sweep = {}
     for fraction in args.fractions:
@@ -73,9 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         {
             **run_header("head_top_fraction", "head_top_fraction", argv, started),
             "model": str(args.model),
-            "validation": {"first_seed": VALIDATION_FIRST_SEED, "slices": len(slices),
-                           "anomalous_slices": int(slices.labels.sum()), "placement": placer.method,
-                           "range_gate": excluded.as_dict()},
+            "validation": validation.description,
             "criterion": "highest mean over anomaly types of the slice AUROC",
             "trained_with": trained_with,
             "sweep": sweep,

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,9 @@ __all__ = [
     "VALIDATION_FIRST_SEED",
     "evaluate_candidates",
     "main",
+    "ValidationSet",
     "placed_validation_slices",
+    "validation_set",
     "validation_cases",
     "validation_slices",
 ]
@@ -135,6 +138,31 @@ def placed_validation_slices(
     slices, excluded = in_range_only(validation_slices(per_type, n_normal, model, placer))
     excluded.announce("validation", "model-selection")
     return slices, excluded, placer
+
+
+@dataclass(frozen=True)
+class ValidationSet:
+    """The validation slices of a model, the key that caches reconstructions of them, and how the results
+    file describes them."""
+
+    slices: SliceSet
+    key: str
+    description: dict[str, Any]
+
+
+def validation_set(model_path: Path, per_type: int, n_normal: int, position: str) -> ValidationSet:
+    """:func:`placed_validation_slices` with the cache key and the results' description of the set, for the
+    probes that choose one setting of a model file (the head's checkpoint, its top fraction)."""
+    slices, excluded, placer = placed_validation_slices(model_path, per_type, n_normal, position)
+    key = placer.data_key(["validation", VALIDATION_FIRST_SEED, per_type, n_normal, *excluded.key_parts()])
+    description = {
+        "first_seed": VALIDATION_FIRST_SEED,
+        "slices": len(slices),
+        "anomalous_slices": int(slices.labels.sum()),
+        "placement": placer.method,
+        "range_gate": excluded.as_dict(),
+    }
+    return ValidationSet(slices, key, description)
 
 
 def evaluate_candidates(
