@@ -49,6 +49,7 @@ __all__ = [
     "attach_head",
     "fast_reconstruction",
     "focal_loss",
+    "map_loss",
     "set_top_fraction",
     "soft_dice_loss",
 ]
@@ -106,6 +107,12 @@ def soft_dice_loss(probabilities: torch.Tensor, target: torch.Tensor) -> torch.T
         return probabilities.sum() * 0.0
     p, t = probabilities[has].flatten(1), target[has].flatten(1)
     return (1.0 - (2.0 * (p * t).sum(1) + 1.0) / (p.sum(1) + t.sum(1) + 1.0)).mean()
+
+
+def map_loss(logits: torch.Tensor, masks: torch.Tensor, body: torch.Tensor) -> torch.Tensor:
+    """The head's loss against boolean truth ``masks``: focal loss plus soft Dice inside the ``body``."""
+    target = masks.float()
+    return focal_loss(logits, target) + soft_dice_loss(torch.sigmoid(logits) * body, target)
 
 
 @dataclass
@@ -237,8 +244,10 @@ class HeadTrainer:
         index, families = self._draw()
         images, recon, positions, body, masks = self._batch(self.train_set, index, families)
         logits = self.head(images, recon if self._uses_recon else None, positions)
-        target = masks.float()
-        loss = focal_loss(logits, target) + soft_dice_loss(torch.sigmoid(logits) * body, target)
+        return self._optimise(map_loss(logits, masks, body))
+
+    def _optimise(self, loss: torch.Tensor) -> float:
+        """One optimiser and schedule step on ``loss``; returns its value."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

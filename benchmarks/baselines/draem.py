@@ -25,7 +25,7 @@ from torch import nn
 
 from AnomalyScoutLib.anomaly_map.data import NormalSlices
 from AnomalyScoutLib.anomaly_map.head import AnomalyHead, HeadConfig
-from AnomalyScoutLib.anomaly_map.training import HeadTrainer, HeadTrainingOptions, focal_loss, soft_dice_loss
+from AnomalyScoutLib.anomaly_map.training import HeadTrainer, HeadTrainingOptions, map_loss
 from AnomalyScoutLib.inversion import ssim_map
 from AnomalyScoutLib.preprocessing import HUWindow
 from benchmarks.detectors import Detection
@@ -122,18 +122,9 @@ class _JointTrainer(HeadTrainer):
         self.reconstructive.train()
         reconstruction = self.reconstructive(images)
         logits = self.head(images, reconstruction, positions)
-        target = masks.float()
-        loss = (
-            reconstruction_loss(reconstruction, normal.float())
-            + focal_loss(logits, target)
-            + soft_dice_loss(torch.sigmoid(logits) * body, target)
+        return self._optimise(
+            reconstruction_loss(reconstruction, normal.float()) + map_loss(logits, masks, body)
         )
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.schedule.step()
-        self.step += 1
-        return float(loss.detach())
 
     def _checkpoint(self, loss: float, elapsed: float) -> None:
         best_before = self.best

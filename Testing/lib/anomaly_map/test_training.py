@@ -54,20 +54,23 @@ def _normal_slices(tiny_phantom, volumes=3):
     )
 
 
-def test_a_short_run_logs_each_validation_and_keeps_the_best_weights(tiny_phantom, tmp_path):
-    data = _normal_slices(tiny_phantom)
-    train, validation = data.split(1)
-    options = HeadTrainingOptions(steps=4, batch=4, validation_slices=6, validate_every=2, holdout="warp")
-    trainer = HeadTrainer(
+def _short_run(tiny_phantom, run_folder, **options) -> HeadTrainer:
+    """Four steps of batch 4, validated every 2, on a reconstruction that halves the slice."""
+    train, validation = _normal_slices(tiny_phantom).split(1)
+    return HeadTrainer(
         AnomalyHead(HeadConfig(channels=(4, 8))),
         train,
         validation,
         lambda images, positions, body: images * 0.5,
-        options,
+        HeadTrainingOptions(steps=4, batch=4, validation_slices=6, validate_every=2, **options),
         HUWindow(),
         torch.device("cpu"),
-        run_folder=tmp_path,
+        run_folder=run_folder,
     )
+
+
+def test_a_short_run_logs_each_validation_and_keeps_the_best_weights(tiny_phantom, tmp_path):
+    trainer = _short_run(tiny_phantom, tmp_path, holdout="warp")
     assert trainer.train()
     rows = list(csv.DictReader((tmp_path / "log.csv").open()))
     assert [int(r["step"]) for r in rows] == [2, 4]
@@ -83,20 +86,9 @@ def test_a_short_run_logs_each_validation_and_keeps_the_best_weights(tiny_phanto
 
 
 def test_snapshots_keep_the_weights_of_every_validation_as_they_were(tiny_phantom, tmp_path):
-    train, validation = _normal_slices(tiny_phantom).split(1)
-    options = HeadTrainingOptions(steps=4, batch=4, validation_slices=6, validate_every=2, snapshots=True)
-    head = AnomalyHead(HeadConfig(channels=(4, 8)))
+    trainer = _short_run(tiny_phantom, tmp_path, snapshots=True)
+    head = trainer.head
     seen: dict[int, dict[str, torch.Tensor]] = {}
-    trainer = HeadTrainer(
-        head,
-        train,
-        validation,
-        lambda images, positions, body: images * 0.5,
-        options,
-        HUWindow(),
-        torch.device("cpu"),
-        run_folder=tmp_path,
-    )
     step = trainer.train_step
 
     def remembering_step() -> float:
