@@ -197,6 +197,12 @@ class VolumeScorer:
             return None
         return {**dataclasses.asdict(self.model.atlas.config), "case_top": self.score_config.case_top}
 
+    def opinions(self) -> int:
+        """How many calibrated opinions judge a slice: the score's, and the atlas's when it is calibrated.
+        Each is judged at the false-positive rate divided by this, so that flagging a slice when any of them
+        flags it keeps the rate the user asked for (:func:`combine_opinions`)."""
+        return 2 if self.atlas_calibration() is not None else 1
+
     def atlas_calibration(self) -> ModeCalibration | None:
         """The stored calibration of this model's atlas score, if made with exactly :meth:`atlas_settings`."""
         found = self.stored_calibration().modes.get(ATLAS_CALIBRATION_KEY)
@@ -495,8 +501,9 @@ def _calibrate(
         if case.atlas is not None:
             listener.warning(UNCALIBRATED_ATLAS)
         return mode_calibration.apply(case.scores, case.positions, score_of_case, fpr), True, fpr
-    main = mode_calibration.apply(case.scores, case.positions, score_of_case, fpr / 2)
-    second = atlas_calibration.apply(case.atlas, case.positions, atlas_of_case, fpr / 2)
+    share = fpr / scorer.opinions()
+    main = mode_calibration.apply(case.scores, case.positions, score_of_case, share)
+    second = atlas_calibration.apply(case.atlas, case.positions, atlas_of_case, share)
     return combine_opinions(main, second), True, fpr
 
 

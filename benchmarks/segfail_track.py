@@ -149,18 +149,21 @@ def _region_scores(
 
 def _head_region_scores(fast: Any, test: SliceSet, region: np.ndarray) -> dict[str, np.ndarray]:
     """A model with an anomaly-map head, as ``review`` scores it: the head's top-k inside the region over the
-    calibrated threshold at the slice's position (at half the rate when the model's atlas is calibrated too:
-    the threshold ``review`` divides by is then the head's at that rate)."""
-    from AnomalyScoutLib.calibration import ATLAS_CALIBRATION_KEY, Calibration
+    calibrated threshold at the slice's position, at the engine's share of the default rate (half of it when
+    the model's atlas is calibrated too: ``VolumeScorer.opinions``)."""
+    import torch
+
+    from AnomalyScoutLib.engine import VolumeScorer
 
     inside = HeadRun("head", fast).method_run(region=region).detection.slice_scores
     scores = {"ours fast (head), raw score, segmentation region": inside}
-    stored = Calibration.from_json(fast.detector.model.calibration)
-    calibration = stored.for_run("fast", ScoreConfig(), 0)
+    scorer = VolumeScorer(
+        fast.detector.model, InversionConfig(mode="fast"), ScoreConfig(), torch.device("cpu")
+    )
+    calibration = scorer.mode_calibration()
     if calibration is not None:
-        fpr = stored.default_fpr / (2 if ATLAS_CALIBRATION_KEY in stored.modes else 1)
-        thresholds = calibration.apply(inside, test.positions, 0.0, fpr).threshold
-        scores[DEFAULT_SCORE] = inside / thresholds
+        fpr = scorer.stored_calibration().default_fpr / scorer.opinions()
+        scores[DEFAULT_SCORE] = inside / calibration.apply(inside, test.positions, 0.0, fpr).threshold
     return scores
 
 

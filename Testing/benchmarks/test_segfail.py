@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -81,6 +83,7 @@ def test_a_head_models_review_risk_is_its_region_score_over_the_calibrated_thres
     from AnomalyScoutLib.inversion import InversionConfig
     from AnomalyScoutLib.model_file import AnomalyModel
     from AnomalyScoutLib.nets.architecture import ArchitectureConfig
+    from AnomalyScoutLib.position_atlas import AtlasConfig, PositionAtlas
     from AnomalyScoutLib.scoring import ScoreConfig
     from benchmarks import generator_runs, segfail_track
     from benchmarks.ours import GeneratorDetector
@@ -109,8 +112,13 @@ def test_a_head_models_review_risk_is_its_region_score_over_the_calibrated_thres
     region = np.zeros((n, 32, 32), dtype=bool)
     region[:, 8:24, 8:24] = True
     risks = {}
+    # The atlas's opinion counts only when its calibration was made with this atlas's settings (as scoring).
+    model.atlas = PositionAtlas(AtlasConfig(bins=2), 32)
+    model.metadata["position_atlas"] = model.atlas.metadata(1)
+    atlas_settings = {**dataclasses.asdict(model.atlas.config), "case_top": ScoreConfig().case_top}
+    atlas_fitted = fit_mode_calibration([normal], [np.linspace(0, 1, 201)], [0.5], atlas_settings, n_bins=1)
     for with_atlas in (False, True):
-        modes = {key: fitted, **({ATLAS_CALIBRATION_KEY: fitted} if with_atlas else {})}
+        modes = {key: fitted, **({ATLAS_CALIBRATION_KEY: atlas_fitted} if with_atlas else {})}
         model.calibration = Calibration(modes).to_json()
         path = model.save(tmp_path / f"head-{with_atlas}.safetensors")
         detector = GeneratorDetector("ours", path, InversionConfig(mode="fast"), ScoreConfig())

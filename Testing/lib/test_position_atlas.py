@@ -205,6 +205,8 @@ def test_each_opinion_is_judged_at_half_the_rate(monkeypatch):
         def atlas_calibration(self):
             return atlas_fit
 
+        opinions = VolumeScorer.opinions  # the engine's own rule: two calibrated opinions
+
     monkeypatch.setattr(Calibration, "for_run", lambda self, mode, score, steps: main_fit)  # settings apart
     # slice 0: the reconstruction's score between the two thresholds, slice 1 the atlas's, slice 2 both above
     case = CaseScores(np.full(3, 0.5), np.array([0.92, 0.1, 0.97]), np.zeros(3), np.zeros(3), None,
