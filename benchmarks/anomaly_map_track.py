@@ -41,7 +41,13 @@ from AnomalyScoutLib.inversion import InversionConfig, Reconstructor
 from AnomalyScoutLib.model_file import AnomalyModel
 from AnomalyScoutLib.scoring import ScoreConfig
 from benchmarks.baselines.draem import DraemDetector
-from benchmarks.evaluate import MethodRun, detection_metrics, method_entry
+from benchmarks.evaluate import (
+    MethodRun,
+    case_slices,
+    detection_metrics,
+    method_entry,
+    paired_case_bootstrap,
+)
 from benchmarks.generator_runs import generator_run
 from benchmarks.head_detector import HeadRun, head_run
 from benchmarks.ours import GeneratorDetector
@@ -172,6 +178,15 @@ def main(argv: list[str] | None = None) -> int:
         "scale": {"train_slices": len(train), "test_slices": len(test), "stride": args.stride},
         "unavailable": unavailable,
         "full_test": {r.name: method_entry(r, test, "full test set") for r in runs},
+        # Intervals of every row and of its difference from the product's head, whole cases resampled.
+        "bootstrap": paired_case_bootstrap(
+            {
+                r.name: case_slices(test, r.detection.slice_scores)
+                for r in sorted(runs, key=lambda r: r.name != "head, with reconstruction")
+            },
+            {c: info.anomaly for c, info in enumerate(test.cases)},
+            split.types,
+        ),
         "top_fraction_sweep": sweeps,
         "position_drift": {r.name: position_drift(test, r) for r in runs},
         "head_cost": head_cost(args.head_model, test),

@@ -27,7 +27,18 @@ from AnomalyScoutLib.atomic import atomic_destination
 from benchmarks.detectors import Detection, Detector
 from benchmarks.slices import SliceSet
 
-__all__ = ["MethodRun", "case_scores", "detection_metrics", "method_entry", "run_method"]
+__all__ = [
+    "MethodRun",
+    "case_scores",
+    "case_slices",
+    "detection_metrics",
+    "method_entry",
+    "paired_case_bootstrap",
+    "run_method",
+]
+
+#: Per case id: the labels and scores of its slices (one method's view of one case).
+CaseSlices = dict[int, tuple[np.ndarray, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -155,4 +166,46 @@ def method_entry(run: MethodRun, slices: SliceSet, evaluated_on: str) -> dict[st
         "detect_s": round(run.detect_seconds, 2),
         "slices_per_s": round(run.slices_per_second, 3),
         "metrics": detection_metrics(slices, run.detection),
+    }
+
+
+def case_slices(slices: SliceSet, scores: np.ndarray) -> CaseSlices:
+    """A harness method's slice scores grouped by case, beside the slices' labels."""
+    labels = slices.labels
+    return {int(c): (labels[slices.case == c], scores[slices.case == c]) for c in np.unique(slices.case)}
+
+
+def paired_case_bootstrap(
+    methods: dict[str, CaseSlices], kinds: dict[int, str], types: tuple[str, ...], n_resamples: int = 1000
+) -> dict[str, Any]:
+    """How much of a difference between methods the test cases can tell.
+
+    95 % intervals of each method's mean slice AUROC over ``types`` (each type's cases against the
+    controls, ``kinds[case] == "normal"``), resampling whole *cases* (slices of one case are not
+    independent) within each type and among the controls, and of each method's difference from the first
+    one on the same resamples.
+    """
+    names = list(methods)
+    cases = np.array(sorted(c for c in kinds if c in methods[names[0]]))
+    strata = np.array([kinds[c] for c in cases])
+
+    def mean_auroc(name: str, picked: np.ndarray) -> float:
+        aurocs = []
+        for kind in types:
+            chosen = [methods[name][c] for c in picked if kinds[c] in (kind, "normal")]
+            labels = np.concatenate([c[0] for c in chosen])
+            aurocs.append(metrics.roc_auc(labels, np.concatenate([c[1] for c in chosen])))
+        return float(np.mean(aurocs))
+
+    def interval(statistic: Any) -> list[float]:
+        ci = metrics.bootstrap_ci(statistic, cases, n_resamples=n_resamples, strata=strata)
+        return [round(ci.low, 4), round(ci.high, 4)]
+
+    return {
+        "resamples": n_resamples,
+        "unit": "case",
+        "mean_type_auroc_ci95": {name: interval(lambda p, n=name: mean_auroc(n, p)) for name in names},
+        "difference_from_first_ci95": {
+            name: interval(lambda p, n=name: mean_auroc(n, p) - mean_auroc(names[0], p)) for name in names[1:]
+        },
     }

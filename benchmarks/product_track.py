@@ -37,6 +37,7 @@ from AnomalyScoutLib.model_file import AnomalyModel
 from AnomalyScoutLib.phantom import make_phantom
 from AnomalyScoutLib.scoring import ScoreConfig
 from benchmarks.data import PhantomSplit
+from benchmarks.evaluate import paired_case_bootstrap
 from benchmarks.results_io import RESULTS_DIR, run_header, write_json
 
 __all__ = [
@@ -121,37 +122,12 @@ def _case_slices(rows: list[dict[str, Any]]) -> dict[int, tuple[np.ndarray, np.n
 def case_bootstrap(
     rows: dict[str, list[dict[str, Any]]], types: tuple[str, ...], n_resamples: int = 1000
 ) -> dict[str, Any]:
-    """How much of a difference between models the test cases can tell: 95 % intervals of each model's mean
-    slice AUROC over types, resampling whole *cases* (slices of one case are not independent) within each type
-    and among the controls, and of each model's difference from the first model on the same resamples."""
-    names = list(rows)
-    slices = {name: _case_slices(r) for name, r in rows.items()}
-    kinds = {r["case"]: r["kind"] for r in rows[names[0]]}
-    cases = np.array(sorted(c for c in kinds if c in slices[names[0]]))
-    strata = np.array([kinds[c] for c in cases])
-
-    def mean_auroc(name: str, picked: np.ndarray) -> float:
-        aurocs = []
-        for kind in types:
-            chosen = [slices[name][c] for c in picked if kinds[c] in (kind, "normal")]
-            aurocs.append(
-                metrics.roc_auc(
-                    np.concatenate([c[0] for c in chosen]), np.concatenate([c[1] for c in chosen])
-                )
-            )
-        return float(np.mean(aurocs))
-
-    def interval(statistic: Any) -> list[float]:
-        ci = metrics.bootstrap_ci(statistic, cases, n_resamples=n_resamples, strata=strata)
-        return [round(ci.low, 4), round(ci.high, 4)]
-
-    return {
-        "resamples": n_resamples,
-        "mean_type_auroc_ci95": {name: interval(lambda p, n=name: mean_auroc(n, p)) for name in names},
-        "difference_from_first_ci95": {
-            name: interval(lambda p, n=name: mean_auroc(n, p) - mean_auroc(names[0], p)) for name in names[1:]
-        },
-    }
+    """:func:`benchmarks.evaluate.paired_case_bootstrap` of the models' scored slices (each model's in-range
+    slices, ranked as :func:`type_metrics` ranks them), the first model as the reference."""
+    kinds = {r["case"]: r["kind"] for r in rows[next(iter(rows))]}
+    return paired_case_bootstrap(
+        {name: _case_slices(r) for name, r in rows.items()}, kinds, types, n_resamples
+    )
 
 
 def real_scan(scorers: dict[str, VolumeScorer], work: Path) -> dict[str, Any]:

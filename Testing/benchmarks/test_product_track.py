@@ -32,3 +32,20 @@ def test_the_intervals_separate_a_good_model_from_chance_and_pair_the_same_cases
     assert chance_low < 0.5 < chance_high
     assert result["difference_from_first_ci95"]["chance"][1] < 0  # clearly worse than the first
     assert result["difference_from_first_ci95"]["good again"] == [0.0, 0.0]  # the same cases each time
+
+
+def test_case_slices_group_a_harness_methods_scores_by_case():
+    from benchmarks.evaluate import case_slices
+    from benchmarks.slices import CaseInfo, SliceSet
+
+    n = 6
+    truth = np.zeros((n, 4, 4), dtype=bool)
+    truth[1, 1, 1] = True
+    slices = SliceSet(np.zeros((n, 4, 4), np.float32), np.linspace(0, 1, n).astype(np.float32),
+                      np.ones((n, 4, 4), bool), truth, np.zeros((n, 4, 4), bool),
+                      np.array([0, 0, 0, 1, 1, 1]), np.arange(n),
+                      (CaseInfo("blob-0", "blob", 0), CaseInfo("normal-1", "normal", 1)))  # fmt: skip
+    grouped = case_slices(slices, np.arange(n, dtype=float))
+    assert sorted(grouped) == [0, 1]
+    np.testing.assert_array_equal(grouped[0][0], [False, True, False])
+    np.testing.assert_array_equal(grouped[1][1], [3.0, 4.0, 5.0])
