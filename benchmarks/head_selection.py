@@ -30,13 +30,14 @@ from safetensors import safe_open
 from AnomalyScoutLib.anomaly_map.head import HEAD_KEY, AnomalyHead, HeadConfig
 from AnomalyScoutLib.anomaly_map.training import HEAD_WEIGHTS_KEY, attach_head
 from AnomalyScoutLib.model_file import AnomalyModel, stored_in_half
-from benchmarks.evaluate import detection_metrics
 from benchmarks.head_detector import HeadRun, head_run
 from benchmarks.model_selection import VALIDATION_FIRST_SEED, validation_set
-from benchmarks.phantom_track import sweep_summary
+from benchmarks.phantom_track import method_summary
 from benchmarks.results_io import RESULTS_DIR, add_position_argument, run_header, write_json
 
 __all__ = ["load_snapshot", "main"]
+
+TRACK = "head-selection"
 
 #: The row of the model file's own head (the one its training kept) in the results.
 OWN_HEAD = "model's head (kept by the synthetic validation)"
@@ -51,14 +52,6 @@ def load_snapshot(path: Path, model: AnomalyModel) -> tuple[AnomalyHead, dict[st
     head.load_state_dict(state)
     head.read_atlas(model.atlas if head.config.use_atlas else None)
     return head.eval().requires_grad_(False), header
-
-
-def _row(run: HeadRun, slices: Any) -> dict[str, Any]:
-    metrics = detection_metrics(slices, run.method_run().detection)
-    return {
-        **sweep_summary(metrics),
-        "per_type": {t: m["slice_auroc"] for t, m in metrics.items() if t != "overall"},
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,26 +74,25 @@ def main(argv: list[str] | None = None) -> int:
         )
     torch.set_num_threads(args.threads)
     started = time.time()
-    model = AnomalyModel.load(args.model, "cpu")
     validation = validation_set(args.model, args.per_type, args.normal_cases, args.position)
     slices, key = validation.slices, validation.key
     own = head_run(OWN_HEAD, args.model, slices, key)
-    rows: dict[str, dict[str, Any]] = {OWN_HEAD: _row(own, slices)}
-    heads: dict[str, tuple[AnomalyHead, dict[str, Any]]] = {}
+    rows = {OWN_HEAD: method_summary(OWN_HEAD, slices, own.method_run().detection, TRACK)}
+    heads: dict[str, AnomalyHead] = {}
     for path in paths:
-        head, header = load_snapshot(path, model)
-        heads[path.stem] = (head, header)
-        rows[path.stem] = {**_row(HeadRun(path.stem, own.reconstructions, head=head), slices),
+        heads[path.stem], header = load_snapshot(path, own.reconstructions.detector.model)
+        detection = HeadRun(path.stem, own.reconstructions, head=heads[path.stem]).method_run().detection
+        rows[path.stem] = {**method_summary(path.stem, slices, detection, TRACK),
                            "synthetic_validation": header.get("row")}  # fmt: skip
-        print(f"[head-selection] {path.stem}: mean AUROC over types {rows[path.stem]['mean_type_auroc']:.3f}")
     chosen = max(heads, key=lambda name: rows[name]["mean_type_auroc"])
     print(f"[head-selection] chosen {chosen} ({rows[chosen]['mean_type_auroc']:.3f}; the model's own head: "
           f"{rows[OWN_HEAD]['mean_type_auroc']:.3f})")  # fmt: skip
     if args.write is not None:
+        model = AnomalyModel.load(args.model, "cpu")
         record = {**model.metadata[HEAD_KEY]["training"], "snapshots": str(args.snapshots), "chosen": chosen,
                   "chosen_by": "mean slice AUROC over anomaly types on validation phantoms "
                   f"(seeds {VALIDATION_FIRST_SEED}+, benchmarks/head_selection.py)"}  # fmt: skip
-        attach_head(model, heads[chosen][0], record)  # drops the calibration
+        attach_head(model, heads[chosen], record)  # drops the calibration
         model.save(args.write, half=stored_in_half(args.model))
         print(f"[head-selection] wrote {args.write} (not calibrated: run anomalyscout calibrate)")
     write_json(

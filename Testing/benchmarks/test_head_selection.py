@@ -10,6 +10,7 @@ from AnomalyScoutLib.io.volume import write_volume
 from AnomalyScoutLib.model_file import AnomalyModel
 from benchmarks.head_detector import HeadRun
 from benchmarks.head_selection import load_snapshot
+from benchmarks.slices import CaseInfo, SliceSet
 
 torch.set_num_threads(1)
 
@@ -37,8 +38,6 @@ def test_a_snapshot_is_the_head_of_its_step_and_scores_as_that_head(tiny_model_f
     last, _ = load_snapshot(tmp_path / "run" / "snapshots" / "step-000002.safetensors", model)
     assert header["row"]["step"] == 1 and first.config == model.head.config
     assert not all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), last.state_dict().values()))
-
-    from benchmarks.slices import CaseInfo, SliceSet
 
     n, res = 4, model.resolution
     images = np.random.default_rng(0).uniform(-1, 0.5, (n, res, res)).astype(np.float32)
