@@ -62,11 +62,16 @@ def run_scorer(scorer: VolumeScorer, path: Path, out: Path) -> list[dict[str, An
     return json.loads((out / "scores.json").read_text())["slices"]
 
 
+def _ranking(chosen: list[dict[str, Any]]) -> np.ndarray:
+    """How slices are ranked: the calibrated percentile, ties (e.g. at 100) broken by the raw score."""
+    return np.array([(r["percentile"] or 0.0) + 1e-6 * r["score"] for r in chosen])
+
+
 def type_metrics(rows: list[dict[str, Any]], kind: str) -> dict[str, float]:
     """Slice AUROC, share flagged and cases flagged of one anomaly type against the controls' slices."""
     chosen = [r for r in rows if r["kind"] in (kind, "normal") and r["in_range"]]
     labels = np.array([r["anomalous"] for r in chosen])
-    ranking = np.array([(r["percentile"] or 0.0) + 1e-6 * r["score"] for r in chosen])
+    ranking = _ranking(chosen)
     flagged = np.array([r["flagged"] for r in chosen])
     cases = {r["case"] for r in chosen if r["kind"] == kind}
     return {
@@ -113,7 +118,7 @@ def _case_slices(rows: list[dict[str, Any]]) -> dict[int, tuple[np.ndarray, np.n
     return {
         case: (
             np.array([r["anomalous"] for r in chosen]),
-            np.array([(r["percentile"] or 0.0) + 1e-6 * r["score"] for r in chosen]),
+            _ranking(chosen),
         )
         for case, chosen in by_case.items()
     }
