@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save
+from torch import nn
 from tqdm import tqdm
 
 from AnomalyScoutLib import metrics
@@ -156,13 +157,17 @@ class HeadTrainer:
         self.train_set, self.validation_set = train, validation
         self.reconstruct, self.options, self.window, self.device = reconstruct, options, window, device
         self.generator = torch.Generator().manual_seed(options.seed)
-        self.optimizer = torch.optim.Adam(head.parameters(), lr=options.lr)
+        self.optimizer = torch.optim.Adam(self._trained_parameters(), lr=options.lr)
         self.schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, options.steps)
         self.step = 0
         self.best: dict[str, Any] | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
         self.history: list[dict[str, Any]] = []
         self._validation = self._make_validation()
+
+    def _trained_parameters(self) -> list[nn.Parameter]:
+        """What the optimiser updates: the head (a subclass that trains its reconstruction adds that)."""
+        return list(self.head.parameters())
 
     def _donors(self, data: NormalSlices, index: torch.Tensor) -> torch.Tensor:
         """For each chosen slice, a random slice of another volume (any slice if there is one volume)."""

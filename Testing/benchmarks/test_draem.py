@@ -76,7 +76,9 @@ def test_validation_reconstructs_with_the_trained_network_not_the_initial_one():
         torch.device("cpu"),
     )
     initial = trainer._validation.reconstructions.clone()
+    weights = trainer.reconstructive.out.weight.detach().clone()
     losses = [trainer.train_step() for _ in range(30)]
+    assert not torch.equal(trainer.reconstructive.out.weight, weights)  # trained with the head, not frozen
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
     trainer.validate()
     v = trainer._validation

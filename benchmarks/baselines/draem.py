@@ -92,10 +92,10 @@ class _JointTrainer(HeadTrainer):
     ) -> None:
         self.reconstructive = reconstructive.to(device)
         super().__init__(head, train, validation, self._reconstruct, options, window, device)
-        parameters = [*head.parameters(), *reconstructive.parameters()]
-        self.optimizer = torch.optim.Adam(parameters, lr=options.lr)
-        self.schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, options.steps)
         self.best_reconstructive: dict[str, torch.Tensor] | None = None
+
+    def _trained_parameters(self) -> list[nn.Parameter]:
+        return [*super()._trained_parameters(), *self.reconstructive.parameters()]
 
     @torch.no_grad()
     def _reconstruct(self, images: torch.Tensor, positions: torch.Tensor, body: torch.Tensor) -> torch.Tensor:
