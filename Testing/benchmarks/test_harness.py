@@ -210,3 +210,16 @@ def test_a_method_summary_holds_each_types_slice_auroc_and_their_mean():
     row = method_summary("probe", slices, Detection(None, scores), "test")
     assert row["per_type"] == {"blob": 0.0, "tumour": 1.0}
     assert row["mean_type_auroc"] == 0.5 and row["worst_type_auroc"] == 0.0 and row["method"] == "probe"
+
+
+def test_the_visible_contrast_is_the_windowed_change_inside_the_mask_against_the_twin():
+    from benchmarks.visibility import case_contrast
+
+    twin = _toy_set(n_cases=1, seed=3)
+    case = _toy_set(n_cases=1, seed=3, anomalous=(0,))  # the same noise, plus 0.8 on a square of slices 2-4
+    assert case_contrast(case, twin, hu_per_unit=300.0) == pytest.approx(0.8 * 300.0, rel=1e-5)
+    # slices kept only every other one: the twin is found by slice index, not by row
+    strided = case.subset(case.slice_index % 2 == 0)
+    assert case_contrast(strided, twin, hu_per_unit=300.0) == pytest.approx(240.0, rel=1e-5)
+    with pytest.raises(ValueError, match="no twin"):
+        case_contrast(case, twin.subset(twin.slice_index != 3), hu_per_unit=300.0)
