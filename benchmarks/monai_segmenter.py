@@ -26,7 +26,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -43,9 +43,12 @@ __all__ = [
     "augment_batch",
     "build_segmenter",
     "learning_rate",
+    "NativeSegmentation",
     "load_segmenter",
+    "min_liver_px_at",
     "neighbour_stack",
     "predict_liver",
+    "segment_on_model_grid",
     "segmenter_images",
     "slice_dice",
     "train",
@@ -121,14 +124,27 @@ class SegmenterSpec:
         return concatenate([phantom_case(s, "normal", self.resolution, self.window) for s in seeds])
 
 
+def _slice_keys(slices: SliceSet) -> list[tuple[str, int]]:
+    """Each slice's (case name, slice index): what names a slice across slice sets of the same cases."""
+    return [(slices.cases[c].name, int(k)) for c, k in zip(slices.case, slices.slice_index)]
+
+
+def _rows_by_slice(slices: SliceSet) -> dict[tuple[str, int], int]:
+    return {key: row for row, key in enumerate(_slice_keys(slices))}
+
+
+def min_liver_px_at(resolution: int, model_grid_px: int = 50, model_grid: int = 128) -> int:
+    """ "Enough liver" as the same area at another resolution: ``model_grid_px`` pixels of the model grid."""
+    return round(model_grid_px * (resolution / model_grid) ** 2)
+
+
 def neighbour_stack(slices: SliceSet, context: int, source: SliceSet | None = None) -> np.ndarray:
     """``(n, 2 * context + 1, h, w)``: every slice of ``slices`` between its ``context`` neighbours below and
     above in its own case, taken from ``source`` (default: ``slices``; give the unstrided case when
     ``slices`` keeps every n-th slice). Past a case's ends, or where ``source`` lacks a slice, the nearest
     slice towards the centre stands in (edge replication)."""
     source = slices if source is None else source
-    pairs = zip(source.case, source.slice_index)
-    rows = {(source.cases[c].name, int(k)): i for i, (c, k) in enumerate(pairs)}
+    rows = _rows_by_slice(source)
     stack = np.empty((len(slices), 2 * context + 1, *slices.images.shape[1:]), dtype=np.float32)
     for i, (c, k) in enumerate(zip(slices.case, slices.slice_index)):
         name = slices.cases[c].name
@@ -145,6 +161,48 @@ def neighbour_stack(slices: SliceSet, context: int, source: SliceSet | None = No
 def segmenter_images(spec: SegmenterSpec, slices: SliceSet, source: SliceSet | None = None) -> np.ndarray:
     """What the segmenter of ``spec`` reads: the slices themselves, or their neighbour stacks (2.5-D)."""
     return neighbour_stack(slices, spec.context, source) if spec.context else slices.images
+
+
+class NativeSegmentation(NamedTuple):
+    """Masks segmented on a finer grid than the model's, brought down to it."""
+
+    model_grid: np.ndarray  # (n, res, res) on the model grid
+    native: np.ndarray  # (n, R, R) as segmented
+    native_truth: np.ndarray  # (n, R, R) the true liver at the segmenter's grid
+
+
+def segment_on_model_grid(
+    model: nn.Module, spec: SegmenterSpec, slices: SliceSet, native: SliceSet
+) -> NativeSegmentation:
+    """Liver masks of ``slices`` (on the model grid) by a segmenter that works at ``spec.resolution``.
+
+    ``native`` holds the same cases at the segmenter's resolution, every slice (the 2.5-D neighbours come
+    from it). Each slice is segmented there, and a model pixel is liver when at least half of its native
+    pixels are: the rule that made the model grid's truth (``benchmarks.data.volume_slices``), so the two are
+    compared like for like.
+
+    Raises:
+        ValueError: the grids are not multiples, or a slice is missing from ``native``.
+    """
+    factor, remainder = divmod(spec.resolution, slices.images.shape[-1])
+    if remainder or factor < 1:
+        raise ValueError(
+            f"the segmenter's grid {spec.resolution} is not a multiple of {slices.images.shape[-1]}"
+        )
+    rows = {
+        (native.cases[c].name, int(k)): i for i, (c, k) in enumerate(zip(native.case, native.slice_index))
+    }
+    try:
+        pick = np.array(
+            [rows[(slices.cases[c].name, int(k))] for c, k in zip(slices.case, slices.slice_index)]
+        )
+    except KeyError as missing:
+        raise ValueError(f"slice {missing.args[0]} is not in the native set") from None
+    chosen = native.subset(pick)
+    masks = predict_liver(model, segmenter_images(spec, chosen, native))
+    n, size = len(masks), slices.images.shape[-1]
+    share = masks.reshape(n, size, factor, size, factor).mean(axis=(2, 4))
+    return NativeSegmentation(share >= 0.5, masks, chosen.organ)
 
 
 def build_segmenter(channels: tuple[int, ...] = (8, 16, 32, 64, 128), in_channels: int = 1) -> nn.Module:
@@ -244,9 +302,14 @@ def train(
     val_every: int = 200,
     seed: int = 0,
     log=print,  # noqa: ANN001 - any print-like callable
+    init: Path | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) the segmenter of ``spec`` up to step ``steps`` (the end of the learning-rate
     schedule) or for at most ``minutes`` of wall time, whichever comes first, checkpointing.
+
+    ``init``: a fresh run starts from the best weights of this checkpoint (the same network at another
+    resolution: a U-Net is fully convolutional, so one trained on the 128² model grid is a good start at the
+    phantom's native 256², where a liver's border is drawn twice as finely).
 
     Batches draw three quarters of their slices from those holding liver (a phantom volume is mostly
     liver-free, and Dice on the liver is the point) and the rest from all slices, so that the net also
@@ -263,6 +326,10 @@ def train(
         model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
         log(f"resumed at step {state['step']} (best Dice {state['best_dice']:.4f})")
+    elif init is not None:
+        start = torch.load(init, weights_only=True)
+        model.load_state_dict(start.get("best_model", start["model"]))
+        log(f"starting from the weights of {init}")
     train_set, val = spec.slices(spec.train_seeds), spec.slices(spec.val_seeds)
     stacked = segmenter_images(spec, train_set)
     images = torch.from_numpy(stacked if stacked.ndim == 4 else stacked[:, None])
@@ -330,20 +397,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=20.0, help="wall-time budget of this run")
     parser.add_argument("--steps", type=int, default=12000, help="end of the learning-rate schedule")
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--context", type=int, default=0, help="neighbouring slices each side (1: a 3-slice 2.5-D stack)"
     )
+    parser.add_argument("--resolution", type=int, default=128, help="in-plane grid (256: the phantom's own)")
+    parser.add_argument(
+        "--init", type=Path, default=None, help="start a new run from this checkpoint's best weights"
+    )
     args = parser.parse_args(argv)
+    if args.init is not None and not args.init.is_file():
+        print(f"monai_segmenter: no checkpoint {args.init}", file=sys.stderr)
+        return 1
     torch.set_num_threads(args.threads)
-    spec = SegmenterSpec(context=args.context)
+    # "enough liver" is the same area at every resolution: 50 pixels of the 128² grid
+    spec = SegmenterSpec(
+        context=args.context, resolution=args.resolution, min_liver_px=min_liver_px_at(args.resolution)
+    )
     print(f"[segmenter] checkpoint {spec.checkpoint}", flush=True)
     train(
         spec,
         args.minutes,
         args.steps,
         batch_size=args.batch,
+        lr=args.lr,
         log=lambda m: print(f"[segmenter] {m}", flush=True),
+        init=args.init,
     )
     return 0
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -58,7 +59,9 @@ from benchmarks.head_detector import HeadRun
 from benchmarks.monai_segmenter import (
     SegmenterSpec,
     load_segmenter,
+    min_liver_px_at,
     predict_liver,
+    segment_on_model_grid,
     segmenter_images,
     slice_dice,
     train,
@@ -212,6 +215,18 @@ def _liver_slices(slices: SliceSet, min_px: int) -> np.ndarray:
     return slices.organ.reshape(len(slices), -1).sum(axis=1) >= min_px
 
 
+def _segment(
+    model: Any, spec: SegmenterSpec, slices: SliceSet, same_grid: SliceSet, native: Callable[[], SliceSet]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The segmenter's liver masks of ``slices`` on the model grid, and its Dice at its own grid when that is
+    finer (else None). ``same_grid``: the unstrided cases on the model grid (2.5-D neighbours); ``native``
+    makes them at the segmenter's resolution, only when it differs."""
+    if spec.resolution == slices.images.shape[-1]:
+        return predict_liver(model, segmenter_images(spec, slices, same_grid)), None
+    segmented = segment_on_model_grid(model, spec, slices, native())
+    return segmented.model_grid, slice_dice(segmented.native, segmented.native_truth)
+
+
 def _real_fixture(
     model: Any,
     spec: SegmenterSpec,
@@ -224,15 +239,18 @@ def _real_fixture(
     """The segmenter, ours and the atlas on the one real patient, TotalSegmentator's liver as truth (all
     trained on the normal phantoms only); slices placed as the rest of the track, failures by area at the
     phantoms' threshold (model pixels)."""
-    real, excluded = in_range_only(
-        volume_file_case(
-            REAL_CT, REAL_LIVER, 1, CaseInfo("example_ct", "normal", 0), args.resolution, window, placer
-        )
-    )
+
+    def case_at(resolution: int) -> SliceSet:
+        info = CaseInfo("example_ct", "normal", 0)
+        return volume_file_case(REAL_CT, REAL_LIVER, 1, info, resolution, window, placer)
+
+    real, excluded = in_range_only(case_at(args.resolution))
     print(f"[segfail] real fixture: {excluded.line('real')}", flush=True)
     liver = _liver_slices(real, args.min_liver_px)
     predicted = np.zeros_like(real.organ)
-    predicted[liver] = predict_liver(model, segmenter_images(spec, real.subset(liver), real))
+    predicted[liver], native_dice = _segment(
+        model, spec, real.subset(liver), real, lambda: case_at(spec.resolution)
+    )
     region = review_region(predicted, real.body, args.margin_px)
     # The atlas only: the autoencoders would be trained again for this cache key, CPU minutes not to spare.
     key = placer.data_key(["segfail-real", args.resolution, *excluded.key_parts()])
@@ -242,6 +260,7 @@ def _real_fixture(
     return {
         "case": str(REAL_CT.name),
         "truth": f"{REAL_LIVER.name} (TotalSegmentator v1 model output)",
+        "dice_at_segmenter_grid": None if native_dice is None else float(native_dice.mean()),
         "range_gate": excluded.as_dict(),
         **result,
     }
@@ -260,6 +279,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--segmenter-context", type=int, default=0, help="segmenter's neighbouring slices each side (2.5-D)"
     )
+    parser.add_argument(
+        "--segmenter-resolution",
+        type=int,
+        default=None,
+        help="the segmenter's in-plane grid (default: the model's; 256: the phantom's own, brought down to "
+        "the model grid by area)",
+    )
     return parser
 
 
@@ -268,10 +294,11 @@ def main(argv: list[str] | None = None) -> int:
     track = TrackStart("segfail", args, argv)
     split, train_set, test, data_key, exclusions = phantom_data(args, track.model.window, track.placer)
     track.record_gate(exclusions)
+    segmenter_grid = args.segmenter_resolution or args.resolution
     spec = SegmenterSpec(
-        resolution=args.resolution,
+        resolution=segmenter_grid,
         window=track.model.window,
-        min_liver_px=args.min_liver_px,
+        min_liver_px=min_liver_px_at(segmenter_grid, args.min_liver_px, args.resolution),
         context=args.segmenter_context,
     )
     segmenter, segmenter_summary = _segmenter(spec, args.segmenter_minutes)
@@ -280,9 +307,15 @@ def main(argv: list[str] | None = None) -> int:
     predicted = np.zeros_like(test.organ)
     # A 2.5-D segmenter reads each test slice's true neighbours, from the unstrided cases.
     source = None
-    if spec.context:
+    if spec.context and spec.resolution == args.resolution:
         source = phantom_split(split, args.resolution, track.model.window, track.placer)[1]
-    predicted[liver] = predict_liver(segmenter, segmenter_images(spec, test.subset(liver), source))
+    predicted[liver], native_dice = _segment(
+        segmenter,
+        spec,
+        test.subset(liver),
+        source,
+        lambda: phantom_split(split, spec.resolution, track.model.window, track.placer)[1],
+    )
     region = review_region(predicted, test.body, args.margin_px)
     scores = _region_scores(test, region, args, data_key, train_set, _baselines(args))
 
@@ -317,6 +350,10 @@ def main(argv: list[str] | None = None) -> int:
         "failure_error_px": failure_error_px,
         "segmenter": {**spec.as_dict(), **segmenter_summary},
         "normal_dice": evaluation["dice"]["liver slices of normal cases"]["mean"],
+        # the same slices' Dice where the segmenter works, when that grid is finer than the model's
+        "normal_dice_at_segmenter_grid": None
+        if native_dice is None
+        else float(native_dice[(test.case_anomaly == "normal")[liver]].mean()),
         "default_score": DEFAULT_SCORE,
         "failure_auroc": headline.get("failure_auroc"),
         "failure_ap": headline.get("failure_ap"),

@@ -140,3 +140,50 @@ def test_a_2_5_d_segmenter_trains_on_three_slice_stacks_and_has_its_own_checkpoi
     images = monai_segmenter.segmenter_images(stacked, _tiny_slices())
     assert images.shape == (8, 3, 32, 32)
     assert monai_segmenter.predict_liver(model, images).shape == (8, 32, 32)
+
+
+def test_a_new_run_starts_from_the_init_checkpoints_best_weights(tiny_spec):
+    train(tiny_spec, minutes=5, steps=2, batch_size=4, val_every=1, log=lambda m: None)
+    best, _ = load_segmenter(tiny_spec)
+    finer = SegmenterSpec(resolution=32, channels=(4, 8), min_liver_px=2)  # another checkpoint
+    train(finer, minutes=5, steps=0, batch_size=4, log=lambda m: None, init=tiny_spec.checkpoint)
+    started, _ = load_segmenter(finer)
+    for name, value in best.state_dict().items():
+        torch.testing.assert_close(started.state_dict()[name], value, msg=name)
+    fresh = SegmenterSpec(resolution=32, channels=(4, 8), min_liver_px=3)
+    train(fresh, minutes=5, steps=0, batch_size=4, log=lambda m: None)
+    weights = load_segmenter(fresh)[0].state_dict()
+    assert any(not torch.equal(weights[n], v) for n, v in best.state_dict().items() if v.is_floating_point())
+
+
+class _Threshold(torch.nn.Module):
+    """A "segmenter" that calls every bright pixel liver: its masks are the inputs' organ exactly."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, x.shape[1] // 2 : x.shape[1] // 2 + 1]
+
+
+def test_a_finer_segmenters_masks_reach_the_model_grid_by_area_in_the_slices_order():
+    native = _tiny_slices(n=6, res=32)
+    coarse_organ = native.organ.reshape(6, 16, 2, 16, 2).mean(axis=(2, 4)) >= 0.5
+    model_grid = SliceSet(
+        images=np.zeros((6, 16, 16), np.float32),
+        positions=native.positions,
+        body=np.ones((6, 16, 16), bool),
+        anomaly=np.zeros((6, 16, 16), bool),
+        organ=coarse_organ,
+        case=native.case,
+        slice_index=native.slice_index,
+        cases=native.cases,
+    )
+    picked = model_grid.subset(np.array([4, 1, 3]))  # another order, and not every slice
+    spec = SegmenterSpec(resolution=32, channels=(4, 8), min_liver_px=1, context=1)
+    result = monai_segmenter.segment_on_model_grid(_Threshold(), spec, picked, native)
+    np.testing.assert_array_equal(result.native, native.organ[[4, 1, 3]])
+    np.testing.assert_array_equal(result.native_truth, native.organ[[4, 1, 3]])
+    np.testing.assert_array_equal(result.model_grid, coarse_organ[[4, 1, 3]])
+    assert result.model_grid.shape == (3, 16, 16)
+    with pytest.raises(ValueError, match="not a multiple"):
+        monai_segmenter.segment_on_model_grid(_Threshold(), SegmenterSpec(resolution=24), picked, native)
+    with pytest.raises(ValueError, match="not in the native set"):
+        monai_segmenter.segment_on_model_grid(_Threshold(), spec, picked, native.subset(native.slice_index != 1))
