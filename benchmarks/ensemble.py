@@ -25,19 +25,30 @@ from typing import Any
 import numpy as np
 import torch
 
+from AnomalyScoutLib.preprocessing import HUWindow
 from benchmarks.baselines.atlas import PositionAtlas
-from benchmarks.data import in_range_only, phantom_case
+from benchmarks.data import SlicePlacer, in_range_only, phantom_case
 from benchmarks.detectors import Detection
 from benchmarks.generator_runs import generator_run
 from benchmarks.head_detector import head_run
 from benchmarks.ours import GeneratorDetector
 from benchmarks.phantom_track import method_summary, phantom_data
 from benchmarks.results_io import RESULTS_DIR, placer_for, run_header, write_json
-from benchmarks.slices import concatenate
+from benchmarks.slices import SliceSet, concatenate
 
-__all__ = ["main", "position_percentiles"]
+__all__ = ["calibration_normals", "main", "position_percentiles"]
 
 CALIBRATION_SEEDS = tuple(range(900000, 900006))
+
+
+def calibration_normals(resolution: int, window: HUWindow, placer: SlicePlacer) -> tuple[SliceSet, str]:
+    """The normal slices that scores are made percentiles among (every 2nd slice of the calibration
+    phantoms, in range), and the key their reconstructions are cached under."""
+    normals = concatenate(
+        [phantom_case(s, "normal", resolution, window, placer=placer) for s in CALIBRATION_SEEDS]
+    )
+    normals, _ = in_range_only(normals.subset(normals.slice_index % 2 == 0))
+    return normals, f"ensemble-calibration-{CALIBRATION_SEEDS[0]}-{len(CALIBRATION_SEEDS)}-stride2"
 
 
 def position_percentiles(
@@ -82,11 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     placer = placer_for(shipped, "auto")
     data_args = argparse.Namespace(train_cases=6, per_type=4, normal_cases=4, stride=4, resolution=128)
     data = phantom_data(data_args, shipped.window, placer)
-    normals = concatenate(
-        [phantom_case(s, "normal", 128, shipped.window, placer=placer) for s in CALIBRATION_SEEDS]
-    )
-    normals, _ = in_range_only(normals.subset(normals.slice_index % 2 == 0))
-    normal_key = f"ensemble-calibration-{CALIBRATION_SEEDS[0]}-{len(CALIBRATION_SEEDS)}-stride2"
+    normals, normal_key = calibration_normals(128, shipped.window, placer)
 
     ours = GeneratorDetector("ours", args.model, InversionConfig(mode="fast"), ScoreConfig())
     atlas = PositionAtlas()

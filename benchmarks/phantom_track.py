@@ -133,6 +133,17 @@ def phantom_data(args: argparse.Namespace, window: HUWindow, placer: SlicePlacer
     return PhantomData(split, train, test, data_key, {"train": train_out, "test": test_out})
 
 
+def held_out_data(
+    per_type: int, resolution: int, window: HUWindow, placer: SlicePlacer, stride: int = 4
+) -> PhantomData:
+    """:func:`phantom_data` for ``per_type`` test cases of each anomaly type and as many controls, with the
+    GAN's 40 training phantoms as the training split (part of the caches' key, so probes share them)."""
+    counts = {"per_type": per_type, "normal_cases": per_type}
+    return phantom_data(
+        argparse.Namespace(train_cases=40, stride=stride, resolution=resolution, **counts), window, placer
+    )
+
+
 def sweep_summary(metrics_by_type: dict[str, dict[str, Any]]) -> dict[str, float]:
     """The two numbers a sweep is judged by: overall slice AUROC and the worst type's slice AUROC."""
     per_type = [m["slice_auroc"] for t, m in metrics_by_type.items() if t != "overall"]

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
+import pytest
 import torch
 
 from AnomalyScoutLib.cli import main
 from AnomalyScoutLib.io.volume import write_volume
 from AnomalyScoutLib.model_file import AnomalyModel
+from benchmarks.head_comparison import HeadSpec
 from benchmarks.head_detector import HeadRun
 from benchmarks.head_selection import load_snapshot
 from benchmarks.slices import CaseInfo, SliceSet
@@ -54,3 +58,19 @@ def test_a_snapshot_is_the_head_of_its_step_and_scores_as_that_head(tiny_model_f
         ).numpy()  # fmt: skip
     np.testing.assert_allclose(snapshot, expected, atol=1e-6)
     assert not np.allclose(later, snapshot)  # each run reads its own head, not the model file's
+
+    # head_comparison names the same heads by NAME=MODEL[:SNAPSHOT]
+    snapshot_path = tmp_path / "run" / "snapshots" / "step-000001.safetensors"
+    named = HeadSpec(f"early={out}:{snapshot_path}")
+    assert named.name == "early" and named.paths() == [out, snapshot_path]
+    for a, b in zip(named.load().state_dict().values(), first.state_dict().values()):
+        assert torch.equal(a, b)
+    own = HeadSpec(f"own={out}").load()
+    for a, b in zip(own.state_dict().values(), model.head.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_a_head_is_named_name_equals_model():
+    for text in ("models/default.safetensors", "=models/default.safetensors", "name="):
+        with pytest.raises(argparse.ArgumentTypeError, match="NAME=MODEL"):
+            HeadSpec(text)
