@@ -18,7 +18,8 @@ by anatomy) it measures
   ``benchmarks.ensemble`` and the product's calibration do).
 
 It reports the Spearman correlation of the two, the AUROC of cases above and below the median contrast of
-their type, and a scatter plot (``benchmarks/results/visibility.png``). Results:
+their type, a scatter plot (``benchmarks/results/visibility.png``) and the clearest anomalies the model
+missed, each with its reconstruction, residual and map (``visibility_misses.png``). Results:
 ``benchmarks/results/visibility.json``.
 """
 
@@ -38,15 +39,16 @@ from AnomalyScoutLib import metrics
 from AnomalyScoutLib.inversion import InversionConfig
 from AnomalyScoutLib.model_file import AnomalyModel
 from AnomalyScoutLib.scoring import ScoreConfig
-from benchmarks.data import in_range_only, phantom_case
-from benchmarks.ensemble import CALIBRATION_SEEDS, position_percentiles
-from benchmarks.generator_runs import generator_run
+from benchmarks.data import phantom_case
+from benchmarks.detectors import Detection
+from benchmarks.ensemble import CALIBRATION_SEEDS, calibration_normals, position_percentiles
+from benchmarks.generator_runs import GeneratorRun, generator_run
 from benchmarks.head_detector import HeadRun
 from benchmarks.ours import GeneratorDetector
-from benchmarks.phantom_track import phantom_data
+from benchmarks.phantom_track import held_out_data
 from benchmarks.plots import save_figure
 from benchmarks.results_io import RESULTS_DIR, placer_for, run_header, write_json
-from benchmarks.slices import SliceSet, concatenate
+from benchmarks.slices import SliceSet
 
 __all__ = ["case_contrast", "main"]
 
@@ -64,13 +66,45 @@ def case_contrast(case: SliceSet, twin: SliceSet, hu_per_unit: float) -> float:
     return float(np.concatenate(changes).mean() * hu_per_unit) if changes else float("nan")
 
 
-def _slice_scores(model_path: Path, slices: SliceSet, key: str) -> np.ndarray:
-    """The model's own slice score: its head's when it has one, else the fast-mode residual's."""
+def _scored(model_path: Path, slices: SliceSet, key: str) -> tuple[GeneratorRun, Detection]:
+    """The model's fast reconstructions, and its own maps and slice scores: its head's when it has one, else
+    the residual's."""
     detector = GeneratorDetector("model", model_path, InversionConfig(mode="fast"), ScoreConfig())
     run = generator_run(detector, slices, key)
     if detector.model.head is not None:
-        return HeadRun("head", run).method_run().detection.slice_scores
-    return run.method_run(ScoreConfig()).detection.slice_scores
+        return run, HeadRun("head", run).method_run().detection
+    return run, run.method_run(ScoreConfig()).detection
+
+
+def _plot_misses(
+    cases: list[dict[str, Any]], run: GeneratorRun, maps: np.ndarray, path: Path, count: int = 4
+) -> None:
+    """The clearest anomalies the model missed (case AUROC < 0.5, highest contrast first), each on its
+    slice with the most anomaly: the slice, the reconstruction, the residual and the model's map, the
+    anomaly outlined."""
+    test = run.slices
+    missed = sorted((c for c in cases if c["case_auroc"] < 0.5), key=lambda c: -c["contrast_hu"])[:count]
+    if not missed:
+        return
+    figure, axes = plt.subplots(len(missed), 4, figsize=(10, 2.6 * len(missed)), squeeze=False)
+    names = [info.name for info in test.cases]
+    for ax_row, case in zip(axes, missed):
+        rows = np.flatnonzero((test.case == names.index(f"{case['type']}-{case['seed']}")) & test.labels)
+        i = rows[np.argmax(test.anomaly[rows].reshape(len(rows), -1).sum(axis=1))]
+        image, reconstruction = test.images[i], run.reconstructions.images[i]
+        panels = (
+            ("slice", image, "gray", (-1, 1)),
+            ("reconstruction", reconstruction, "gray", (-1, 1)),
+            ("|residual|", np.abs(image - reconstruction), "gray", (0, 1)),
+            ("map", maps[i], "magma", (0, None)),
+        )
+        for ax, (title, picture, cmap, (low, high)) in zip(ax_row, panels):
+            ax.imshow(picture, cmap=cmap, vmin=low, vmax=high)
+            ax.contour(test.anomaly[i], levels=[0.5], colors="cyan", linewidths=0.8)
+            ax.set_title(f"{case['type']} {case['seed']}, slice {test.slice_index[i]}: {title}", fontsize=7)
+            ax.axis("off")
+    figure.suptitle("Missed although visible: contrast high, case AUROC < 0.5", fontsize=10)
+    save_figure(figure, path)
 
 
 def _plot(cases: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -104,24 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     model = AnomalyModel.load(args.model, "cpu")
     placer = placer_for(model, "auto")
-    data_args = argparse.Namespace(
-        train_cases=40,
-        per_type=args.per_type,
-        normal_cases=args.per_type,
-        stride=4,
-        resolution=model.resolution,
-    )
-    data = phantom_data(data_args, model.window, placer)
-    normals = concatenate(
-        [phantom_case(s, "normal", model.resolution, model.window, placer=placer) for s in CALIBRATION_SEEDS]
-    )
-    normals, _ = in_range_only(normals.subset(normals.slice_index % 2 == 0))
-    normal_key = f"ensemble-calibration-{CALIBRATION_SEEDS[0]}-{len(CALIBRATION_SEEDS)}-stride2"
+    data = held_out_data(args.per_type, model.resolution, model.window, placer)
+    normals, normal_key = calibration_normals(model.resolution, model.window, placer)
     test = data.test
+    test_run, test_detection = _scored(args.model, test, data.data_key)
     percentile = position_percentiles(
-        _slice_scores(args.model, normals, normal_key),
+        _scored(args.model, normals, normal_key)[1].slice_scores,
         normals.positions,
-        _slice_scores(args.model, test, data.data_key),
+        test_detection.slice_scores,
         test.positions,
     )
     controls = test.case_anomaly == "normal"
@@ -165,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     figure = args.out.with_suffix(".png")
     _plot(cases, figure, f"{model.model_id}: what the window shows against what is found")
+    misses = args.out.with_name(f"{args.out.stem}_misses.png")
+    _plot_misses(cases, test_run, test_detection.maps, misses)
     write_json(
         {
             **run_header("visibility", "visibility", argv, started),
@@ -181,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             "per_type": per_type,
             "cases": cases,
             "figure": str(figure),
+            "misses_figure": str(misses),
         },
         args.out,
     )
