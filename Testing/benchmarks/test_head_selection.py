@@ -74,3 +74,17 @@ def test_a_head_is_named_name_equals_model():
     for text in ("models/default.safetensors", "=models/default.safetensors", "name="):
         with pytest.raises(argparse.ArgumentTypeError, match="NAME=MODEL"):
             HeadSpec(text)
+
+
+def test_the_faint_probe_widens_only_the_intensity_ranges_and_restores_them():
+    from AnomalyScoutLib.anomaly_map import synthesis
+    from benchmarks import head_contrast_probe as probe
+
+    draws = [probe._faint_uniform(torch.Generator().manual_seed(s), 30.0, 200.0) for s in range(400)]
+    assert min(draws) >= probe.FAINT_FLOOR_HU and max(draws) <= 200.0 and min(draws) < 20.0
+    other = probe._faint_uniform(torch.Generator().manual_seed(0), 0.5, 2.0)
+    assert other == synthesis._uniform(torch.Generator().manual_seed(0), 0.5, 2.0)
+    with pytest.raises(SystemExit):  # anomalyscout's own parser refuses a missing command
+        probe.main(["--faint"])
+    assert synthesis._uniform is probe._as_shipped  # restored after the run
+    assert probe.main(["train-head"]) == 2

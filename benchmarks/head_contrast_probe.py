@@ -1,0 +1,60 @@
+"""Probe: does a head taught fainter synthetic changes see fainter anomalies? ``train-head`` with the
+intensity changes of its synthesis drawn down to 12 HU.
+
+Usage (repository root; the two heads of ``docs/benchmarks.md`` section 11, 20 minutes each on one thread)::
+
+    python -m benchmarks.head_contrast_probe --faint train-head --model models/default.safetensors \\
+        --data runs/phantom-normal --out runs/head-subtle.safetensors --run runs/head-subtle-run \\
+        --channels 16 32 64 --steps 1800 --max-minutes 45 --threads 1 --snapshots --no-progress
+    python -m benchmarks.head_contrast_probe --as-shipped train-head ...   # the control, same options
+    python -m benchmarks.head_comparison --heads default=models/default.safetensors \\
+        control=runs/head-control.safetensors subtle=runs/head-subtle.safetensors
+
+Why: the phantom's tumours change their masks by a median 20 HU in the model's window, metal's streaks and
+deformations by 7 HU (``benchmarks.visibility``), while the synthesis's intensity shifts start at 20-30 HU
+(:mod:`AnomalyScoutLib.anomaly_map.synthesis`). With ``--faint`` the texture shift (30-200 HU), the
+noise texture (20-80 HU) and the diffuse density shift (20-120 HU) are drawn log-uniformly from 12 HU (just
+above the 10 HU at which a pixel counts as changed) to the same top instead. One random number per draw
+either way, so both heads see the same slices, regions and families in the same order. The library is not
+changed: the ranges are replaced for this process only.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import torch
+
+from AnomalyScoutLib.anomaly_map import synthesis
+from AnomalyScoutLib.cli import main as cli_main
+
+#: The lowest intensity change drawn with ``--faint`` (HU).
+FAINT_FLOOR_HU = 12.0
+#: The intensity ranges (HU) of the synthesis that ``--faint`` widens downwards.
+INTENSITY_RANGES = ((30.0, 200.0), (20.0, 80.0), (20.0, 120.0))
+
+_as_shipped = synthesis._uniform
+
+
+def _faint_uniform(generator: torch.Generator, low: float, high: float) -> float:
+    if (low, high) not in INTENSITY_RANGES:
+        return _as_shipped(generator, low, high)
+    u = float(torch.rand((), generator=generator))
+    return math.exp(math.log(FAINT_FLOOR_HU) + (math.log(high) - math.log(FAINT_FLOOR_HU)) * u)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] not in ("--faint", "--as-shipped"):
+        print("head_contrast_probe: first --faint or --as-shipped, then anomalyscout's", file=sys.stderr)
+        return 2
+    synthesis._uniform = _faint_uniform if args[0] == "--faint" else _as_shipped
+    try:
+        return cli_main(args[1:])
+    finally:
+        synthesis._uniform = _as_shipped
+
+
+if __name__ == "__main__":
+    sys.exit(main())
