@@ -39,13 +39,15 @@ from benchmarks.ours import GeneratorDetector
 from benchmarks.results_io import add_position_argument, placer_for
 from benchmarks.slices import SliceSet, concatenate
 
-__all__ = ["error_summary", "held_out_slices", "main"]
+__all__ = ["error_summary", "held_out_slices", "main", "training_slices"]
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results" / "reconstruction_error.json"
 #: Held-out seeds: a block per anomaly type, far from training (1000-1039), calibration (900000+) and the
 #: phantom track's test blocks (9000-9599).
 FIRST_SEED = 9700
+#: The GAN's training phantoms (``anomalyscout phantom --n 40 --seed 1000``).
+TRAINING_SEED = 1000
 
 
 def error_summary(slices: SliceSet, reconstructions: np.ndarray, hu_per_unit: float) -> dict[str, Any]:
@@ -88,6 +90,14 @@ def held_out_slices(
     return in_range_only(concatenate(cases))
 
 
+def training_slices(n: int, every: int, model: AnomalyModel, placer: SlicePlacer = BY_INDEX) -> SliceSet:
+    """Every ``every``-th in-range slice of the first ``n`` phantoms the GAN trained on (seeds 1000+)."""
+    cases = [phantom_case(TRAINING_SEED + i, "normal", model.resolution, model.window, placer=placer)
+             for i in range(n)]  # fmt: skip
+    slices, _ = in_range_only(concatenate(cases))
+    return slices.subset(np.arange(len(slices)) % every == 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -98,6 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-type", type=int, default=1, help="held-out cases per anomaly type")
     parser.add_argument("--normals", type=int, default=2, help="held-out normal cases")
     parser.add_argument("--every", type=int, default=4, help="keep every n-th normal slice")
+    parser.add_argument(
+        "--training-normals",
+        type=int,
+        default=0,
+        help="also the normal-body error on this many of the GAN's training phantoms (seeds 1000+): a "
+        "generator that memorised its data draws them far better than held-out ones",
+    )
     add_position_argument(parser)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -125,10 +142,20 @@ def main(argv: list[str] | None = None) -> int:
             row = {"model": str(model_path), "model_id": model.model_id, "mode": mode, "steps": steps,
                    "slices": int(keep.sum()), "seconds": seconds, "position": placer.method,
                    "range_gate": excluded.as_dict(), **summary}  # fmt: skip
+            if args.training_normals:
+                seen = training_slices(args.training_normals, args.every, model, placer)
+                row["training_normal_body_hu"] = error_summary(
+                    seen, detector.reconstruct(seen).images, hu_per_unit
+                )["normal_body_hu"]
             rows.append(row)
+            seen_text = (
+                f", training phantoms' normal body {row['training_normal_body_hu']:6.1f} HU"
+                if args.training_normals
+                else ""
+            )
             print(
                 f"{model_path.name:32s} {mode:9s} normal body {summary['normal_body_hu']:6.1f} HU, "
-                f"anomalies {summary['anomaly_hu']:6.1f} HU, ratio {summary['ratio']:.2f}",
+                f"anomalies {summary['anomaly_hu']:6.1f} HU, ratio {summary['ratio']:.2f}{seen_text}",
                 flush=True,
             )
     result = {
