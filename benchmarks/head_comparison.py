@@ -7,9 +7,9 @@ Usage (repository root; minutes once the phantom and reconstruction caches exist
         other=runs/other-head.safetensors [early=runs/head.safetensors:RUN/snapshots/step-000500.safetensors]
 
 Four cases per type could not tell heads apart (``docs/benchmarks.md``, section 6: 95 % intervals 0.1 wide),
-and the product track costs 14 s per case and model. Every head here reads the same ``fast`` reconstructions
-(those of ``--base``: the heads must belong to models with its generator and encoder), so a head costs only
-its own forward passes, and the test can be large: ``--per-type`` held-out phantoms per anomaly type and as
+and the product track costs 14 s per case and model. Each head reads its own model's ``fast`` reconstructions
+(cached; shared with ``--base`` when the generator and encoder are the same, so such a head costs only its
+own forward passes), and the test can be large: ``--per-type`` held-out phantoms per anomaly type and as
 many controls (seeds 9000+, every 4th slice, placed by anatomy). Each head's slice score becomes a percentile
 among normal slices near the same position (6 normal phantoms, seeds 900000+: what the product's calibration
 does), and whole cases are resampled for 95 % intervals of each head's mean slice AUROC over types and of its
@@ -35,7 +35,7 @@ from benchmarks.detectors import Detection
 from benchmarks.ensemble import CALIBRATION_SEEDS, calibration_normals, position_percentiles
 from benchmarks.evaluate import case_slices, paired_case_bootstrap
 from benchmarks.generator_runs import GeneratorRun, generator_run
-from benchmarks.head_detector import HeadRun
+from benchmarks.head_detector import HeadRun, head_run
 from benchmarks.head_selection import load_snapshot
 from benchmarks.ours import GeneratorDetector
 from benchmarks.phantom_track import held_out_data, method_summary
@@ -67,19 +67,27 @@ class HeadSpec:
         return model.head
 
 
-def _percentiles(head: AnomalyHead, normals: GeneratorRun, test: GeneratorRun) -> np.ndarray:
-    """The head's test slice scores as percentiles among the normal slices near each one's position."""
-    normal_scores, test_scores = (
-        HeadRun("head", run, head=head).method_run().detection.slice_scores for run in (normals, test)
-    )
-    return position_percentiles(normal_scores, normals.slices.positions, test_scores, test.slices.positions)
+def _percentiles(
+    spec: HeadSpec, normals: GeneratorRun, test: GeneratorRun, keys: tuple[str, str]
+) -> np.ndarray:
+    """The head's test slice scores as percentiles among the normal slices near each one's position, on its
+    own model's reconstructions (the base's when the generator and encoder are the same)."""
+    head = spec.load()
+    scores = []
+    for base, key in zip((normals, test), keys):
+        own = head_run(spec.name, spec.model, base.slices, key, base=base).reconstructions
+        scores.append(HeadRun(spec.name, own, head=head).method_run().detection.slice_scores)
+    return position_percentiles(scores[0], normals.slices.positions, scores[1], test.slices.positions)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--heads", type=HeadSpec, nargs="+", required=True, help="NAME=MODEL[:SNAPSHOT]")
     parser.add_argument(
-        "--base", type=Path, default=Path("models/default.safetensors"), help="model whose reconstructions"
+        "--base",
+        type=Path,
+        default=Path("models/default.safetensors"),
+        help="model whose grid, window and placement make the test slices",
     )
     parser.add_argument("--per-type", type=int, default=10, help="test cases per anomaly type (and controls)")
     parser.add_argument("--threads", type=int, default=1)
@@ -101,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     percentiles: dict[str, np.ndarray] = {}
     rows: list[dict[str, Any]] = []
     for spec in args.heads:
-        percentiles[spec.name] = _percentiles(spec.load(), normal_run, test_run)
+        percentiles[spec.name] = _percentiles(spec, normal_run, test_run, (normal_key, data.data_key))
         rows.append(
             {
                 **method_summary(

@@ -186,4 +186,5 @@ def test_a_finer_segmenters_masks_reach_the_model_grid_by_area_in_the_slices_ord
     with pytest.raises(ValueError, match="not a multiple"):
         monai_segmenter.segment_on_model_grid(_Threshold(), SegmenterSpec(resolution=24), picked, native)
     with pytest.raises(ValueError, match="not in the native set"):
-        monai_segmenter.segment_on_model_grid(_Threshold(), spec, picked, native.subset(native.slice_index != 1))
+        without_one = native.subset(native.slice_index != 1)
+        monai_segmenter.segment_on_model_grid(_Threshold(), spec, picked, without_one)
