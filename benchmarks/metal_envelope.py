@@ -91,11 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     envelopes = _envelopes(args.fit_cases)
     scorers = _scorers(args.model, envelopes)
+    evaluation = evaluate_scorers(scorers, PhantomSplit(per_type=args.per_type, n_normal=args.normals))
     results = {
-        **run_header("metal_envelope", "metal_envelope", argv, started),
+        **run_header("metal_envelope", "metal_envelope", argv, started),  # after the work: its wall time
         "model_id": scorers["none"].model.model_id,
         "envelopes": {name: None if e is None else e.to_json() for name, e in envelopes.items()},
-        **evaluate_scorers(scorers, PhantomSplit(per_type=args.per_type, n_normal=args.normals)),
+        **evaluation,
     }
     write_json(results, args.out)
     print(f"[metal-envelope] wrote {args.out}")

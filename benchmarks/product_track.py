@@ -184,11 +184,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         for path in args.models
     }
+    evaluation = evaluate_scorers(scorers, PhantomSplit(per_type=args.per_type, n_normal=args.normals))
     results = {
-        **run_header("product_track", "product_track", argv, started),
+        **run_header("product_track", "product_track", argv, started),  # after the work: its wall time
         "mode": args.mode,
         "models": {name: scorer.model.model_id for name, scorer in scorers.items()},
-        **evaluate_scorers(scorers, PhantomSplit(per_type=args.per_type, n_normal=args.normals)),
+        **evaluation,
     }
     write_json(results, args.out)
     print(f"[product-track] wrote {args.out}")

@@ -49,3 +49,30 @@ def test_case_slices_group_a_harness_methods_scores_by_case():
     assert sorted(grouped) == [0, 1]
     np.testing.assert_array_equal(grouped[0][0], [False, True, False])
     np.testing.assert_array_equal(grouped[1][1], [3.0, 4.0, 5.0])
+
+
+def test_the_results_header_times_the_whole_run(tiny_model_file, tmp_path, monkeypatch):
+    import json
+
+    from benchmarks import product_track, results_io
+
+    clock = {"now": 1000.0}
+
+    class _Clock:
+        @staticmethod
+        def time() -> float:
+            return clock["now"]
+
+        gmtime = staticmethod(__import__("time").gmtime)
+        strftime = staticmethod(__import__("time").strftime)
+
+    def evaluate(scorers, split):
+        clock["now"] += 600.0  # the cases take ten minutes
+        return {"phantoms": {}}
+
+    monkeypatch.setattr(product_track, "time", _Clock)
+    monkeypatch.setattr(results_io, "time", _Clock)
+    monkeypatch.setattr(product_track, "evaluate_scorers", evaluate)
+    out = tmp_path / "product.json"
+    assert product_track.main(["--models", str(tiny_model_file), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["wall_s"] == 600.0
