@@ -175,17 +175,29 @@ def _segfail(results: dict[str, Any]) -> list[str]:
     ]
     if "normal_dice" in results:
         segmenter = results["segmenter"]
+        native = results.get("normal_dice_at_segmenter_grid")
+        at_its_grid = (
+            "" if native is None else f" (**{_number(native)}** at its own {segmenter['resolution']}² grid)"
+        )
+        by_area = results.get("failure_auroc_error_area")
+        area_text = (
+            ""
+            if by_area is None
+            else f"; by error area (> {results['failure_error_px']:.0f} px wrong): **{_number(by_area)}**"
+        )
         lines += [
             f"Segmenter: {segmenter['network']}, {segmenter['step']} steps (best validation Dice "
             f"{_number(segmenter['best_dice'])}); **normal Dice {_number(results['normal_dice'])}** on the "
-            f"held-out normal cases. Default score ({results['default_score']}): **failure AUROC "
-            f"{_number(results['failure_auroc'])}**.",
+            f"held-out normal cases at the model grid{at_its_grid}. Default score "
+            f"({results['default_score']}): **failure AUROC {_number(results['failure_auroc'])}**"
+            f"{area_text}.",
             "",
         ]
     for group, row in results["dice"].items():
+        area = row.get("failures_by_error_area")
         lines.append(
             f"- {group}: mean Dice {_number(row['mean'])}, {row['failures']} failures of "
-            f"{row['slices']} slices"
+            f"{row['slices']} slices" + ("" if area is None else f" ({area} by error area)")
         )
     lines += [
         "",
