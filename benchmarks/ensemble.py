@@ -20,23 +20,26 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
+from AnomalyScoutLib.inversion import InversionConfig
+from AnomalyScoutLib.model_file import AnomalyModel
 from AnomalyScoutLib.preprocessing import HUWindow
+from AnomalyScoutLib.scoring import ScoreConfig
 from benchmarks.baselines.atlas import PositionAtlas
 from benchmarks.data import SlicePlacer, in_range_only, phantom_case
 from benchmarks.detectors import Detection
 from benchmarks.generator_runs import generator_run
 from benchmarks.head_detector import head_run
 from benchmarks.ours import GeneratorDetector
-from benchmarks.phantom_track import method_summary, phantom_data
+from benchmarks.phantom_track import PhantomData, held_out_data, method_summary, phantom_data
 from benchmarks.results_io import RESULTS_DIR, placer_for, run_header, write_json
 from benchmarks.slices import SliceSet, concatenate
 
-__all__ = ["calibration_normals", "main", "position_percentiles"]
+__all__ = ["PercentileTestSet", "calibration_normals", "main", "percentile_test_set", "position_percentiles"]
 
 CALIBRATION_SEEDS = tuple(range(900000, 900006))
 
@@ -49,6 +52,27 @@ def calibration_normals(resolution: int, window: HUWindow, placer: SlicePlacer) 
     )
     normals, _ = in_range_only(normals.subset(normals.slice_index % 2 == 0))
     return normals, f"ensemble-calibration-{CALIBRATION_SEEDS[0]}-{len(CALIBRATION_SEEDS)}-stride2"
+
+
+class PercentileTestSet(NamedTuple):
+    """Held-out test cases and the normals their scores are made percentiles among, as a model places them."""
+
+    model: AnomalyModel
+    placer: SlicePlacer
+    data: PhantomData
+    normals: SliceSet
+    normal_key: str
+
+
+def percentile_test_set(model_path: Path, per_type: int) -> PercentileTestSet:
+    """``per_type`` held-out cases of each anomaly type and as many controls (:func:`held_out_data`), and the
+    calibration normals, on the grid and window of ``model_path`` and placed as it places slices."""
+    model = AnomalyModel.load(model_path, "cpu")
+    placer = placer_for(model, "auto")
+    data = held_out_data(per_type, model.resolution, model.window, placer)
+    return PercentileTestSet(
+        model, placer, data, *calibration_normals(model.resolution, model.window, placer)
+    )
 
 
 def position_percentiles(
@@ -71,10 +95,6 @@ def position_percentiles(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from AnomalyScoutLib.inversion import InversionConfig
-    from AnomalyScoutLib.model_file import AnomalyModel
-    from AnomalyScoutLib.scoring import ScoreConfig
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=Path("models/default.safetensors"))
     parser.add_argument(

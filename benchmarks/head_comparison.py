@@ -32,14 +32,14 @@ from AnomalyScoutLib.inversion import InversionConfig
 from AnomalyScoutLib.model_file import AnomalyModel
 from AnomalyScoutLib.scoring import ScoreConfig
 from benchmarks.detectors import Detection
-from benchmarks.ensemble import CALIBRATION_SEEDS, calibration_normals, position_percentiles
+from benchmarks.ensemble import CALIBRATION_SEEDS, percentile_test_set, position_percentiles
 from benchmarks.evaluate import case_slices, paired_case_bootstrap
 from benchmarks.generator_runs import GeneratorRun, generator_run
 from benchmarks.head_detector import HeadRun, head_run
 from benchmarks.head_selection import load_snapshot
 from benchmarks.ours import GeneratorDetector
-from benchmarks.phantom_track import held_out_data, method_summary
-from benchmarks.results_io import RESULTS_DIR, placer_for, run_header, write_json
+from benchmarks.phantom_track import method_summary
+from benchmarks.results_io import RESULTS_DIR, run_header, write_json
 
 __all__ = ["HeadSpec", "main"]
 
@@ -99,10 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"head_comparison: no file {', '.join(missing)}", file=sys.stderr)
         return 1
     torch.set_num_threads(args.threads)
-    base = AnomalyModel.load(args.base, "cpu")
-    placer = placer_for(base, "auto")
-    data = held_out_data(args.per_type, base.resolution, base.window, placer)
-    normals, normal_key = calibration_normals(base.resolution, base.window, placer)
+    _, _, data, normals, normal_key = percentile_test_set(args.base, args.per_type)
     detector = GeneratorDetector("fast", args.base, InversionConfig(mode="fast"), ScoreConfig())
     normal_run = generator_run(detector, normals, normal_key)
     test_run = generator_run(detector, data.test, data.data_key)

@@ -37,17 +37,15 @@ import torch
 
 from AnomalyScoutLib import metrics
 from AnomalyScoutLib.inversion import InversionConfig
-from AnomalyScoutLib.model_file import AnomalyModel
 from AnomalyScoutLib.scoring import ScoreConfig
 from benchmarks.data import phantom_case
 from benchmarks.detectors import Detection
-from benchmarks.ensemble import CALIBRATION_SEEDS, calibration_normals, position_percentiles
+from benchmarks.ensemble import CALIBRATION_SEEDS, percentile_test_set, position_percentiles
 from benchmarks.generator_runs import GeneratorRun, generator_run
 from benchmarks.head_detector import HeadRun
 from benchmarks.ours import GeneratorDetector
-from benchmarks.phantom_track import held_out_data
 from benchmarks.plots import save_figure
-from benchmarks.results_io import RESULTS_DIR, placer_for, run_header, write_json
+from benchmarks.results_io import RESULTS_DIR, run_header, write_json
 from benchmarks.slices import SliceSet
 
 __all__ = ["case_contrast", "main"]
@@ -136,10 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"visibility: no model file {args.model}", file=sys.stderr)
         return 1
     torch.set_num_threads(args.threads)
-    model = AnomalyModel.load(args.model, "cpu")
-    placer = placer_for(model, "auto")
-    data = held_out_data(args.per_type, model.resolution, model.window, placer)
-    normals, normal_key = calibration_normals(model.resolution, model.window, placer)
+    model, placer, data, normals, normal_key = percentile_test_set(args.model, args.per_type)
     test = data.test
     test_run, test_detection = _scored(args.model, test, data.data_key)
     percentile = position_percentiles(
