@@ -8,9 +8,11 @@ The poster's headline use: a segmentation network trained on normal anatomy fail
 anomaly score should say where. Set-up:
 
 - **the segmenter** is MONAI's 2-D U-Net trained with augmentation on the normal training phantoms
-  (:mod:`benchmarks.monai_segmenter`; trained here if its checkpoint is missing). ``normal_dice`` is its mean
-  Dice on the held-out *normal* test cases' slices with enough liver: failures should come from anomalies,
-  not from a weak segmenter (the earlier small U-Net reached 0.74 and its "failures" were liver tips);
+  (:mod:`benchmarks.monai_segmenter`; trained here if its checkpoint is missing), on the model grid or, with
+  ``--segmenter-resolution 256``, on the phantom's own grid with its masks brought down by area.
+  ``normal_dice`` is its mean Dice on the held-out *normal* test cases' slices with enough liver: failures
+  should come from anomalies, not from a weak segmenter (the earlier small U-Net reached 0.74 and its
+  "failures" were liver tips);
 - it segments the phantom track's test slices (anomalous cases and controls, the same slices and caches as
   ``benchmarks.phantom_track``) and the real fixture (``example_ct`` with TotalSegmentator's liver as truth);
 - **failure rule**: Dice < ``--failure-dice`` (0.9) on a slice whose true liver covers at least
@@ -216,11 +218,16 @@ def _liver_slices(slices: SliceSet, min_px: int) -> np.ndarray:
 
 
 def _segment(
-    model: Any, spec: SegmenterSpec, slices: SliceSet, same_grid: SliceSet, native: Callable[[], SliceSet]
+    model: Any,
+    spec: SegmenterSpec,
+    slices: SliceSet,
+    same_grid: SliceSet | None,
+    native: Callable[[], SliceSet],
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The segmenter's liver masks of ``slices`` on the model grid, and its Dice at its own grid when that is
-    finer (else None). ``same_grid``: the unstrided cases on the model grid (2.5-D neighbours); ``native``
-    makes them at the segmenter's resolution, only when it differs."""
+    finer (else None). ``same_grid``: the unstrided cases on the model grid, where a 2.5-D segmenter on that
+    grid finds its neighbours (None: ``slices`` themselves); ``native`` makes them at the segmenter's
+    resolution, called only when it differs."""
     if spec.resolution == slices.images.shape[-1]:
         return predict_liver(model, segmenter_images(spec, slices, same_grid)), None
     segmented = segment_on_model_grid(model, spec, slices, native())
