@@ -134,7 +134,8 @@ def _rows_by_slice(slices: SliceSet) -> dict[tuple[str, int], int]:
 
 
 def min_liver_px_at(resolution: int, model_grid_px: int = 50, model_grid: int = 128) -> int:
-    """ "Enough liver" as the same area at another resolution: ``model_grid_px`` pixels of the model grid."""
+    """The area of ``model_grid_px`` model-grid pixels, in pixels at ``resolution``: what counts as
+    "enough liver" on a finer grid."""
     return round(model_grid_px * (resolution / model_grid) ** 2)
 
 
@@ -189,13 +190,9 @@ def segment_on_model_grid(
         raise ValueError(
             f"the segmenter's grid {spec.resolution} is not a multiple of {slices.images.shape[-1]}"
         )
-    rows = {
-        (native.cases[c].name, int(k)): i for i, (c, k) in enumerate(zip(native.case, native.slice_index))
-    }
+    rows = _rows_by_slice(native)
     try:
-        pick = np.array(
-            [rows[(slices.cases[c].name, int(k))] for c, k in zip(slices.case, slices.slice_index)]
-        )
+        pick = np.array([rows[key] for key in _slice_keys(slices)])
     except KeyError as missing:
         raise ValueError(f"slice {missing.args[0]} is not in the native set") from None
     chosen = native.subset(pick)
