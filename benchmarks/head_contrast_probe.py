@@ -1,5 +1,6 @@
-"""Probe: does a head taught fainter synthetic changes see fainter anomalies? ``train-head`` with the
-intensity changes of its synthesis drawn down to 12 HU.
+"""Probe: does a head taught fainter, or only local, synthetic changes see the phantoms' anomalies better?
+``train-head`` with the intensity changes of its synthesis drawn down to 12 HU (``--faint``), or without its
+two large families (``--local``).
 
 Usage (repository root; the two heads of ``docs/benchmarks.md`` section 11, 20 minutes each on one thread)::
 
@@ -15,8 +16,12 @@ deformations by 7 HU (``benchmarks.visibility``), while the synthesis's intensit
 (:mod:`AnomalyScoutLib.anomaly_map.synthesis`). With ``--faint`` the texture shift (30-200 HU), the
 noise texture (20-80 HU) and the diffuse density shift (20-120 HU) are drawn log-uniformly from 12 HU (just
 above the 10 HU at which a pixel counts as changed) to the same top instead. One random number per draw
-either way, so both heads see the same slices, regions and families in the same order. The library is not
-changed: the ranges are replaced for this process only.
+either way, so both heads see the same slices, regions and families in the same order.
+
+With ``--local`` the head trains on the foreign-patch and texture families only. The diffuse-density family
+covers 50-90 % of the body and the warp 10-40 %, and the default head's maps are warm over broad regions where
+nothing is wrong (``benchmarks/results/visibility_misses.png``); this asks what those two families add. The
+library is not changed: the ranges or the families are replaced for this process only.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import sys
 import torch
 
 from AnomalyScoutLib.anomaly_map import synthesis
+from AnomalyScoutLib.anomaly_map.training import HeadTrainingOptions
 from AnomalyScoutLib.cli import main as cli_main
 
 #: The lowest intensity change drawn with ``--faint`` (HU).
@@ -34,7 +40,15 @@ FAINT_FLOOR_HU = 12.0
 #: The intensity ranges (HU) of the synthesis that ``--faint`` widens downwards.
 INTENSITY_RANGES = ((30.0, 200.0), (20.0, 80.0), (20.0, 120.0))
 
+#: The families ``--local`` leaves out of training: the two whose regions cover much of the body.
+LARGE_FAMILIES = ("diffuse_density", "warp")
+
 _as_shipped = synthesis._uniform
+_families_as_shipped = HeadTrainingOptions.training_families
+
+
+def _local_families(options: HeadTrainingOptions) -> tuple[str, ...]:
+    return tuple(f for f in _families_as_shipped.fget(options) if f not in LARGE_FAMILIES)
 
 
 def _faint_uniform(generator: torch.Generator, low: float, high: float) -> float:
@@ -46,14 +60,20 @@ def _faint_uniform(generator: torch.Generator, low: float, high: float) -> float
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] not in ("--faint", "--as-shipped"):
-        print("head_contrast_probe: first --faint or --as-shipped, then anomalyscout's", file=sys.stderr)
+    if not args or args[0] not in ("--faint", "--local", "--as-shipped"):
+        print(
+            "head_contrast_probe: first --faint, --local or --as-shipped, then anomalyscout's",
+            file=sys.stderr,
+        )
         return 2
     synthesis._uniform = _faint_uniform if args[0] == "--faint" else _as_shipped
+    if args[0] == "--local":
+        HeadTrainingOptions.training_families = property(_local_families)  # type: ignore[method-assign]
     try:
         return cli_main(args[1:])
     finally:
         synthesis._uniform = _as_shipped
+        HeadTrainingOptions.training_families = _families_as_shipped  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":

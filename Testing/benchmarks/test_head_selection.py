@@ -88,3 +88,17 @@ def test_the_faint_probe_widens_only_the_intensity_ranges_and_restores_them():
         probe.main(["--faint"])
     assert synthesis._uniform is probe._as_shipped  # restored after the run
     assert probe.main(["train-head"]) == 2
+
+
+def test_the_local_probe_trains_without_the_large_families_and_restores_them():
+    from AnomalyScoutLib.anomaly_map.training import HeadTrainingOptions
+    from benchmarks import head_contrast_probe as probe
+
+    options = HeadTrainingOptions()
+    shipped = options.training_families
+    assert set(probe.LARGE_FAMILIES) <= set(shipped)
+    local = probe._local_families(options)
+    assert local == tuple(f for f in shipped if f not in probe.LARGE_FAMILIES) and len(local) >= 2
+    with pytest.raises(SystemExit):
+        probe.main(["--local"])  # no command: anomalyscout's parser exits
+    assert HeadTrainingOptions().training_families == shipped  # restored
