@@ -130,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         keep = slices.anomaly.any(axis=(1, 2)) | (np.arange(len(slices.positions)) % args.every == 0)
         slices = slices.subset(keep)
         hu_per_unit = model.window.width / 2
+        seen = (
+            training_slices(args.training_normals, args.every, model, placer)
+            if args.training_normals
+            else None
+        )
         for mode in args.modes:
             steps = args.projector_steps if mode == "projector" else None
             detector = GeneratorDetector(
@@ -142,17 +147,13 @@ def main(argv: list[str] | None = None) -> int:
             row = {"model": str(model_path), "model_id": model.model_id, "mode": mode, "steps": steps,
                    "slices": int(keep.sum()), "seconds": seconds, "position": placer.method,
                    "range_gate": excluded.as_dict(), **summary}  # fmt: skip
-            if args.training_normals:
-                seen = training_slices(args.training_normals, args.every, model, placer)
+            seen_text = ""
+            if seen is not None:
                 row["training_normal_body_hu"] = error_summary(
                     seen, detector.reconstruct(seen).images, hu_per_unit
                 )["normal_body_hu"]
+                seen_text = f", training phantoms' normal body {row['training_normal_body_hu']:6.1f} HU"
             rows.append(row)
-            seen_text = (
-                f", training phantoms' normal body {row['training_normal_body_hu']:6.1f} HU"
-                if args.training_normals
-                else ""
-            )
             print(
                 f"{model_path.name:32s} {mode:9s} normal body {summary['normal_body_hu']:6.1f} HU, "
                 f"anomalies {summary['anomaly_hu']:6.1f} HU, ratio {summary['ratio']:.2f}{seen_text}",
