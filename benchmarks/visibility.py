@@ -75,19 +75,20 @@ def _scored(model_path: Path, slices: SliceSet, key: str) -> tuple[GeneratorRun,
 
 
 def _plot_misses(
-    cases: list[dict[str, Any]], run: GeneratorRun, maps: np.ndarray, path: Path, count: int = 4
+    cases: dict[int, dict[str, Any]], run: GeneratorRun, maps: np.ndarray, path: Path, count: int = 4
 ) -> None:
     """The clearest anomalies the model missed (case AUROC < 0.5, highest contrast first), each on its
     slice with the most anomaly: the slice, the reconstruction, the residual and the model's map, the
-    anomaly outlined."""
+    anomaly outlined. ``cases``: the rows of the results by their case's number in ``run.slices``."""
     test = run.slices
-    missed = sorted((c for c in cases if c["case_auroc"] < 0.5), key=lambda c: -c["contrast_hu"])[:count]
+    missed = [c for c in cases if cases[c]["case_auroc"] < 0.5]
+    missed = sorted(missed, key=lambda c: -cases[c]["contrast_hu"])[:count]
     if not missed:
         return
     figure, axes = plt.subplots(len(missed), 4, figsize=(10, 2.6 * len(missed)), squeeze=False)
-    names = [info.name for info in test.cases]
-    for ax_row, case in zip(axes, missed):
-        rows = np.flatnonzero((test.case == names.index(f"{case['type']}-{case['seed']}")) & test.labels)
+    for ax_row, c in zip(axes, missed):
+        case = cases[c]
+        rows = np.flatnonzero((test.case == c) & test.labels)
         i = rows[np.argmax(test.anomaly[rows].reshape(len(rows), -1).sum(axis=1))]
         image, reconstruction = test.images[i], run.reconstructions.images[i]
         panels = (
@@ -145,23 +146,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     controls = test.case_anomaly == "normal"
     hu_per_unit = model.window.width / 2
-    cases: list[dict[str, Any]] = []
+    case_rows: dict[int, dict[str, Any]] = {}  # by the case's number in the test set
     for c, info in enumerate(test.cases):
         rows = (test.case == c) & test.labels
         if info.anomaly == "normal" or not rows.any():
             continue
         twin = phantom_case(info.seed, "normal", model.resolution, model.window, placer=placer)
         chosen = rows | controls
-        cases.append(
-            {
-                "type": info.anomaly,
-                "seed": info.seed,
-                "anomalous_slices": int(rows.sum()),
-                "median_area_px": float(np.median(test.anomaly[rows].reshape(int(rows.sum()), -1).sum(1))),
-                "contrast_hu": case_contrast(test.subset(test.case == c), twin, hu_per_unit),
-                "case_auroc": metrics.roc_auc(test.labels[chosen], percentile[chosen]),
-            }
-        )
+        case_rows[c] = {
+            "type": info.anomaly,
+            "seed": info.seed,
+            "anomalous_slices": int(rows.sum()),
+            "median_area_px": float(np.median(test.anomaly[rows].reshape(int(rows.sum()), -1).sum(1))),
+            "contrast_hu": case_contrast(test.subset(test.case == c), twin, hu_per_unit),
+            "case_auroc": metrics.roc_auc(test.labels[chosen], percentile[chosen]),
+        }
+    cases = list(case_rows.values())
     per_type = {}
     for kind in data.split.types:
         chosen = [c for c in cases if c["type"] == kind]
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     figure = args.out.with_suffix(".png")
     _plot(cases, figure, f"{model.model_id}: what the window shows against what is found")
     misses = args.out.with_name(f"{args.out.stem}_misses.png")
-    _plot_misses(cases, test_run, test_detection.maps, misses)
+    _plot_misses(case_rows, test_run, test_detection.maps, misses)
     write_json(
         {
             **run_header("visibility", "visibility", argv, started),
