@@ -60,6 +60,7 @@ from AnomalyScoutLib.outputs import AtomicOutputDir, NrrdVolumeWriter
 from AnomalyScoutLib.position.fit import OPTIMIZER_MODULE, SlicePlacement
 from AnomalyScoutLib.position.gate import GateResult, domain_check, require_in_range
 from AnomalyScoutLib.position.placement import NO_REGRESSOR_NOTE, PLACEMENT_METHODS, place_and_gate
+from AnomalyScoutLib.precision import check_precision
 from AnomalyScoutLib.preload import preload_modules
 from AnomalyScoutLib.preprocessing import ModelGrid, body_mask, model_grid, slice_positions
 from AnomalyScoutLib.scoring import ScoreConfig, case_score, residual_maps, score_slices
@@ -161,6 +162,8 @@ class VolumeScorer:
         score: slice/case score definition.
         device: where the networks run.
         batch_size: slices per batch (halved automatically on CUDA out-of-memory).
+        precision: ``"auto"``: bf16 where ``device`` computes it natively, CPUs included; ``"fp32"``: never
+            (:mod:`AnomalyScoutLib.precision`).
     """
 
     def __init__(
@@ -170,9 +173,12 @@ class VolumeScorer:
         score: ScoreConfig,
         device: torch.device,
         batch_size: int = 16,
+        precision: str = "auto",
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+        if check_precision(precision) == "fp32":
+            inversion = dataclasses.replace(inversion, amp=False)
         self.model, self.inversion, self.score_config, self.device = model, inversion, score, device
         self.batch_size = batch_size
         #: HU no normal body voxel reaches (fitted by ``calibrate``); None for models calibrated before it.
@@ -185,7 +191,14 @@ class VolumeScorer:
             inversion,
             device,
             feature_residual=model.head is None,
+            cpu_bf16=True,
         )
+
+    @property
+    def precision(self) -> str:
+        """What the networks compute in: ``"bf16"`` (autocast, where the device does it natively and
+        ``--precision auto``) or ``"fp32"``."""
+        return "bf16" if self.reconstructor.bf16 else "fp32"
 
     def calibration_settings(self) -> dict[str, Any]:
         """What ``calibrate`` stores with a calibration made by this scorer (see ``calibration_settings``)."""
@@ -334,7 +347,7 @@ class VolumeScorer:
                     atlas[k0:k1] = model.atlas.slice_scores(x, position, area_m).cpu().numpy()
                 maps = None
                 if model.head is not None:
-                    with torch.inference_mode():
+                    with torch.inference_mode(), self.reconstructor.autocast():
                         maps = model.head.anomaly_map(x, result.images, position, area_m)
                         scores[k0:k1] = model.head.slice_scores(maps, area_m).cpu().numpy()
                 if sink is not None:
@@ -704,6 +717,7 @@ def _run_summary(
         "score_config": scorer.score_config.as_dict(),
         "fpr": fpr,
         "device": str(scorer.device),
+        "precision": scorer.precision,
         "input": scan.source,
         "mask": options.mask_path,
         "intensity_envelope_hu": None if scorer.envelope is None else scorer.envelope.high_hu,

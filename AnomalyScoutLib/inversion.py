@@ -18,14 +18,13 @@ batch size changes speed, not results.
 The networks run in ``torch.channels_last`` memory format on CPU and CUDA: the same numbers (up to float
 rounding, ~1e-5) at 1.4-1.6x the speed of the default layout on CPU, where oneDNN's convolutions, average
 pooling and bilinear upsampling have NHWC kernels. Fast mode, which never needs gradients, runs under
-``torch.inference_mode``.
+``torch.inference_mode``, in bf16 where the hardware computes it natively (:mod:`AnomalyScoutLib.precision`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +34,7 @@ from AnomalyScoutLib.errors import ConfigError
 from AnomalyScoutLib.nets.discriminator import Discriminator
 from AnomalyScoutLib.nets.encoder import Encoder
 from AnomalyScoutLib.nets.generator import Generator
+from AnomalyScoutLib.precision import bf16_autocast, native_bf16
 from AnomalyScoutLib.scoring import feature_residual, gaussian_smooth
 
 __all__ = [
@@ -73,7 +73,8 @@ class InversionConfig:
         kappa: weight of the discriminator-feature distance in the refinement loss.
         ssim_weight: weight of ``1 - SSIM`` over the body (0: off).
         seed: seeds the projector's latent noise, so runs repeat exactly.
-        amp: bfloat16 autocast on CUDA (ignored elsewhere).
+        amp: bfloat16 autocast on a CUDA device that computes it natively (and on such a CPU too when the
+            :class:`Reconstructor` is told ``cpu_bf16``: :mod:`AnomalyScoutLib.precision`).
     """
 
     mode: str = "fast"
@@ -178,10 +179,15 @@ class Reconstructor:
         device: torch.device,
         *,
         feature_residual: bool = True,
+        cpu_bf16: bool = False,
     ) -> None:
         self.generator, self.encoder, self.discriminator = generator, encoder, discriminator
         self.config = config
         self.device = device
+        #: Whether the networks run under bf16 autocast: ``config.amp`` on a device that computes bf16
+        #: natively, on a CPU only when asked (``cpu_bf16``: the product's ``--precision auto``; training and
+        #: the benchmark harness keep fp32 there, so that their caches and results stay comparable).
+        self.bf16 = config.amp and native_bf16(device) and (device.type != "cpu" or cpu_bf16)
         #: Measure the discriminator-feature residual of every reconstruction. A model whose score is its
         #: anomaly-map head never reads it, and in ``fast`` mode its two discriminator passes are about half
         #: of the network time; off, ``fast`` mode runs no discriminator pass at all.
@@ -197,20 +203,16 @@ class Reconstructor:
         """``(N, H, W)`` slices as the ``(N, 1, H, W)`` network input in the nets' memory format."""
         return images[:, None].contiguous(memory_format=self._memory_format)
 
-    @contextmanager
-    def _autocast(self) -> Iterator[None]:
-        if self.config.amp and self.device.type == "cuda":
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                yield
-        else:
-            yield
+    def autocast(self) -> contextlib.AbstractContextManager[None]:
+        """bf16 autocast when :attr:`bf16`, else nothing; the engine runs the head under it too."""
+        return bf16_autocast(self.device, self.bf16)
 
     def _synthesize(self, ws: torch.Tensor) -> torch.Tensor:
-        with self._autocast():
+        with self.autocast():
             return self.generator.synthesis(ws, noise_mode="const")[:, 0].float()
 
     def _features(self, images: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-        with self._autocast():
+        with self.autocast():
             return self.discriminator.features(self._image_batch(images), position).float()
 
     def reconstruct(
@@ -236,7 +238,7 @@ class Reconstructor:
             if self.config.mode == "projector":
                 ws = self.generator.mean_w(position)[:, None].repeat(1, self.generator.num_ws, 1)
             else:
-                with self._autocast():
+                with self.autocast():
                     ws = self.encoder(self._image_batch(x), position).float()
             if refine:
                 ws = self._refine(ws, x, position, mask, target_features, cancel)

@@ -35,6 +35,7 @@ from AnomalyScoutLib.inversion import InversionConfig
 from AnomalyScoutLib.io.volume import write_volume
 from AnomalyScoutLib.model_file import AnomalyModel
 from AnomalyScoutLib.phantom import make_phantom
+from AnomalyScoutLib.precision import PRECISIONS
 from AnomalyScoutLib.scoring import ScoreConfig
 from benchmarks.data import PhantomSplit
 from benchmarks.evaluate import paired_case_bootstrap
@@ -166,6 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=("fast", "accurate"), default="fast")
     parser.add_argument("--per-type", type=int, default=4, help="test cases per anomaly type")
     parser.add_argument("--normals", type=int, default=4, help="normal test cases")
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=PRECISIONS,
+        default=["auto"],
+        help="run every model in each (auto: the product's default, bf16 where the CPU computes it natively)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "product_track.json")
     args = parser.parse_args(argv)
@@ -176,19 +184,23 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     torch.set_num_threads(args.threads)
     scorers = {
-        str(path): VolumeScorer(
+        # one precision: the rows are named by model, as before the option
+        (str(path) if len(args.precisions) == 1 else f"{path} [{precision}]"): VolumeScorer(
             AnomalyModel.load(path, "cpu"),
             InversionConfig(mode=args.mode),
             ScoreConfig(),
             torch.device("cpu"),
+            precision=precision,
         )
         for path in args.models
+        for precision in args.precisions
     }
     evaluation = evaluate_scorers(scorers, PhantomSplit(per_type=args.per_type, n_normal=args.normals))
     results = {
         **run_header("product_track", "product_track", argv, started),  # after the work: its wall time
         "mode": args.mode,
         "models": {name: scorer.model.model_id for name, scorer in scorers.items()},
+        "precisions": {name: scorer.precision for name, scorer in scorers.items()},
         **evaluation,
     }
     write_json(results, args.out)

@@ -54,6 +54,7 @@ from AnomalyScoutLib.inversion import DEFAULT_ACCURATE_LR, DEFAULT_ACCURATE_STEP
 from AnomalyScoutLib.metrics import roc_auc
 from AnomalyScoutLib.model_file import DEFAULT_MODEL_PATH, AnomalyModel
 from AnomalyScoutLib.nets.architecture import preset
+from AnomalyScoutLib.precision import PRECISIONS
 from AnomalyScoutLib.scoring import ScoreConfig
 from benchmarks.data import BY_INDEX, SlicePlacer, in_range_only, phantom_case
 from benchmarks.ours import GeneratorDetector
@@ -179,8 +180,14 @@ def _score_once(command: list[str], out: Path, code: Path) -> dict[str, Any]:
     if process.returncode != 0:
         raise RuntimeError(f"scoring the big volume failed ({process.returncode}): {stderr.decode()[-2000:]}")
     cpu = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
-    timings = json.loads((out / "scores.json").read_text())["timings"]
-    return {"wall_s": seconds, "cpu_s": cpu, "peak_rss": peak, "timings": timings}
+    summary = json.loads((out / "scores.json").read_text())
+    return {
+        "wall_s": seconds,
+        "cpu_s": cpu,
+        "peak_rss": peak,
+        "timings": summary["timings"],
+        "precision": summary.get("precision"),  # what the networks ran in (None: code before the option)
+    }
 
 
 def measure_end_to_end(
@@ -191,13 +198,14 @@ def measure_end_to_end(
     repeats: int = 1,
     code: Path = REPO,
     position: str = "auto",
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Wall time, CPU time and peak RSS of ``anomalyscout score --mode fast`` on a synthetic int16 CT of
     ``shape_xyz``, each run in a process of its own as a user would run it (interpreter start, imports, model
     loading, reading, scoring and writing all count). With ``repeats`` > 1 the median run by wall time
     counts, and every run's wall time is kept. ``code``: the checkout whose ``AnomalyScoutLib`` runs (another
     commit's ``git worktree``, to compare two versions on the same machine); ``position``: its
-    ``--position``."""
+    ``--position``; ``precision``: its ``--precision``."""
     folder = Path(tempfile.mkdtemp(prefix="anomalyscout-speed-"))
     try:
         ct = folder / "big.nrrd"
@@ -207,6 +215,8 @@ def measure_end_to_end(
                    "--threads", str(threads)]  # fmt: skip
         if position != "auto":  # the default, left out: a --code checkout older than the option still runs
             command += ["--position", position]
+        if precision != "auto":  # likewise
+            command += ["--precision", precision]
         runs = [_score_once(command, folder / "out", code) for _ in range(repeats)]
         median = sorted(runs, key=lambda run: run["wall_s"])[len(runs) // 2]
         timings = median["timings"]
@@ -216,6 +226,7 @@ def measure_end_to_end(
             "device": device,
             "threads": threads,
             "position": position,
+            "precision": median["precision"],
             "code": str(code),
             "repeats": repeats,
             "peak_rss_gb": round(max(run["peak_rss"] for run in runs) / 1e9, 3),
@@ -403,6 +414,7 @@ def _end_to_end_only(args: argparse.Namespace, command: str, model_row: dict[str
         repeats=args.end_to_end_repeats,
         code=args.code,
         position=args.position,
+        precision=args.precision,
     )
     results["environment"]["load_average_after"] = [round(v, 1) for v in os.getloadavg()]
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -463,6 +475,12 @@ def main(argv: list[str] | None = None) -> int:
         "--out", type=Path, default=None, help=f"results JSON (default {RESULTS.relative_to(REPO)})"
     )
     parser.add_argument("--doc", type=Path, default=DOC, help="markdown summary")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="the end-to-end run's --precision (auto: bf16 where the CPU computes it natively)",
+    )
     add_position_argument(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -533,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
             args.threads,
             repeats=args.end_to_end_repeats,
             position=args.position,
+            precision=args.precision,
         )
         print(json.dumps(results["end_to_end"]), flush=True)
         save()
@@ -543,6 +562,7 @@ def main(argv: list[str] | None = None) -> int:
             shape,  # type: ignore[arg-type]
             args.threads,
             position=args.position,
+            precision=args.precision,
         )
         print(json.dumps(results["memory"]), flush=True)
         save()

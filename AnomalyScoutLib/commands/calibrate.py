@@ -221,7 +221,14 @@ def run(args: argparse.Namespace) -> int:
     model = AnomalyModel.load(model_path, device)
     score = ScoreConfig(method=args.score_method)
     scorers = [
-        VolumeScorer(model, InversionConfig(mode=mode, steps=args.steps), score, device, args.batch_size)
+        VolumeScorer(
+            model,
+            InversionConfig(mode=mode, steps=args.steps),
+            score,
+            device,
+            args.batch_size,
+            args.precision,
+        )
         for mode in args.modes
     ]
     if args.data is not None:

@@ -69,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out).absolute()
     device = device_from_args(args)
     model = AnomalyModel.load(args.model or DEFAULT_MODEL_PATH, device)
-    scorer = VolumeScorer(model, InversionConfig(mode=args.mode), ScoreConfig(), device, args.batch_size)
+    scorer = VolumeScorer(
+        model, InversionConfig(mode=args.mode), ScoreConfig(), device, args.batch_size, args.precision
+    )
     shape = "x".join(map(str, DEMO_SHAPE_XYZ))
     print(f"making a {shape} phantom with {', '.join(DEMO_ANOMALIES)} (seed {args.seed})")
     case = make_phantom(args.seed, shape_xyz=DEMO_SHAPE_XYZ, anomalies=DEMO_ANOMALIES)

@@ -24,6 +24,7 @@ from AnomalyScoutLib.engine import ScoreOptions, ScoreRun, VolumeScorer, score_f
 from AnomalyScoutLib.errors import ConfigError
 from AnomalyScoutLib.inversion import MODES, InversionConfig
 from AnomalyScoutLib.position.placement import PLACEMENT_METHODS
+from AnomalyScoutLib.precision import check_precision
 from AnomalyScoutLib.scoring import SCORE_METHODS, ScoreConfig
 
 __all__ = [
@@ -92,10 +93,17 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--device``, ``--threads`` and ``--batch-size``: where and how wide every scoring command runs."""
+    """``--device``, ``--threads``, ``--batch-size`` and ``--precision``: where and how every scoring command
+    runs."""
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     parser.add_argument("--batch-size", type=int, default=16, help="slices per batch (halved on GPU OOM)")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        help="auto: bf16 where the device computes it natively (CUDA, CPUs with AVX512-BF16 or AMX), "
+        "else fp32; fp32: always (default auto)",
+    )
 
 
 def device_from_args(args: argparse.Namespace) -> torch.device:
@@ -117,11 +125,12 @@ def build_scorer(args: argparse.Namespace) -> VolumeScorer:
     from AnomalyScoutLib.model_file import DEFAULT_MODEL_PATH, AnomalyModel
 
     keep_freed_memory()  # every batch reuses the last one's pages (AnomalyScoutLib.allocator)
+    check_precision(args.precision)  # before the model loads: a typo costs no seconds
     device = device_from_args(args)
     inversion = InversionConfig(mode=args.mode, steps=args.steps, lr=args.lr, seed=args.seed)
     score = ScoreConfig(method=args.score_method)
     model = AnomalyModel.load(args.model or DEFAULT_MODEL_PATH, device)
-    return VolumeScorer(model, inversion, score, device, batch_size=args.batch_size)
+    return VolumeScorer(model, inversion, score, device, args.batch_size, args.precision)
 
 
 def score_options(args: argparse.Namespace) -> ScoreOptions:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 
 import numpy as np
@@ -124,6 +126,11 @@ def test_with_the_shipped_model_metal_raises_the_slices_it_touches_above_their_n
 
 class _FlatReconstructor:
     """Each slice reconstructed as its body's median intensity: the best a model that learned nothing does."""
+
+    bf16 = False
+
+    def autocast(self):
+        return contextlib.nullcontext()
 
     def reconstruct(self, x, position, body, cancel=None):
         from AnomalyScoutLib.inversion import Reconstruction
