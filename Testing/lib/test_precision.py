@@ -72,13 +72,15 @@ def test_on_a_cpu_only_the_product_runs_bf16_and_only_where_native(tiny_architec
     assert not Reconstructor(*nets, fast, CPU, cpu_bf16=True).bf16
 
 
-def test_fp32_turns_bf16_off_and_auto_runs_every_network_under_autocast(head_model, bf16_cpu, ct_path, tmp_path):
+def test_fp32_turns_bf16_off_and_auto_runs_every_network_under_autocast(
+    head_model, bf16_cpu, ct_path, tmp_path
+):
     fast, score = InversionConfig(mode="fast"), ScoreConfig()
     exact = VolumeScorer(head_model, fast, score, CPU, batch_size=5, precision="fp32")
     quick = VolumeScorer(head_model, fast, score, CPU, batch_size=5, precision="auto")
     assert (exact.precision, quick.precision) == ("fp32", "bf16")
     runs = {p: score_file(ct_path, tmp_path / p, s) for p, s in (("fp32", exact), ("bf16", quick))}
-    for name, run in runs.items():
+    for name in runs:
         assert json.loads((tmp_path / name / "scores.json").read_text())["precision"] == name
     fp32, bf16 = runs["fp32"].case, runs["bf16"].case
     # The head's scores move (bf16 ran) but by little next to their spread (it ran the same networks).
@@ -89,9 +91,10 @@ def test_fp32_turns_bf16_off_and_auto_runs_every_network_under_autocast(head_mod
 
 
 def test_a_bad_precision_on_the_command_line_is_one_line(ct_path, tiny_model_file, tmp_path, capsys):
+    out = tmp_path / "out"
     code = cli_main(
-        ["score", ct_path, "--out", str(tmp_path / "out"), "--model", str(tiny_model_file), "--precision", "x"]
+        ["score", ct_path, "--out", str(out), "--model", str(tiny_model_file), "--precision", "x"]
     )
     err = capsys.readouterr().err
     assert code != 0 and "precision 'x' is not one of auto, fp32" in err
-    assert "Traceback" not in err and not (tmp_path / "out").exists()
+    assert "Traceback" not in err and not out.exists()
