@@ -1,0 +1,146 @@
+"""Probe: is how warm the head's whole map is an opinion worth adding, and do 60 test cases say so reliably?
+
+Usage (repository root; ~15 minutes the first time, for 60 new phantoms and their reconstructions)::
+
+    nice -n 10 python -m benchmarks.map_level_probe [--model models/default.safetensors] [--per-type 20]
+
+On the 60 cases of ``benchmarks.head_comparison`` the *median* of the head's map over the body, which
+subtracting from the top-k made far worse, scored 0.625 over types on its own, and the larger of its
+percentile and the top-k's 0.649 against the top-k's 0.613: a difference the case bootstrap resolved, after
+trying ten ways of reading the map. Ten ways is a search, so this asks again on cases the search never saw:
+``--per-type`` held-out phantoms per type and as many controls (seeds 9000+, every 4th slice, placed by
+anatomy), split into the first half (the search's cases when ``--per-type`` is 20) and the second half. Each
+score is made a percentile among the calibration normals near the slice's position (as the product
+calibrates); an opinion combination is the larger percentile, made a percentile again among the normals'
+own (as ``combine_opinions`` flags either). The model's own atlas is the product's second opinion.
+Results: ``benchmarks/results/map_level_probe.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from AnomalyScoutLib.inversion import InversionConfig
+from AnomalyScoutLib.scoring import ScoreConfig, top_fraction_mean
+from benchmarks.detectors import Detection
+from benchmarks.ensemble import percentile_test_set, position_percentiles
+from benchmarks.evaluate import case_slices, paired_case_bootstrap
+from benchmarks.generator_runs import GeneratorRun, generator_run
+from benchmarks.head_detector import HeadRun
+from benchmarks.ours import GeneratorDetector
+from benchmarks.phantom_track import method_summary
+from benchmarks.results_io import RESULTS_DIR, run_header, write_json
+from benchmarks.slices import SliceSet
+
+__all__ = ["main", "map_scores"]
+
+#: The opinions compared, each the larger percentile of its parts; the first is the reference.
+COMBINATIONS: dict[str, tuple[str, ...]] = {
+    "head top-k": ("top-k",),
+    "head map median": ("median",),
+    "max(top-k, median)": ("top-k", "median"),
+    "max(top-k, atlas) (the product's)": ("top-k", "atlas"),
+    "max(top-k, atlas, median)": ("top-k", "atlas", "median"),
+}
+
+
+def map_scores(run: GeneratorRun, slices: SliceSet) -> dict[str, np.ndarray]:
+    """Per slice: the head's top-k (its slice score), its map's median over the body, the atlas's score."""
+    model = run.detector.model
+    maps, _ = HeadRun("head", run, head=model.head).maps()
+    body = torch.from_numpy(slices.body)
+    top = top_fraction_mean(torch.from_numpy(maps), body, model.head.config.top_fraction).numpy()
+    median = np.array([float(np.median(m[b])) if b.any() else 0.0 for m, b in zip(maps, slices.body)])
+    with torch.inference_mode():
+        atlas = model.atlas.slice_scores(
+            torch.from_numpy(slices.images), torch.from_numpy(slices.condition), body
+        ).numpy()
+    return {"top-k": top.astype(np.float64), "median": median, "atlas": atlas.astype(np.float64)}
+
+
+def _combined(
+    parts: tuple[str, ...],
+    normal: dict[str, np.ndarray],
+    test: dict[str, np.ndarray],
+    normals: SliceSet,
+    test_set: SliceSet,
+) -> np.ndarray:
+    """The larger of the parts' percentiles, as a percentile among the normals' own larger percentiles."""
+    own = [position_percentiles(normal[p], normals.positions, normal[p], normals.positions) for p in parts]
+    theirs = [position_percentiles(normal[p], normals.positions, test[p], test_set.positions) for p in parts]
+    return position_percentiles(
+        np.max(own, axis=0), normals.positions, np.max(theirs, axis=0), test_set.positions
+    )
+
+
+def _half_rows(
+    test: SliceSet, scores: dict[str, np.ndarray], keep: np.ndarray, types: tuple[str, ...]
+) -> dict[str, Any]:
+    part = test.subset(keep)
+    chosen = {name: s[keep] for name, s in scores.items()}
+    rows = [method_summary(name, part, Detection(None, s), "map_level") for name, s in chosen.items()]
+    bootstrap = paired_case_bootstrap(
+        {name: case_slices(part, s) for name, s in chosen.items()},
+        {c: info.anomaly for c, info in enumerate(part.cases)},
+        types,
+    )
+    return {"cases": len(np.unique(part.case)), "rows": rows, "bootstrap": bootstrap}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=Path("models/default.safetensors"))
+    parser.add_argument("--per-type", type=int, default=20, help="held-out cases per type (and controls)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "map_level_probe.json")
+    args = parser.parse_args(argv)
+    started = time.time()
+    if not args.model.is_file():
+        print(f"map_level_probe: no model file {args.model}", file=sys.stderr)
+        return 1
+    torch.set_num_threads(args.threads)
+    model, _, data, normals, normal_key = percentile_test_set(args.model, args.per_type)
+    if model.head is None or model.atlas is None:
+        print(f"map_level_probe: {args.model} needs a head and an atlas", file=sys.stderr)
+        return 1
+    detector = GeneratorDetector("fast", args.model, InversionConfig(mode="fast"), ScoreConfig())
+    normal = map_scores(generator_run(detector, normals, normal_key), normals)
+    test_set = data.test
+    test = map_scores(generator_run(detector, test_set, data.data_key), test_set)
+    scores = {name: _combined(parts, normal, test, normals, test_set) for name, parts in COMBINATIONS.items()}
+    # The i-th case of each type has seed block + i: the first half is what head_comparison's 60 cases are.
+    index = np.array([test_set.cases[c].seed % 100 for c in test_set.case])
+    half = args.per_type // 2
+    halves = {
+        f"first {half} per type (the search's cases)": index < half,
+        f"last {args.per_type - half} per type (fresh)": index >= half,
+        f"all {args.per_type} per type": np.ones(len(index), dtype=bool),
+    }
+    results = {name: _half_rows(test_set, scores, keep, data.split.types) for name, keep in halves.items()}
+    for name, result in results.items():
+        for method, interval in result["bootstrap"]["difference_from_first_ci95"].items():
+            print(f"[map_level] {name}: {method} minus head top-k: {interval[0]:+.3f} to {interval[1]:+.3f}")
+    write_json(
+        {
+            **run_header("map_level_probe", "map_level_probe", argv, started),
+            "model": str(args.model),
+            "score": "each opinion's percentile among calibration normals near the slice's position; "
+            "combinations: the larger percentile, made a percentile among the normals' own",
+            "test_cases": len(test_set.cases),
+            "halves": results,
+        },
+        args.out,
+    )
+    print(f"[map_level] wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
