@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         default=Path("models/default.safetensors"),
         help="model whose grid, window and placement make the test slices",
     )
-    parser.add_argument("--per-type", type=int, default=10, help="test cases per anomaly type (and controls)")
+    # 20: two draws of 10 per type differed by 0.08 over types (docs/benchmarks.md section 12)
+    parser.add_argument("--per-type", type=int, default=20, help="test cases per anomaly type (and controls)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "head_comparison.json")
     args = parser.parse_args(argv)
