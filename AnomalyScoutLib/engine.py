@@ -162,8 +162,8 @@ class VolumeScorer:
         score: slice/case score definition.
         device: where the networks run.
         batch_size: slices per batch (halved automatically on CUDA out-of-memory).
-        precision: ``"auto"``: bf16 where ``device`` computes it natively, CPUs included; ``"fp32"``: never
-            (:mod:`AnomalyScoutLib.precision`).
+        precision: ``"auto"``: bf16 where ``device`` computes it natively (on a CPU in ``fast`` mode only);
+            ``"fp32"``: never (:mod:`AnomalyScoutLib.precision`).
     """
 
     def __init__(
@@ -191,7 +191,8 @@ class VolumeScorer:
             inversion,
             device,
             feature_residual=model.head is None,
-            cpu_bf16=True,
+            # fast mode only: what bf16 moves was measured there; the refinement's gradients were not
+            cpu_bf16=inversion.resolved_steps == 0,
         )
 
     @property

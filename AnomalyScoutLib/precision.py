@@ -6,7 +6,8 @@ generator 1.2x, head 1.7x), and CUDA has used bf16 since the first release. Wher
 CPUs, MPS) it is slower than fp32, so ``"auto"`` asks the hardware, and ``"fp32"`` turns it off everywhere.
 
 Calibrations are made and applied in whatever precision each machine runs: what bf16 moves is measured on
-held-out phantoms (``docs/speed.md``: scores, false flags and slice AUROC under the fp32 calibration).
+held-out phantoms (``docs/speed.md``: scores, false flags and slice AUROC under the fp32 calibration). On a
+CPU only ``fast`` mode runs bf16; the refinement modes, whose gradients were not measured, keep fp32.
 """
 
 from __future__ import annotations

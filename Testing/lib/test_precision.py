@@ -79,6 +79,8 @@ def test_fp32_turns_bf16_off_and_auto_runs_every_network_under_autocast(
     exact = VolumeScorer(head_model, fast, score, CPU, batch_size=5, precision="fp32")
     quick = VolumeScorer(head_model, fast, score, CPU, batch_size=5, precision="auto")
     assert (exact.precision, quick.precision) == ("fp32", "bf16")
+    # On a CPU the refinement modes keep fp32: bf16 was measured in fast mode only.
+    assert VolumeScorer(head_model, InversionConfig(mode="accurate"), score, CPU).precision == "fp32"
     runs = {p: score_file(ct_path, tmp_path / p, s) for p, s in (("fp32", exact), ("bf16", quick))}
     for name in runs:
         assert json.loads((tmp_path / name / "scores.json").read_text())["precision"] == name
