@@ -58,8 +58,9 @@ class HeadSpec:
     def paths(self) -> list[Path]:
         return [self.model] + ([self.snapshot] if self.snapshot else [])
 
-    def load(self) -> AnomalyHead:
-        model = AnomalyModel.load(self.model, "cpu")
+    def load(self, model: AnomalyModel | None = None) -> AnomalyHead:
+        """The head: ``model``'s (the file, loaded when not given), or the snapshot read into it."""
+        model = model or AnomalyModel.load(self.model, "cpu")
         if self.snapshot is not None:
             return load_snapshot(self.snapshot, model)[0]
         if model.head is None:
@@ -72,10 +73,11 @@ def _percentiles(
 ) -> np.ndarray:
     """The head's test slice scores as percentiles among the normal slices near each one's position, on its
     own model's reconstructions (the base's when the generator and encoder are the same)."""
-    head = spec.load()
+    detector = GeneratorDetector(spec.name, spec.model, InversionConfig(mode="fast"), ScoreConfig())
+    head = spec.load(detector.model)  # the file is read once, for the head and both slice sets
     scores = []
     for base, key in zip((normals, test), keys):
-        own = head_run(spec.name, spec.model, base.slices, key, base=base).reconstructions
+        own = head_run(spec.name, spec.model, base.slices, key, base=base, detector=detector).reconstructions
         scores.append(HeadRun(spec.name, own, head=head).method_run().detection.slice_scores)
     return position_percentiles(scores[0], normals.slices.positions, scores[1], test.slices.positions)
 

@@ -82,7 +82,12 @@ class HeadRun:
 
 
 def head_run(
-    name: str, model_path: Path, slices: SliceSet, selection_key: str, base: GeneratorRun | None = None
+    name: str,
+    model_path: Path,
+    slices: SliceSet,
+    selection_key: str,
+    base: GeneratorRun | None = None,
+    detector: GeneratorDetector | None = None,
 ) -> HeadRun:
     """The head of ``model_path`` on ``slices`` (fast-mode reconstructions cached by model and selection).
 
@@ -90,8 +95,10 @@ def head_run(
         base: fast-mode reconstructions of the same slices by another model file; reused when that file's
             encoder and generator are the head model's (a head attached to the same model), since the
             head's tensors change the model id that the reconstruction cache is keyed by.
+        detector: ``model_path``'s fast-mode detector when the caller has one already (a caller running
+            several slice sets loads the file once).
     """
-    detector = GeneratorDetector(name, model_path, InversionConfig(mode="fast"), ScoreConfig())
+    detector = detector or GeneratorDetector(name, model_path, InversionConfig(mode="fast"), ScoreConfig())
     if base is not None and _same_reconstruction(base.detector, detector):
         return HeadRun(name, GeneratorRun(detector, slices, base.reconstructions, base.seconds))
     return HeadRun(name, generator_run(detector, slices, selection_key))
