@@ -122,12 +122,17 @@ def test_speed_passes_the_option_to_the_end_to_end_run_only_when_it_is_not_the_d
 
     def score_once(command, out, code):
         commands.append(command)
-        return {"wall_s": 1.0, "cpu_s": 1.0, "peak_rss": 1, "timings": {}}
+        ran = "fp32" if "--precision" in command else "bf16"  # what scores.json would say
+        return {"wall_s": 1.0, "cpu_s": 1.0, "peak_rss": 1, "timings": {}, "precision": ran}
 
     monkeypatch.setattr(speed, "_score_once", score_once)
     speed.measure_end_to_end(tmp_path / "m.safetensors", (8, 8, 2), 1, position="index")
-    speed.measure_end_to_end(tmp_path / "m.safetensors", (8, 8, 2), 1)
+    default = speed.measure_end_to_end(tmp_path / "m.safetensors", (8, 8, 2), 1)
+    exact = speed.measure_end_to_end(tmp_path / "m.safetensors", (8, 8, 2), 1, precision="fp32")
     assert commands[0][-2:] == ["--position", "index"] and "--position" not in commands[1]
+    # --precision likewise, and the row records what the run says it ran in
+    assert "--precision" not in commands[1] and commands[2][-2:] == ["--precision", "fp32"]
+    assert (default["precision"], exact["precision"]) == ("bf16", "fp32")
 
 
 @pytest.mark.parametrize(
