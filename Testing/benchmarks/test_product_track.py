@@ -77,3 +77,30 @@ def test_the_results_header_times_the_whole_run(tiny_model_file, tmp_path, monke
     out = tmp_path / "product.json"
     assert product_track.main(["--models", str(tiny_model_file), "--out", str(out)]) == 0
     assert json.loads(out.read_text())["wall_s"] == 600.0
+
+
+def test_each_precision_asked_for_scores_every_model_under_its_own_name(
+    tiny_model_file, tmp_path, monkeypatch
+):
+    import json
+
+    from benchmarks import product_track
+
+    seen = {}
+
+    def evaluate(scorers, split):
+        seen.update({name: scorer.inversion.amp for name, scorer in scorers.items()})
+        return {"phantoms": {}}
+
+    monkeypatch.setattr(product_track, "evaluate_scorers", evaluate)
+    out = tmp_path / "product.json"
+    argv = ["--models", str(tiny_model_file), "--precisions", "fp32", "auto", "--out", str(out)]
+    assert product_track.main(argv) == 0
+    # fp32 turns autocast off; auto leaves it to the hardware (recorded as what ran)
+    assert seen == {f"{tiny_model_file} [fp32]": False, f"{tiny_model_file} [auto]": True}
+    precisions = json.loads(out.read_text())["precisions"]
+    assert precisions[f"{tiny_model_file} [fp32]"] == "fp32"
+    assert precisions[f"{tiny_model_file} [auto]"] in ("bf16", "fp32")
+    # one precision: rows are named by the model alone, as before the option
+    assert product_track.main(["--models", str(tiny_model_file), "--out", str(out)]) == 0
+    assert list(json.loads(out.read_text())["precisions"]) == [str(tiny_model_file)]
