@@ -3,7 +3,9 @@
 Usage (repository root; niced, it is CPU work)::
 
     nice -n 10 python -m benchmarks.product_track --models models/default.safetensors OTHER.safetensors \
-        [--per-type 4 --normals 4] [--mode fast]
+        [--per-type 4 --normals 4] [--mode fast] [--precisions fp32 auto]
+
+With more than one ``--precisions`` every model runs in each, its rows named ``MODEL [PRECISION]``.
 
 Every other track scores slices in the benchmark harness (model-grid slices in the HU window); this one runs
 :func:`AnomalyScoutLib.engine.score_file` on each held-out phantom volume (256 x 256 x 100, the phantom
