@@ -179,10 +179,12 @@ def _evaluate(
     groups: dict[str, np.ndarray],
     args: argparse.Namespace,
     failure_error_px: float,
+    error_px: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Dice, failures (by both rules) and every score's failure metrics per group of slices."""
+    """Dice, failures (by both rules) and every score's failure metrics per group of slices (``error_px``:
+    :func:`error_area` of ``predicted``, when the caller has it already)."""
     dice = slice_dice(predicted, test.organ)
-    error_px = error_area(predicted, test.organ)
+    error_px = error_area(predicted, test.organ) if error_px is None else error_px
     return {
         "dice": {
             name: {
@@ -333,9 +335,10 @@ def main(argv: list[str] | None = None) -> int:
         "liver slices of normal cases": liver & normal_case,
     }
     # The area rule's threshold: what the segmenter gets wrong on 95 % of normal anatomy's liver slices.
-    normal_errors = error_area(predicted, test.organ)[groups["liver slices of normal cases"]]
+    error_px = error_area(predicted, test.organ)
+    normal_errors = error_px[groups["liver slices of normal cases"]]
     failure_error_px = float(np.percentile(normal_errors, 95)) if normal_errors.size else float("inf")
-    evaluation = _evaluate(test, predicted, scores, groups, args, failure_error_px)
+    evaluation = _evaluate(test, predicted, scores, groups, args, failure_error_px, error_px)
     dice = evaluation.pop("_dice")
     headline = evaluation["scores"].get(DEFAULT_SCORE, {}).get("all liver slices", {})
     results: dict[str, Any] = {
