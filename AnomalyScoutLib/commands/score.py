@@ -101,8 +101,8 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--precision",
         default="auto",
-        help="auto: bf16 where the device computes it natively (CUDA, CPUs with AVX512-BF16 or AMX), "
-        "else fp32; fp32: always (default auto)",
+        help="auto: bf16 where the device computes it natively (CUDA; CPUs with AVX512-BF16 or AMX, in "
+        "fast mode), else fp32; fp32: always (default auto)",
     )
 
 
