@@ -32,7 +32,7 @@ from AnomalyScoutLib.scoring import ScoreConfig
 from benchmarks.baselines.atlas import PositionAtlas
 from benchmarks.data import SlicePlacer, in_range_only, phantom_case
 from benchmarks.detectors import Detection
-from benchmarks.generator_runs import generator_run
+from benchmarks.generator_runs import GeneratorRun, generator_run
 from benchmarks.head_detector import head_run
 from benchmarks.ours import GeneratorDetector
 from benchmarks.phantom_track import PhantomData, held_out_data, method_summary, phantom_data
@@ -62,6 +62,15 @@ class PercentileTestSet(NamedTuple):
     data: PhantomData
     normals: SliceSet
     normal_key: str
+
+    def fast_runs(self, model_path: Path) -> tuple[GeneratorRun, GeneratorRun]:
+        """``model_path``'s fast-mode reconstructions (cached) of the calibration normals and of the test."""
+        detector = GeneratorDetector("fast", model_path, InversionConfig(mode="fast"), ScoreConfig())
+        test = self.data.test
+        return (
+            generator_run(detector, self.normals, self.normal_key),
+            generator_run(detector, test, self.data.data_key),
+        )
 
 
 def percentile_test_set(model_path: Path, per_type: int) -> PercentileTestSet:

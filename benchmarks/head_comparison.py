@@ -34,7 +34,7 @@ from AnomalyScoutLib.scoring import ScoreConfig
 from benchmarks.detectors import Detection
 from benchmarks.ensemble import CALIBRATION_SEEDS, percentile_test_set, position_percentiles
 from benchmarks.evaluate import case_slices, paired_case_bootstrap
-from benchmarks.generator_runs import GeneratorRun, generator_run
+from benchmarks.generator_runs import GeneratorRun
 from benchmarks.head_detector import HeadRun, head_run
 from benchmarks.head_selection import load_snapshot
 from benchmarks.ours import GeneratorDetector
@@ -102,10 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"head_comparison: no file {', '.join(missing)}", file=sys.stderr)
         return 1
     torch.set_num_threads(args.threads)
-    _, _, data, normals, normal_key = percentile_test_set(args.base, args.per_type)
-    detector = GeneratorDetector("fast", args.base, InversionConfig(mode="fast"), ScoreConfig())
-    normal_run = generator_run(detector, normals, normal_key)
-    test_run = generator_run(detector, data.test, data.data_key)
+    test_set = percentile_test_set(args.base, args.per_type)
+    data, normal_key = test_set.data, test_set.normal_key
+    normal_run, test_run = test_set.fast_runs(args.base)
     percentiles: dict[str, np.ndarray] = {}
     rows: list[dict[str, Any]] = []
     for spec in args.heads:

@@ -27,14 +27,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from AnomalyScoutLib.inversion import InversionConfig
-from AnomalyScoutLib.scoring import ScoreConfig, top_fraction_mean
+from AnomalyScoutLib.scoring import top_fraction_mean
 from benchmarks.detectors import Detection
 from benchmarks.ensemble import percentile_test_set, position_percentiles
 from benchmarks.evaluate import case_slices, paired_case_bootstrap
-from benchmarks.generator_runs import GeneratorRun, generator_run
+from benchmarks.generator_runs import GeneratorRun
 from benchmarks.head_detector import HeadRun
-from benchmarks.ours import GeneratorDetector
 from benchmarks.phantom_track import method_summary
 from benchmarks.results_io import RESULTS_DIR, run_header, write_json
 from benchmarks.slices import SliceSet
@@ -65,21 +63,6 @@ def map_scores(run: GeneratorRun, slices: SliceSet) -> dict[str, np.ndarray]:
     return {"top-k": top.astype(np.float64), "median": median, "atlas": atlas.astype(np.float64)}
 
 
-def _combined(
-    parts: tuple[str, ...],
-    normal: dict[str, np.ndarray],
-    test: dict[str, np.ndarray],
-    normals: SliceSet,
-    test_set: SliceSet,
-) -> np.ndarray:
-    """The larger of the parts' percentiles, as a percentile among the normals' own larger percentiles."""
-    own = [position_percentiles(normal[p], normals.positions, normal[p], normals.positions) for p in parts]
-    theirs = [position_percentiles(normal[p], normals.positions, test[p], test_set.positions) for p in parts]
-    return position_percentiles(
-        np.max(own, axis=0), normals.positions, np.max(theirs, axis=0), test_set.positions
-    )
-
-
 def _half_rows(
     test: SliceSet, scores: dict[str, np.ndarray], keep: np.ndarray, types: tuple[str, ...]
 ) -> dict[str, Any]:
@@ -106,15 +89,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"map_level_probe: no model file {args.model}", file=sys.stderr)
         return 1
     torch.set_num_threads(args.threads)
-    model, _, data, normals, normal_key = percentile_test_set(args.model, args.per_type)
-    if model.head is None or model.atlas is None:
+    chosen = percentile_test_set(args.model, args.per_type)
+    if chosen.model.head is None or chosen.model.atlas is None:
         print(f"map_level_probe: {args.model} needs a head and an atlas", file=sys.stderr)
         return 1
-    detector = GeneratorDetector("fast", args.model, InversionConfig(mode="fast"), ScoreConfig())
-    normal = map_scores(generator_run(detector, normals, normal_key), normals)
-    test_set = data.test
-    test = map_scores(generator_run(detector, test_set, data.data_key), test_set)
-    scores = {name: _combined(parts, normal, test, normals, test_set) for name, parts in COMBINATIONS.items()}
+    data, normals, test_set = chosen.data, chosen.normals, chosen.data.test
+    normal_run, test_run = chosen.fast_runs(args.model)
+    normal, test = map_scores(normal_run, normals), map_scores(test_run, test_set)
+    # each opinion's percentiles once: the normals' among themselves, the test slices' among the normals
+    own = {p: position_percentiles(s, normals.positions, s, normals.positions) for p, s in normal.items()}
+    theirs = {
+        p: position_percentiles(normal[p], normals.positions, s, test_set.positions) for p, s in test.items()
+    }
+    scores = {
+        name: position_percentiles(
+            np.max([own[p] for p in parts], axis=0),
+            normals.positions,
+            np.max([theirs[p] for p in parts], axis=0),
+            test_set.positions,
+        )
+        for name, parts in COMBINATIONS.items()
+    }
     # The i-th case of each type has seed block + i: the first half is what head_comparison's 60 cases are.
     index = np.array([test_set.cases[c].seed % 100 for c in test_set.case])
     half = args.per_type // 2
