@@ -32,6 +32,7 @@ from AnomalyScoutLib.scoring import ScoreConfig
 
 __all__ = [
     "ATLAS_CALIBRATION_KEY",
+    "DENOISER_CALIBRATION_KEY",
     "CALIBRATION_VERSION",
     "Calibration",
     "CalibratedScores",
@@ -49,6 +50,8 @@ __all__ = [
 CALIBRATION_VERSION = 1
 #: Where the position atlas's normal score distributions are filed (its score is the same in every mode).
 ATLAS_CALIBRATION_KEY = "atlas"
+#: Where the denoiser's normal score distributions are filed (its score, too, is the same in every mode).
+DENOISER_CALIBRATION_KEY = "denoiser"
 #: Slice placements a calibration can be made with (``position.placement.resolve_method``).
 _PLACEMENTS: tuple[str, ...] = ("anatomy", "index")
 #: Quantile levels stored per distribution (every 0.5 %).

@@ -57,6 +57,7 @@ COMMANDS: dict[str, str] = {
     "train_gan": "train the position-conditioned StyleGAN2 on normal CT volumes",
     "train_encoder": "train the encoder of a train-gan run and write the model file",
     "train_head": "train the anomaly-map head of a model on normal volumes (synthetic anomalies)",
+    "train_denoiser": "train a model's coarse-noise denoiser (a second calibrated opinion), resumable",
     "evaluate_gan": (
         "FID, encoder/discriminator Fréchet distances and HU-distribution distances of generated slices"
     ),

@@ -33,6 +33,7 @@ import torch
 
 from AnomalyScoutLib.calibration import (
     ATLAS_CALIBRATION_KEY,
+    DENOISER_CALIBRATION_KEY,
     CalibratedScores,
     Calibration,
     ModeCalibration,
@@ -94,11 +95,12 @@ OUTPUT_FILES: tuple[str, ...] = (
 #: Written beside them when the model holds an anomaly-map head (``AnomalyScoutLib/anomaly_map/``).
 ANOMALY_MAP_FILE = "anomaly_map.nrrd"
 MONTAGE_SLICES = 8
-#: Said once per run when a model's atlas has no calibration (its score is then left out of the flags).
-UNCALIBRATED_ATLAS = (
-    "the model's position atlas has no calibration: only the reconstruction's score is used "
-    "(run `anomalyscout calibrate`)"
+#: Said once per run for each of a model's opinions that has no calibration (left out of the flags).
+UNCALIBRATED_OPINION = (
+    "the model's {} has no calibration: its score is left out of the flags (run `anomalyscout calibrate`)"
 )
+#: What :data:`UNCALIBRATED_OPINION` calls each opinion.
+OPINION_NAMES = {ATLAS_CALIBRATION_KEY: "position atlas", DENOISER_CALIBRATION_KEY: "denoiser"}
 #: The largest residual the window allows (intensities normalised to [-1, 1]): where metal is drawn.
 RESIDUAL_TOP = 2.0
 
@@ -130,7 +132,8 @@ class CaseScores:
 
     ``beyond_mm2`` is each slice's body area above the model's intensity envelope (metal:
     :mod:`AnomalyScoutLib.intensity_envelope`); ``atlas`` each slice's score against the model's position
-    atlas (:mod:`AnomalyScoutLib.position_atlas`). Each is ``None`` for a model without it.
+    atlas (:mod:`AnomalyScoutLib.position_atlas`); ``denoiser`` its denoiser's residual score
+    (:mod:`AnomalyScoutLib.denoiser`). Each is ``None`` for a model without it.
     """
 
     positions: np.ndarray
@@ -139,6 +142,12 @@ class CaseScores:
     feature: np.ndarray
     beyond_mm2: np.ndarray | None = None
     atlas: np.ndarray | None = None
+    denoiser: np.ndarray | None = None
+
+    def second_opinions(self) -> dict[str, np.ndarray]:
+        """The slice scores of the model's other opinions beside its own score, by calibration key."""
+        found = {ATLAS_CALIBRATION_KEY: self.atlas, DENOISER_CALIBRATION_KEY: self.denoiser}
+        return {key: scores for key, scores in found.items() if scores is not None}
 
 
 def canonical_view(array_zyx: np.ndarray, frame: AxialFrame) -> np.ndarray:
@@ -205,25 +214,29 @@ class VolumeScorer:
         """What ``calibrate`` stores with a calibration made by this scorer (see ``calibration_settings``)."""
         return calibration_settings(self.score_config.as_dict(), self.inversion.resolved_steps)
 
-    def atlas_settings(self) -> dict[str, Any] | None:
-        """What an atlas calibration is made with (atlas definition and case score), None without an atlas."""
-        if self.model.atlas is None:
-            return None
-        return {**dataclasses.asdict(self.model.atlas.config), "case_top": self.score_config.case_top}
+    def opinion_settings(self, key: str) -> dict[str, Any] | None:
+        """What the calibration of the second opinion ``key`` is made with (its definition and the case
+        score), None for a model without it."""
+        case_top = {"case_top": self.score_config.case_top}
+        if key == ATLAS_CALIBRATION_KEY and self.model.atlas is not None:
+            return {**dataclasses.asdict(self.model.atlas.config), **case_top}
+        if key == DENOISER_CALIBRATION_KEY and self.model.denoiser is not None:
+            return {**self.model.denoiser.config.to_dict(), **case_top}
+        return None
 
-    def opinions(self) -> int:
-        """How many calibrated opinions judge a slice: the score's, and the atlas's when it is calibrated.
-        Each is judged at the false-positive rate divided by this, so that flagging a slice when any of them
-        flags it keeps the rate the user asked for (:func:`combine_opinions`)."""
-        return 2 if self.atlas_calibration() is not None else 1
-
-    def atlas_calibration(self) -> ModeCalibration | None:
-        """The stored calibration of this model's atlas score, if made with exactly :meth:`atlas_settings`."""
-        found = self.stored_calibration().modes.get(ATLAS_CALIBRATION_KEY)
-        settings = self.atlas_settings()
+    def opinion_calibration(self, key: str) -> ModeCalibration | None:
+        """The stored calibration of the second opinion ``key``, if made with exactly its settings."""
+        found = self.stored_calibration().modes.get(key)
+        settings = self.opinion_settings(key)
         if found is None or settings is None or dict(found.score_config) != settings:
             return None
         return found
+
+    def opinions(self) -> int:
+        """How many calibrated opinions judge a slice: the score's, and each calibrated second opinion's
+        (atlas, denoiser). Each is judged at the false-positive rate divided by this, so that flagging a
+        slice when any of them flags it keeps the rate the user asked for (:func:`combine_opinions`)."""
+        return 1 + sum(self.opinion_calibration(key) is not None for key in OPINION_NAMES)
 
     def run_settings(self) -> tuple[str, ScoreConfig, int]:
         """Mode, score and steps: what :meth:`Calibration.for_run` matches a stored calibration against."""
@@ -311,7 +324,7 @@ class VolumeScorer:
             raise VolumeError(f"{len(positions)} slice positions for {n_slices} slices")
         condition = np.clip(np.asarray(positions, dtype=np.float32), 0.0, 1.0)
         grid = model_grid((rows, cols), spacing_kji[1:], model.resolution)
-        scores, pixel, feature, beyond, atlas = (np.zeros(n_slices, dtype=np.float64) for _ in range(5))
+        scores, pixel, feature, beyond, atlas, denoised = (np.zeros(n_slices) for _ in range(6))
         pixel_area_mm2 = float(spacing_kji[1] * spacing_kji[2])
         start = time.perf_counter()
         preparing = ThreadPoolExecutor(1, thread_name_prefix="anomalyscout-prepare")
@@ -346,6 +359,9 @@ class VolumeScorer:
                     beyond[k0:k1] = self.envelope.area_mm2(batch.beyond, pixel_area_mm2)
                 if model.atlas is not None:
                     atlas[k0:k1] = model.atlas.slice_scores(x, position, area_m).cpu().numpy()
+                if model.denoiser is not None:
+                    with torch.inference_mode(), self.reconstructor.autocast():
+                        denoised[k0:k1] = model.denoiser.slice_scores(x, area_m).cpu().numpy()
                 maps = None
                 if model.head is not None:
                     with torch.inference_mode(), self.reconstructor.autocast():
@@ -379,6 +395,7 @@ class VolumeScorer:
             feature=feature,
             beyond_mm2=None if self.envelope is None else beyond,
             atlas=None if model.atlas is None else atlas,
+            denoiser=None if model.denoiser is None else denoised,
         )
 
 
@@ -490,17 +507,17 @@ def _finite(value: float) -> float | None:
 def _calibrate(
     scorer: VolumeScorer,
     case: CaseScores,
-    cases_of: tuple[float, float | None],
+    cases_of: tuple[float, dict[str, float]],
     fpr: float | None,
     listener: RunListener,
 ) -> tuple[CalibratedScores, bool, float]:
     """Percentiles and flags from the model's calibration, or the per-case fallback with a warning.
 
-    ``cases_of``: the case score, and the atlas's (None without an atlas). With a calibrated atlas, the
-    reconstruction's score and the atlas's are two opinions, each at half the false-positive rate
-    (:func:`combine_opinions`).
+    ``cases_of``: the case score, and each second opinion's by key. With calibrated second opinions (atlas,
+    denoiser), every opinion is judged at the false-positive rate divided by their number
+    (:func:`combine_opinions`); an uncalibrated one is left out, with a warning.
     """
-    score_of_case, atlas_of_case = cases_of
+    score_of_case, opinion_cases = cases_of
     stored = scorer.stored_calibration()
     fpr = stored.default_fpr if fpr is None else fpr
     mode_calibration = stored.for_run(*scorer.run_settings())
@@ -510,15 +527,16 @@ def _calibrate(
             "median (run `anomalyscout calibrate`)"
         )
         return self_calibrated(case.scores, score_of_case, fpr), False, fpr
-    atlas_calibration = scorer.atlas_calibration()
-    if case.atlas is None or atlas_of_case is None or atlas_calibration is None:
-        if case.atlas is not None:
-            listener.warning(UNCALIBRATED_ATLAS)
-        return mode_calibration.apply(case.scores, case.positions, score_of_case, fpr), True, fpr
     share = fpr / scorer.opinions()
-    main = mode_calibration.apply(case.scores, case.positions, score_of_case, share)
-    second = atlas_calibration.apply(case.atlas, case.positions, atlas_of_case, share)
-    return combine_opinions(main, second), True, fpr
+    combined = mode_calibration.apply(case.scores, case.positions, score_of_case, share)
+    for key, scores in case.second_opinions().items():
+        calibration = scorer.opinion_calibration(key)
+        if calibration is None:
+            listener.warning(UNCALIBRATED_OPINION.format(OPINION_NAMES[key]))
+            continue
+        second = calibration.apply(scores, case.positions, opinion_cases[key], share)
+        combined = combine_opinions(combined, second)
+    return combined, True, fpr
 
 
 def _write_tables(
@@ -558,6 +576,7 @@ def _write_tables(
             "feature_score": _finite(case.feature[k]),
             "beyond_normal_mm2": None if case.beyond_mm2 is None else float(case.beyond_mm2[k]),
             "atlas_score": None if case.atlas is None else float(case.atlas[k]),
+            "denoiser_score": None if case.denoiser is None else float(case.denoiser[k]),
             "center_ras": [float(c) for c in centers_ras[k]],
             "in_range": bool(gate.in_range[k]),
             "out_of_range": gate.reason[k] or None,
@@ -808,10 +827,11 @@ def calibrate_case(
     rate) or the case-wise fallback, the range gate and the domain check, then the intensity envelope."""
     listener = listener or _SilentListener()
     score_of_case = case_score(case.scores[gate.in_range], scorer.score_config)
-    atlas_of_case = None
-    if case.atlas is not None:
-        atlas_of_case = case_score(case.atlas[gate.in_range], scorer.score_config)
-    calibrated, by_model, fpr = _calibrate(scorer, case, (score_of_case, atlas_of_case), fpr, listener)
+    opinion_cases = {
+        key: case_score(scores[gate.in_range], scorer.score_config)
+        for key, scores in case.second_opinions().items()
+    }
+    calibrated, by_model, fpr = _calibrate(scorer, case, (score_of_case, opinion_cases), fpr, listener)
     calibrated, domain_warning = _gate_flags(calibrated, gate, by_model, listener)
     calibrated = _envelope_flags(calibrated, case, scorer.envelope, gate)
     return CaseJudgement(calibrated, by_model, fpr, score_of_case, domain_warning)

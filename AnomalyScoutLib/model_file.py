@@ -27,6 +27,7 @@ from torch import nn
 from AnomalyScoutLib import __version__
 from AnomalyScoutLib.anomaly_map.head import HEAD_KEY, AnomalyHead, head_from_metadata
 from AnomalyScoutLib.atomic import write_bytes_atomic
+from AnomalyScoutLib.denoiser import DENOISER_KEY, Denoiser, denoiser_from_metadata
 from AnomalyScoutLib.errors import AnomalyScoutError, ConfigError, ModelFileError
 from AnomalyScoutLib.nets.architecture import ArchitectureConfig
 from AnomalyScoutLib.nets.discriminator import Discriminator
@@ -102,6 +103,9 @@ class AnomalyModel:
         #: The per-position intensity atlas (``atlas.*`` tensors, ``metadata["position_atlas"]``), a second
         #: calibrated opinion beside the reconstruction; None in model files without one.
         self.atlas: PositionAtlas | None = None
+        #: The coarse-noise denoiser (``denoiser.*`` tensors, ``metadata["denoiser"]``), another calibrated
+        #: opinion; None in model files without one (AnomalyScoutLib/denoiser.py).
+        self.denoiser: Denoiser | None = None
 
     @classmethod
     def create(
@@ -167,6 +171,8 @@ class AnomalyModel:
             self.head.to(device)
         if self.atlas is not None:
             self.atlas.to(device)
+        if self.denoiser is not None:
+            self.denoiser.to(device)
         return self
 
     def state_tensors(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
@@ -185,6 +191,13 @@ class AnomalyModel:
                 {
                     f"{HEAD_KEY}.{k}": t.detach().cpu().float().contiguous()
                     for k, t in self.head.state_dict().items()
+                }
+            )
+        if self.denoiser is not None:  # like the networks (float16 in a half file: a U-Net's weights)
+            tensors.update(
+                {
+                    f"{DENOISER_KEY}.{k}": t.detach().cpu().to(dtype).contiguous()
+                    for k, t in self.denoiser.state_dict().items()
                 }
             )
         if self.atlas is not None:  # 2 x bins x res²: stored like the networks
@@ -249,8 +262,15 @@ class AnomalyModel:
             )
         known = (*NETWORKS, position_store.PREFIX) if model.position_regressor is not None else NETWORKS
         if HEAD_KEY in metadata:
-            model.head = _load_head(metadata[HEAD_KEY], tensors, path)
+            model.head = _load_part(
+                metadata[HEAD_KEY], tensors, path, HEAD_KEY, head_from_metadata, "anomaly-map head"
+            )
             known = (*known, HEAD_KEY)
+        if DENOISER_KEY in metadata:
+            model.denoiser = _load_part(
+                metadata[DENOISER_KEY], tensors, path, DENOISER_KEY, denoiser_from_metadata, "denoiser"
+            )
+            known = (*known, DENOISER_KEY)
         if ATLAS_KEY in metadata:
             model.atlas = _load_atlas(metadata[ATLAS_KEY], architecture.resolution, tensors, path)
             known = (*known, ATLAS_PREFIX)
@@ -308,13 +328,17 @@ def _check_metadata(header: dict[str, str], path: Path) -> dict[str, Any]:
     return metadata
 
 
-def _load_head(info: Any, tensors: dict[str, torch.Tensor], path: Path) -> AnomalyHead:
+def _load_part(
+    info: Any, tensors: dict[str, torch.Tensor], path: Path, key: str, build: Any, what: str
+) -> Any:
+    """The network ``build(info)`` with its ``key.*`` tensors, in eval mode without gradients: the head and
+    the denoiser, whose metadata entries each say how to build them."""
     try:
-        head = head_from_metadata(info)
+        part = build(info)
     except AnomalyScoutError as error:
-        raise ModelFileError(f"{path}: invalid anomaly-map head settings: {error}") from None
-    _load_network(head, HEAD_KEY, tensors, path)
-    return head.eval().requires_grad_(False)
+        raise ModelFileError(f"{path}: invalid {what} settings: {error}") from None
+    _load_network(part, key, tensors, path)
+    return part.eval().requires_grad_(False)
 
 
 def _load_atlas(info: Any, resolution: int, tensors: dict[str, torch.Tensor], path: Path) -> PositionAtlas:

@@ -25,10 +25,9 @@ from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from AnomalyScoutLib.errors import ConfigError
+from AnomalyScoutLib.nets.unet import UNet2d
 from AnomalyScoutLib.scoring import top_fraction_mean
 
 if TYPE_CHECKING:
@@ -89,50 +88,20 @@ class HeadConfig:
         return cls(**data)
 
 
-def _block(in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, padding=1),
-        nn.LeakyReLU(0.2, inplace=True),
-        nn.Conv2d(out_channels, out_channels, 3, padding=1),
-        nn.LeakyReLU(0.2, inplace=True),
-    )
-
-
-class AnomalyHead(nn.Module):
-    """U-Net (max-pool down, bilinear up, skip concatenation) between a strided stem and a transposed
-    output convolution, from the stacked inputs to one logit map at the input's resolution."""
+class AnomalyHead(UNet2d):
+    """The U-Net (:class:`~AnomalyScoutLib.nets.unet.UNet2d`) from the stacked inputs to one logit map at the
+    input's resolution."""
 
     def __init__(self, config: HeadConfig | None = None) -> None:
-        super().__init__()
-        self.config = config or HeadConfig()
-        widths, stride = self.config.channels, self.config.stride
-        self.stem = nn.Sequential(
-            nn.Conv2d(self.config.in_channels, widths[0], stride, stride=stride),
-            nn.LeakyReLU(0.2, inplace=True),
-        )
-        self.down = nn.ModuleList()
-        previous = widths[0]
-        for width in widths:
-            self.down.append(_block(previous, width))
-            previous = width
-        self.up = nn.ModuleList(
-            _block(coarse + fine, fine) for coarse, fine in zip(widths[:0:-1], widths[-2::-1])
-        )
-        self.out = nn.ConvTranspose2d(widths[0], 1, stride, stride=stride)
-        # The weights in the layout of the input (oneDNN's NHWC kernels are ~4x faster at these widths; a
-        # saved state is made contiguous by the model file, and loading copies into this layout).
-        self.to(memory_format=torch.channels_last)
+        config = config or HeadConfig()
+        super().__init__(config.in_channels, config.channels, config.stride)
+        self.config = config
         # In a tuple, so that the atlas is not a sub-module: its tensors belong to the model, not the head.
         self._atlas: tuple[PositionAtlas, ...] = ()
 
     def read_atlas(self, atlas: PositionAtlas | None) -> None:
         """Link the model's atlas, which a ``use_atlas`` head reads (None unlinks it)."""
         self._atlas = () if atlas is None else (atlas,)
-
-    @property
-    def size_multiple(self) -> int:
-        """Height and width must be multiples of this."""
-        return self.config.stride * 2 ** (len(self.config.channels) - 1)
 
     def inputs(
         self, image: torch.Tensor, reconstruction: torch.Tensor | None, position: torch.Tensor
@@ -161,18 +130,7 @@ class AnomalyHead(nn.Module):
         self, image: torch.Tensor, reconstruction: torch.Tensor | None, position: torch.Tensor
     ) -> torch.Tensor:
         """Per-pixel anomaly logits ``(N, H, W)``."""
-        x = self.inputs(image, reconstruction, position)
-        if x.device.type in ("cpu", "cuda"):
-            x = x.contiguous(memory_format=torch.channels_last)
-        x = self.stem(x)
-        skips = []
-        for level, block in enumerate(self.down):
-            x = block(x if level == 0 else F.max_pool2d(x, 2))
-            skips.append(x)
-        for block, skip in zip(self.up, skips[-2::-1]):
-            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            x = block(torch.cat([x, skip], dim=1))
-        return self.out(x)[:, 0]
+        return self.unet(self.inputs(image, reconstruction, position))[:, 0]
 
     def anomaly_map(
         self,

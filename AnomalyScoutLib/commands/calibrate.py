@@ -30,7 +30,6 @@ import numpy as np
 from tqdm import tqdm
 
 from AnomalyScoutLib.calibration import (
-    ATLAS_CALIBRATION_KEY,
     Calibration,
     calibration_key,
     check_fpr,
@@ -121,8 +120,8 @@ def calibrate_model(
     once and out-of-range slices cost no reconstruction. ``progress`` wraps the volume iterator (``tqdm``).
 
     The intensity envelope is fitted on the same in-range slices (never below ``envelope_floor_hu``), and a
-    model with a position atlas gets the distributions of its atlas score too (the first scorer's: the atlas
-    score does not depend on the mode).
+    model with a position atlas or a denoiser gets the distributions of their scores too (the first
+    scorer's: these scores do not depend on the mode).
 
     Raises:
         ConfigError: unknown ``position``, ``"anatomy"`` without a regressor, or no volume with a slice in
@@ -133,7 +132,8 @@ def calibrate_model(
     collected: list[dict[str, list[Any]]] = [{"scores": [], "positions": [], "cases": []} for _ in scorers]
     volumes = slices = skipped_slices = skipped_volumes = 0
     normal_max_hu: list[float] = []
-    atlas_store: dict[str, list[Any]] = {"scores": [], "positions": [], "cases": []}
+    # the second opinions' scores (atlas, denoiser), the same in every mode: the first scorer's
+    opinion_stores: dict[str, dict[str, list[Any]]] = {}
     for volume in progress(normals) if progress else normals:
         frame = axial_frame(volume)
         canonical = to_canonical(volume.array_zyx, frame)
@@ -153,11 +153,11 @@ def calibrate_model(
             store["scores"].append(result.scores)
             store["positions"].append(positions)
             store["cases"].append(case_score(result.scores, scorer.score_config))
-        atlas = results[0].atlas if results else None  # the same in every mode: the first scorer's
-        if atlas is not None:
-            atlas_store["scores"].append(atlas)
-            atlas_store["positions"].append(positions)
-            atlas_store["cases"].append(case_score(atlas, scorers[0].score_config))
+        for key, opinion in (results[0].second_opinions() if results else {}).items():
+            store = opinion_stores.setdefault(key, {"scores": [], "positions": [], "cases": []})
+            store["scores"].append(opinion)
+            store["positions"].append(positions)
+            store["cases"].append(case_score(opinion, scorers[0].score_config))
     if not collected or not collected[0]["cases"]:
         why = f" ({skipped_volumes} had no slice in the model's range)" if skipped_volumes else ""
         raise ConfigError(f"calibration needs at least one normal volume{why}")
@@ -175,17 +175,12 @@ def calibrate_model(
         calibration = calibration.with_mode(
             calibration_key(scorer.inversion.mode, scorer.score_config.key()), fitted
         )
-    atlas_settings = scorers[0].atlas_settings() if scorers else None
-    if atlas_settings is not None:
+    for key, store in opinion_stores.items():
+        settings = scorers[0].opinion_settings(key)
         fitted = fit_mode_calibration(
-            atlas_store["scores"],
-            atlas_store["positions"],
-            atlas_store["cases"],
-            atlas_settings,
-            n_bins=n_bins,
-            placement=method,
+            store["scores"], store["positions"], store["cases"], settings, n_bins=n_bins, placement=method
         )
-        calibration = calibration.with_mode(ATLAS_CALIBRATION_KEY, fitted)
+        calibration = calibration.with_mode(key, fitted)
     envelope = IntensityEnvelope.fit(normal_max_hu, floor_hu=envelope_floor_hu)
     return CalibrationRun(calibration, method, volumes, slices, skipped_slices, skipped_volumes, envelope)
 

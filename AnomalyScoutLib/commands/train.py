@@ -8,8 +8,9 @@ It runs the stages a user would otherwise chain by hand, each with its own progr
 
 1. ``train-gan``: the position-conditioned GAN on the training volumes (checkpoints every few minutes);
 2. ``train-encoder``: the encoder of that GAN, written as a model file;
-3. optionally ``train-head`` (``--head-steps``: the learned anomaly map) and ``attach-position``
-   (``--position-regressor``: slices placed by anatomy, range gate);
+3. optionally ``train-head`` (``--head-steps``: the learned anomaly map), ``train-denoiser``
+   (``--denoiser-steps``: a second calibrated opinion) and ``attach-position`` (``--position-regressor``:
+   slices placed by anatomy, range gate);
 4. ``fit-atlas``: the per-position intensity atlas of the training volumes, a second opinion beside the
    reconstruction (``--no-atlas`` leaves it out);
 5. ``calibrate``: normal score distributions per body position on held-out normal volumes (never the
@@ -78,6 +79,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=0,
         help="also train the anomaly-map head this long (default 0: none)",
+    )
+    parser.add_argument(
+        "--denoiser-steps",
+        type=int,
+        default=0,
+        help="also train the coarse-noise denoiser, a calibrated second opinion, this long (default 0: none; "
+        "the default model's: 7000, about an hour on one CPU thread)",
     )
     parser.add_argument(
         "--position-regressor",
@@ -171,7 +179,8 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
 
-    stages = 3 + (args.head_steps > 0) + (args.position_regressor is not None) + args.atlas
+    stages = 3 + (args.head_steps > 0) + (args.denoiser_steps > 0) + (args.position_regressor is not None)
+    stages += args.atlas
     started = _stage(1, stages, f"GAN ({args.config}, {args.gan_kimg:g} kimg)")
     gan_dir = work / "gan"
     gan_args = ["train-gan", "--out", str(gan_dir), "--kimg", str(args.gan_kimg)]
@@ -213,6 +222,18 @@ def run(args: argparse.Namespace) -> int:
         if code:
             return code
         model_file, stage = head_file, stage + 1
+    if args.denoiser_steps > 0:
+        denoiser_file = work / "denoiser.safetensors"
+        code = _kept_or_made(
+            _stage(stage, stages, f"denoiser ({args.denoiser_steps} steps)"),
+            denoiser_file,
+            ["train-denoiser", "--model", str(model_file), "--data", str(train_list), "--out",
+             str(denoiser_file), "--run", str(work / "denoiser"), "--steps", str(args.denoiser_steps),
+             *_placement(args), *_runtime(args)],
+        )  # fmt: skip
+        if code:
+            return code
+        model_file, stage = denoiser_file, stage + 1
     if args.position_regressor is not None:
         placed_file = work / "placed.safetensors"
         code = _kept_or_made(

@@ -131,7 +131,8 @@ def test_scoring_with_a_calibrated_atlas_combines_both_opinions(
     data = json.loads((tmp_path / "out" / "scores.json").read_text())
     assert all(s["atlas_score"] is not None for s in data["slices"])
     main_only = scorer.mode_calibration().apply(run.case.scores, run.case.positions, 0.0, data["fpr"] / 2)
-    atlas_only = scorer.atlas_calibration().apply(run.case.atlas, run.case.positions, 0.0, data["fpr"] / 2)
+    atlas_calibration = scorer.opinion_calibration(ATLAS_CALIBRATION_KEY)
+    atlas_only = atlas_calibration.apply(run.case.atlas, run.case.positions, 0.0, data["fpr"] / 2)
     metal = scorer.envelope.flags(run.case.beyond_mm2)  # the clip's slice: flagged by the envelope
     assert metal.sum() == 1
     expected = np.where(metal, 100.0, np.fmax(main_only.percentile, atlas_only.percentile))
@@ -202,8 +203,8 @@ def test_each_opinion_is_judged_at_half_the_rate(monkeypatch):
         def run_settings(self):
             return "fast", ScoreConfig(), 0
 
-        def atlas_calibration(self):
-            return atlas_fit
+        def opinion_calibration(self, key):
+            return atlas_fit if key == ATLAS_CALIBRATION_KEY else None
 
         opinions = VolumeScorer.opinions  # the engine's own rule: two calibrated opinions
 
@@ -211,6 +212,6 @@ def test_each_opinion_is_judged_at_half_the_rate(monkeypatch):
     # slice 0: the reconstruction's score between the two thresholds, slice 1 the atlas's, slice 2 both above
     case = CaseScores(np.full(3, 0.5), np.array([0.92, 0.1, 0.97]), np.zeros(3), np.zeros(3), None,
                       np.array([0.1, 0.92, 0.97]))  # fmt: skip
-    calibrated, by_model, fpr = _calibrate(Scorer(), case, (0.5, 0.5), 0.1, None)
+    calibrated, by_model, fpr = _calibrate(Scorer(), case, (0.5, {ATLAS_CALIBRATION_KEY: 0.5}), 0.1, None)
     assert by_model and fpr == 0.1
     assert calibrated.flagged.tolist() == [False, False, True]

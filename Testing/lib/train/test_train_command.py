@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import TINY
 
+from AnomalyScoutLib.calibration import DENOISER_CALIBRATION_KEY
 from AnomalyScoutLib.cli import main
 from AnomalyScoutLib.commands.train import split_volumes
 from AnomalyScoutLib.errors import ConfigError
@@ -86,7 +87,7 @@ def test_calibration_volumes_that_were_trained_on_are_refused(tmp_path, volumes,
     assert not (tmp_path / "m.safetensors").exists()
 
 
-def test_the_head_and_the_position_regressor_are_optional_stages_before_calibration(
+def test_the_head_denoiser_and_position_regressor_are_optional_stages_before_calibration(
     tmp_path, volumes, tiny_config_file
 ):
     from AnomalyScoutLib.model_file import AnomalyModel
@@ -94,14 +95,16 @@ def test_the_head_and_the_position_regressor_are_optional_stages_before_calibrat
     model_path = tmp_path / "site.safetensors"
     regressor = Path(__file__).resolve().parents[3] / "models" / "position.safetensors"
     args = _train_args(volumes, model_path, tiny_config_file)
-    args += ["--gan-kimg", "0.008", "--encoder-kimg", "0.008", "--head-steps", "2"]
+    args += ["--gan-kimg", "0.008", "--encoder-kimg", "0.008", "--head-steps", "2", "--denoiser-steps", "2"]
     assert main([*args, "--position-regressor", str(regressor), *COMMON]) == 0
 
     work = tmp_path / "site.safetensors.run"
-    assert (work / "head.safetensors").is_file() and (work / "placed.safetensors").is_file()
+    for stage in ("head", "denoiser", "placed"):
+        assert (work / f"{stage}.safetensors").is_file()
     model = AnomalyModel.load(model_path)
-    assert model.head is not None and model.position_regressor is not None
+    assert model.head is not None and model.position_regressor is not None and model.denoiser is not None
     assert model.calibration is not None  # calibrated last: the head changes the score it calibrates
+    assert DENOISER_CALIBRATION_KEY in model.calibration["modes"]
     # Every stage placed its slices by anatomy with the regressor the model now holds.
     placed = {"method": "anatomy", "regressor_file": str(regressor)}
     gan_options = json.loads((work / "gan" / "training_options.json").read_text())
@@ -110,6 +113,7 @@ def test_the_head_and_the_position_regressor_are_optional_stages_before_calibrat
         model.metadata["training"]["placement"],
         model.metadata["training"]["gan"]["placement"],
         model.metadata["head"]["training"]["placement"],
+        model.metadata["denoiser"]["training"]["placement"],
     ):
         assert placed.items() <= record.items()
 

@@ -1,0 +1,189 @@
+"""Training the denoiser (:mod:`AnomalyScoutLib.denoiser`) on normal slices, with exact resume.
+
+Each step takes a batch of normal slices, shifts it by up to ``shift`` pixels (a few volumes make few
+distinct slices), adds coarse noise and asks the U-Net for the clean batch (mean squared error). The run
+folder receives ``checkpoint.safetensors`` (network, Adam moments, RNG state, step) every
+``checkpoint_minutes`` and at the end, and ``log.csv``; a resumed run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from AnomalyScoutLib.anomaly_map.data import NormalSlices
+from AnomalyScoutLib.calibration import DENOISER_CALIBRATION_KEY, Calibration
+from AnomalyScoutLib.cancellation import CancelFlag
+from AnomalyScoutLib.denoiser import DENOISER_KEY, Denoiser, coarse_noise
+from AnomalyScoutLib.errors import ConfigError
+from AnomalyScoutLib.model_file import AnomalyModel
+from AnomalyScoutLib.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+
+__all__ = ["DenoiserTrainer", "DenoiserTrainingOptions", "attach_denoiser"]
+
+
+@dataclass(frozen=True)
+class DenoiserTrainingOptions:
+    """Settings of one denoiser training run (stored in the model file's ``denoiser.training``).
+
+    ``steps`` is the run's total and ``max_minutes`` limits one invocation (0: none): a run is continued, or
+    extended, by resuming it with the same other options."""
+
+    steps: int = 20000
+    batch: int = 16
+    lr: float = 1e-3
+    shift: int = 4
+    max_minutes: float = 0.0
+    checkpoint_minutes: float = 5.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch < 1 or self.shift < 0:
+            raise ConfigError("steps >= 1, batch >= 1 and shift >= 0 are needed")
+        if not self.lr > 0 or self.max_minutes < 0 or not self.checkpoint_minutes > 0:
+            raise ConfigError("lr > 0, max_minutes >= 0 and checkpoint_minutes > 0 are needed")
+
+    def same_run(self) -> dict[str, Any]:
+        """What a resumed run must share with the one it continues (not its length or time limits)."""
+        limits = ("steps", "max_minutes", "checkpoint_minutes")
+        return {k: v for k, v in asdict(self).items() if k not in limits}
+
+
+class DenoiserTrainer:
+    """Trains ``denoiser`` in place on normal ``slices``; ``run_folder`` holds the checkpoint and log."""
+
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        slices: NormalSlices,
+        options: DenoiserTrainingOptions,
+        device: torch.device,
+        run_folder: Path | None = None,
+    ) -> None:
+        if len(slices) == 0:
+            raise ConfigError("the denoiser needs at least one training slice")
+        self.denoiser, self.options = denoiser.to(device), options
+        self.device, self.run_folder = device, run_folder
+        self.images = slices.images
+        self.generator = torch.Generator().manual_seed(options.seed)
+        self.optimizer = torch.optim.Adam(self.denoiser.parameters(), lr=options.lr)
+        self.step, self.seconds, self.last_loss = 0, 0.0, float("nan")
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        return None if self.run_folder is None else self.run_folder / CHECKPOINT_NAME
+
+    def resume(self) -> bool:
+        """Continue from the run folder's checkpoint, if there is one (False: none, a fresh start).
+
+        Raises:
+            ConfigError: the checkpoint is of a run with other settings.
+        """
+        path = self.checkpoint_path
+        if path is None or not path.is_file():
+            return False
+        checkpoint = load_checkpoint(path)
+        state = checkpoint.state
+        config = self.denoiser.config.to_dict()
+        if state.get("options") != self.options.same_run() or state.get("config") != config:
+            raise ConfigError(f"{path} is a denoiser run with other settings; use another --run folder")
+        checkpoint.restore_module("denoiser", self.denoiser)
+        checkpoint.restore_optimizer("adam", self.optimizer)
+        self.generator.set_state(checkpoint.tensors["generator_state"])
+        self.step, self.seconds = int(state["step"]), float(state["seconds"])
+        return True
+
+    def train_step(self) -> float:
+        """One optimisation step on a fresh noisy batch; returns the loss."""
+        options = self.options
+        index = torch.randint(len(self.images), (options.batch,), generator=self.generator)
+        batch = self.images[index][:, None]
+        dy, dx = torch.randint(-options.shift, options.shift + 1, (2,), generator=self.generator).tolist()
+        batch = torch.roll(batch, shifts=(dy, dx), dims=(2, 3))
+        config = self.denoiser.config
+        noisy = batch + coarse_noise(tuple(batch.shape), self.generator, config.coarse, config.sigma)
+        batch, noisy = batch.to(self.device), noisy.to(self.device)
+        loss = F.mse_loss(self.denoiser(noisy[:, 0]), batch[:, 0])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        return float(loss.detach())
+
+    def train(self, cancel: CancelFlag | None = None, progress: bool = False) -> bool:
+        """Train until ``steps`` or ``max_minutes``, checkpointing as it goes.
+
+        Returns:
+            False when ``cancel`` stopped it (the checkpoint then holds the last step).
+        """
+        options, started = self.options, time.perf_counter()
+        last_checkpoint, losses, finished = started, [], True
+        self.denoiser.train()
+        bar = tqdm(total=options.steps, initial=self.step, desc="denoiser", unit="step", disable=not progress)
+        with bar:
+            while self.step < options.steps:
+                if cancel is not None and cancel.is_set:
+                    finished = False
+                    break
+                losses.append(self.train_step())
+                bar.update(1)
+                now = time.perf_counter()
+                if now - last_checkpoint > 60.0 * options.checkpoint_minutes:
+                    self._checkpoint(losses, now - started)
+                    last_checkpoint, losses = now, []
+                if options.max_minutes > 0 and now - started > 60.0 * options.max_minutes:
+                    break
+        elapsed = time.perf_counter() - started
+        self._checkpoint(losses, elapsed)
+        self.seconds += elapsed
+        self.denoiser.eval()
+        return finished
+
+    def _checkpoint(self, losses: list[float], elapsed: float) -> None:
+        """Log the mean loss since the last checkpoint and write the checkpoint (with a run folder)."""
+        seconds = self.seconds + elapsed
+        if losses:
+            self.last_loss = float(np.mean(losses))
+        if self.run_folder is None:
+            return
+        self.run_folder.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(
+            self.checkpoint_path,
+            {"denoiser": self.denoiser},
+            {"adam": self.optimizer},
+            {"generator_state": self.generator.get_state()},
+            {"options": self.options.same_run(), "config": self.denoiser.config.to_dict(),
+             "step": self.step, "seconds": seconds},
+        )  # fmt: skip
+        log = self.run_folder / "log.csv"
+        new = not log.is_file()
+        with log.open("a", newline="") as stream:
+            writer = csv.writer(stream)
+            if new:
+                writer.writerow(["step", "loss", "seconds"])
+            writer.writerow([self.step, round(self.last_loss, 6), round(seconds, 1)])
+
+    def summary(self) -> dict[str, Any]:
+        """What the model file records about this training."""
+        return {"options": asdict(self.options), "training_slices": len(self.images), "steps_done": self.step,
+                "seconds": round(self.seconds, 1), "last_loss": self.last_loss}  # fmt: skip
+
+
+def attach_denoiser(model: AnomalyModel, denoiser: Denoiser, training: dict[str, Any]) -> None:
+    """Put ``denoiser`` into ``model`` (replacing any other) with its settings and training record, ready to
+    :meth:`~AnomalyScoutLib.model_file.AnomalyModel.save`. The calibration of an earlier denoiser is
+    dropped (a stale one would set wrong thresholds); the model's other calibrations stay."""
+    model.denoiser = denoiser.cpu().eval().requires_grad_(False)
+    model.metadata[DENOISER_KEY] = {"config": denoiser.config.to_dict(), "training": training}
+    calibration = Calibration.from_json(model.calibration)
+    if DENOISER_CALIBRATION_KEY in calibration.modes:
+        modes = {k: v for k, v in calibration.modes.items() if k != DENOISER_CALIBRATION_KEY}
+        model.calibration = Calibration(modes, calibration.default_fpr).to_json()

@@ -1,0 +1,262 @@
+"""The coarse-noise denoiser: its network, its training (exact resume), the model file and the engine, where
+it is a calibrated opinion beside the model's own score."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from AnomalyScoutLib.anomaly_map.data import NormalSlices
+from AnomalyScoutLib.calibration import (
+    ATLAS_CALIBRATION_KEY,
+    DENOISER_CALIBRATION_KEY,
+    Calibration,
+    calibration_key,
+    fit_mode_calibration,
+)
+from AnomalyScoutLib.cli import main
+from AnomalyScoutLib.denoiser import DENOISER_KEY, Denoiser, DenoiserConfig, coarse_noise
+from AnomalyScoutLib.engine import CaseScores, ScoreOptions, VolumeScorer, _calibrate, score_file
+from AnomalyScoutLib.errors import ConfigError
+from AnomalyScoutLib.inversion import InversionConfig
+from AnomalyScoutLib.io.volume import write_volume
+from AnomalyScoutLib.model_file import AnomalyModel
+from AnomalyScoutLib.scoring import ScoreConfig
+from AnomalyScoutLib.train.denoiser import DenoiserTrainer, DenoiserTrainingOptions, attach_denoiser
+
+SMALL = DenoiserConfig(channels=(4, 8))
+
+
+def _slices(n: int = 12, side: int = 32) -> NormalSlices:
+    """Smooth synthetic slices: a bright disc of varying size on a dark background, body everywhere."""
+    yy, xx = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    radius = torch.linspace(6, 12, n)[:, None, None]
+    images = torch.where((yy - side / 2) ** 2 + (xx - side / 2) ** 2 < radius**2, 0.5, -0.5).float()
+    body = torch.ones_like(images, dtype=torch.bool)
+    return NormalSlices(images, torch.linspace(0, 1, n), body, torch.arange(n) % 3)
+
+
+@pytest.mark.parametrize(
+    "settings", [{"channels": (4,)}, {"stride": 3}, {"sigma": 0.0}, {"coarse": 0}, {"top_fraction": 0.0}]
+)
+def test_config_refuses_bad_settings(settings):
+    with pytest.raises(ConfigError):
+        DenoiserConfig(**settings)
+
+
+def test_config_round_trips_and_refuses_unknown_keys():
+    assert DenoiserConfig.from_dict(SMALL.to_dict()) == SMALL
+    with pytest.raises(ConfigError, match="unknown denoiser settings: width"):
+        DenoiserConfig.from_dict({**SMALL.to_dict(), "width": 3})
+
+
+def test_coarse_noise_is_smooth_at_the_grid_scale_and_has_the_asked_level():
+    noise = coarse_noise((64, 1, 64, 64), torch.Generator().manual_seed(0), coarse=4, sigma=0.4)
+    assert noise.shape == (64, 1, 64, 64)
+    assert 0.6 * 0.4 < noise.std().item() <= 0.4  # bilinear upsampling smooths a little off the drawn level
+    twice = coarse_noise((64, 1, 64, 64), torch.Generator().manual_seed(0), coarse=4, sigma=0.8)
+    torch.testing.assert_close(twice, 2 * noise)
+    neighbours = noise[..., 1:] - noise[..., :-1]
+    assert neighbours.abs().mean() < 0.1 * noise.abs().mean()  # 16 px cells: nearly constant pixel to pixel
+
+
+def test_residual_maps_are_zero_outside_the_body_and_scores_read_the_top_of_the_body():
+    denoiser = Denoiser(SMALL).eval()
+    images = torch.rand(2, 32, 32) * 2 - 1
+    body = torch.zeros(2, 32, 32, dtype=torch.bool)
+    body[:, 8:24, 8:24] = True
+    with torch.no_grad():
+        maps = denoiser.residual_maps(images, body)
+        scores = denoiser.slice_scores(images, body)
+    assert maps.shape == (2, 32, 32) and (maps[~body] == 0).all() and (maps[body] > 0).any()
+    for i in range(2):
+        values = maps[i][body[i]].sort(descending=True).values
+        top = values[: int(np.ceil(0.01 * int(body[i].sum())))]
+        assert scores[i].item() == pytest.approx(float(top.mean()))
+    with pytest.raises(ValueError, match="multiples of 4"):
+        denoiser(torch.zeros(1, 30, 30))
+
+
+def test_training_lowers_the_denoising_loss():
+    torch.manual_seed(0)
+    trainer = DenoiserTrainer(
+        Denoiser(SMALL), _slices(), DenoiserTrainingOptions(steps=60, batch=4), torch.device("cpu")
+    )
+    first = [trainer.train_step() for _ in range(5)]
+    trainer.train()
+    last = [trainer.train_step() for _ in range(5)]
+    assert np.mean(last) < 0.5 * np.mean(first)
+
+
+def test_a_resumed_run_continues_exactly_as_an_uninterrupted_one(tmp_path):
+    def trainer(folder, steps):
+        torch.manual_seed(0)
+        options = DenoiserTrainingOptions(steps=steps, batch=4)
+        return DenoiserTrainer(Denoiser(SMALL), _slices(), options, torch.device("cpu"), run_folder=folder)
+
+    straight = trainer(tmp_path / "straight", 6)
+    straight.train()
+    first = trainer(tmp_path / "split", 3)
+    assert not first.resume()  # nothing to resume yet
+    first.train()
+    second = trainer(tmp_path / "split", 6)
+    assert second.resume() and second.step == 3
+    second.train()
+    assert second.step == 6
+    for name, tensor in straight.denoiser.state_dict().items():
+        torch.testing.assert_close(second.denoiser.state_dict()[name], tensor, rtol=0, atol=0)
+    rows = (tmp_path / "split" / "log.csv").read_text().splitlines()
+    assert rows[0] == "step,loss,seconds" and [r.split(",")[0] for r in rows[1:]] == ["3", "6"]
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path):
+    options = DenoiserTrainingOptions(steps=2, batch=4)
+    DenoiserTrainer(Denoiser(SMALL), _slices(), options, torch.device("cpu"), run_folder=tmp_path).train()
+    other = DenoiserTrainingOptions(steps=2, batch=4, lr=1e-4)
+    with pytest.raises(ConfigError, match="other settings"):
+        DenoiserTrainer(Denoiser(SMALL), _slices(), other, torch.device("cpu"), run_folder=tmp_path).resume()
+
+
+@pytest.fixture(scope="module")
+def denoiser_model(tiny_model_file, tiny_phantom, tmp_path_factory):
+    """The tiny model with a denoiser trained by the command on the tiny normal phantom, then calibrated."""
+    folder = tmp_path_factory.mktemp("denoiser")
+    write_volume(tiny_phantom.volume, folder / "normal.nrrd")
+    with_denoiser = folder / "with-denoiser.safetensors"
+    argv = ["train-denoiser", "--model", str(tiny_model_file), "--data", str(folder / "normal.nrrd"),
+            "--run", str(folder / "run"), "--out", str(with_denoiser), "--steps", "4", "--batch", "2",
+            "--channels", "4", "8", "--device", "cpu", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    calibrated = folder / "calibrated.safetensors"
+    argv = ["calibrate", "--model", str(with_denoiser), "--out", str(calibrated), "--phantom", "2",
+            "--phantom-shape", "64,64,24", "--modes", "fast", "--bins", "2", "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0
+    return with_denoiser, calibrated
+
+
+def test_the_command_writes_the_model_with_its_denoiser_and_record(denoiser_model, tiny_model_file):
+    with_denoiser, _ = denoiser_model
+    model, plain = AnomalyModel.load(with_denoiser), AnomalyModel.load(tiny_model_file)
+    assert model.denoiser is not None and model.denoiser.config.channels == (4, 8)
+    record = model.metadata[DENOISER_KEY]["training"]
+    assert record["steps_done"] == 4 and record["options"]["batch"] == 2 and record["training_slices"] > 0
+    for name, tensor in plain.generator.state_dict().items():  # unchanged, stored in float16 (the default)
+        torch.testing.assert_close(model.generator.state_dict()[name], tensor.half().float())
+
+
+def test_calibrate_stores_the_denoiser_distributions(denoiser_model):
+    _, calibrated = denoiser_model
+    modes = Calibration.from_json(AnomalyModel.load(calibrated).calibration).modes
+    entry = modes[DENOISER_CALIBRATION_KEY]
+    assert entry.n_cases == 2 and entry.score_config["channels"] == [4, 8]
+    assert "case_top" in entry.score_config
+    assert calibration_key("fast", "topk") in modes
+
+
+def test_scoring_judges_the_denoiser_as_a_second_opinion(denoiser_model, tiny_anomalous_phantom, tmp_path):
+    _, calibrated = denoiser_model
+    scorer = VolumeScorer(
+        AnomalyModel.load(calibrated), InversionConfig(mode="fast"), ScoreConfig(), torch.device("cpu")
+    )
+    assert scorer.opinions() == 2
+    write_volume(tiny_anomalous_phantom.volume, tmp_path / "ct.nrrd")
+    run = score_file(tmp_path / "ct.nrrd", tmp_path / "out", scorer, ScoreOptions(position="index", fpr=0.4))
+    data = json.loads((tmp_path / "out" / "scores.json").read_text())
+    scores = np.array([s["denoiser_score"] for s in data["slices"]])
+    np.testing.assert_allclose(scores, run.case.denoiser, rtol=1e-6)
+    assert (scores > 0).all() and np.ptp(scores) > 0  # each slice's own residual
+    # each opinion at half the rate; a slice is flagged when either flags it (the envelope aside)
+    main_only = scorer.mode_calibration().apply(run.case.scores, run.case.positions, 0.0, data["fpr"] / 2)
+    second = scorer.opinion_calibration(DENOISER_CALIBRATION_KEY)
+    denoiser_only = second.apply(run.case.denoiser, run.case.positions, 0.0, data["fpr"] / 2)
+    flagged = np.array([s["flagged"] for s in data["slices"]])
+    metal = scorer.envelope.flags(run.case.beyond_mm2)
+    np.testing.assert_array_equal(flagged & ~metal, (main_only.flagged | denoiser_only.flagged) & ~metal)
+
+
+def test_an_uncalibrated_denoiser_is_left_out_with_a_warning(
+    denoiser_model, tiny_anomalous_phantom, tmp_path
+):  # noqa: E501
+    _, calibrated = denoiser_model
+    model = AnomalyModel.load(calibrated)
+    attach_denoiser(model, model.denoiser, {})  # a new denoiser: its old calibration must go
+    model.save(tmp_path / "stale.safetensors")
+    modes = Calibration.from_json(AnomalyModel.load(tmp_path / "stale.safetensors").calibration).modes
+    assert DENOISER_CALIBRATION_KEY not in modes and calibration_key("fast", "topk") in modes
+    scorer = VolumeScorer(
+        AnomalyModel.load(tmp_path / "stale.safetensors"),
+        InversionConfig(mode="fast"),
+        ScoreConfig(),
+        torch.device("cpu"),
+    )
+    assert scorer.opinions() == 1
+    listener = _Warnings()
+    write_volume(tiny_anomalous_phantom.volume, tmp_path / "ct.nrrd")
+    score_file(
+        tmp_path / "ct.nrrd", tmp_path / "out", scorer, ScoreOptions(position="index"), listener=listener
+    )
+    assert any("denoiser has no calibration" in w for w in listener.messages)
+
+
+def test_the_command_refuses_an_output_folder_that_does_not_exist(tiny_model_file, tmp_path, capsys):
+    out = tmp_path / "no" / "m.safetensors"
+    argv = ["train-denoiser", "--model", str(tiny_model_file), "--data", str(tmp_path), "--run",
+            str(tmp_path / "run"), "--out", str(out), "--device", "cpu"]  # fmt: skip
+    assert main(argv) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--out: folder" in err[0] and "does not exist" in err[0]
+
+
+class _Warnings:
+    """A run listener that keeps the warnings."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def started(self, *args) -> None:
+        pass
+
+    def progress(self, *args) -> None:
+        pass
+
+    def warning(self, message: str) -> None:
+        self.messages.append(message)
+
+
+@pytest.mark.parametrize("denoiser_calibrated", [True, False])
+def test_with_atlas_and_denoiser_each_calibrated_opinion_gets_its_share_of_the_rate(
+    monkeypatch, denoiser_calibrated
+):
+    normal = np.linspace(0.0, 1.0, 3001)  # thresholds: 0.95 at a rate of 0.05, 0.9667 at 0.0333
+    positions = np.full(normal.size, 0.5)
+    fit = fit_mode_calibration([normal], [positions], [0.5], {"m": 1}, n_bins=1)
+    keys = (ATLAS_CALIBRATION_KEY, DENOISER_CALIBRATION_KEY)
+
+    class Scorer:
+        def stored_calibration(self) -> Calibration:
+            return Calibration({calibration_key("fast", "topk"): fit})
+
+        def run_settings(self):
+            return "fast", ScoreConfig(), 0
+
+        def opinion_calibration(self, key):
+            return fit if key == ATLAS_CALIBRATION_KEY or denoiser_calibrated else None
+
+        opinions = VolumeScorer.opinions  # the engine's own rule
+
+    monkeypatch.setattr(Calibration, "for_run", lambda self, mode, score, steps: fit)  # settings apart
+    monkeypatch.setattr("AnomalyScoutLib.engine.OPINION_NAMES", dict.fromkeys(keys, "opinion"))
+    # slice 0: the model's score between the thresholds; 1: the denoiser's above both; 2: the atlas's
+    case = CaseScores(np.full(3, 0.5), np.array([0.955, 0.1, 0.1]), np.zeros(3), np.zeros(3), None,
+                      atlas=np.array([0.1, 0.1, 0.98]), denoiser=np.array([0.1, 0.98, 0.1]))  # fmt: skip
+    listener = _Warnings()
+    calibrated, _, _ = _calibrate(Scorer(), case, (0.5, dict.fromkeys(keys, 0.5)), 0.1, listener)
+    if denoiser_calibrated:  # three opinions, each at a third of the rate
+        assert calibrated.flagged.tolist() == [False, True, True] and not listener.messages
+    else:  # two, each at half; the denoiser is left out, and said so
+        assert calibrated.flagged.tolist() == [True, False, True]
+        assert listener.messages == ["the model's opinion has no calibration: its score is left out of the "
+                                     "flags (run `anomalyscout calibrate`)"]  # fmt: skip
