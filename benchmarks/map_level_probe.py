@@ -37,7 +37,7 @@ from benchmarks.phantom_track import method_summary
 from benchmarks.results_io import RESULTS_DIR, run_header, write_json
 from benchmarks.slices import SliceSet
 
-__all__ = ["main", "map_scores"]
+__all__ = ["combined_percentiles", "main", "map_scores", "part_rows"]
 
 #: The opinions compared, each the larger percentile of its parts; the first is the reference.
 COMBINATIONS: dict[str, tuple[str, ...]] = {
@@ -63,18 +63,44 @@ def map_scores(run: GeneratorRun, slices: SliceSet) -> dict[str, np.ndarray]:
     return {"top-k": top.astype(np.float64), "median": median, "atlas": atlas.astype(np.float64)}
 
 
-def _half_rows(
-    test: SliceSet, scores: dict[str, np.ndarray], keep: np.ndarray, types: tuple[str, ...]
+def part_rows(
+    test: SliceSet, scores: dict[str, np.ndarray], keep: np.ndarray, types: tuple[str, ...], track: str
 ) -> dict[str, Any]:
+    """Each score's row on the ``keep`` part of the test slices, and their paired case bootstrap."""
     part = test.subset(keep)
     chosen = {name: s[keep] for name, s in scores.items()}
-    rows = [method_summary(name, part, Detection(None, s), "map_level") for name, s in chosen.items()]
+    rows = [method_summary(name, part, Detection(None, s), track) for name, s in chosen.items()]
     bootstrap = paired_case_bootstrap(
         {name: case_slices(part, s) for name, s in chosen.items()},
         {c: info.anomaly for c, info in enumerate(part.cases)},
         types,
     )
     return {"cases": len(np.unique(part.case)), "rows": rows, "bootstrap": bootstrap}
+
+
+def combined_percentiles(
+    normal: dict[str, np.ndarray],
+    normal_positions: np.ndarray,
+    test: dict[str, np.ndarray],
+    test_positions: np.ndarray,
+    combinations: dict[str, tuple[str, ...]],
+) -> dict[str, np.ndarray]:
+    """Each combination of opinions as the test slices' percentiles: every opinion's score a percentile among
+    the normals near its position (the normals' own among themselves), the larger of a combination's parts
+    made a percentile again among the normals' own (as ``combine_opinions`` flags either)."""
+    own = {p: position_percentiles(s, normal_positions, s, normal_positions) for p, s in normal.items()}
+    theirs = {
+        p: position_percentiles(normal[p], normal_positions, s, test_positions) for p, s in test.items()
+    }
+    return {
+        name: position_percentiles(
+            np.max([own[p] for p in parts], axis=0),
+            normal_positions,
+            np.max([theirs[p] for p in parts], axis=0),
+            test_positions,
+        )
+        for name, parts in combinations.items()
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,20 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     data, normals, test_set = chosen.data, chosen.normals, chosen.data.test
     normal_run, test_run = chosen.fast_runs(args.model)
     normal, test = map_scores(normal_run, normals), map_scores(test_run, test_set)
-    # each opinion's percentiles once: the normals' among themselves, the test slices' among the normals
-    own = {p: position_percentiles(s, normals.positions, s, normals.positions) for p, s in normal.items()}
-    theirs = {
-        p: position_percentiles(normal[p], normals.positions, s, test_set.positions) for p, s in test.items()
-    }
-    scores = {
-        name: position_percentiles(
-            np.max([own[p] for p in parts], axis=0),
-            normals.positions,
-            np.max([theirs[p] for p in parts], axis=0),
-            test_set.positions,
-        )
-        for name, parts in COMBINATIONS.items()
-    }
+    scores = combined_percentiles(normal, normals.positions, test, test_set.positions, COMBINATIONS)
     # The i-th case of each type has seed block + i: the first half is what head_comparison's 60 cases are.
     index = np.array([test_set.cases[c].seed % 100 for c in test_set.case])
     half = args.per_type // 2
@@ -118,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         f"last {args.per_type - half} per type (fresh)": index >= half,
         f"all {args.per_type} per type": np.ones(len(index), dtype=bool),
     }
-    results = {name: _half_rows(test_set, scores, keep, data.split.types) for name, keep in halves.items()}
+    types = data.split.types
+    results = {name: part_rows(test_set, scores, keep, types, "map_level") for name, keep in halves.items()}
     for name, result in results.items():
         for method, interval in result["bootstrap"]["difference_from_first_ci95"].items():
             print(f"[map_level] {name}: {method} minus head top-k: {interval[0]:+.3f} to {interval[1]:+.3f}")
