@@ -8,7 +8,6 @@ import dataclasses
 import numpy as np
 import torch
 
-from benchmarks.baselines.denoising_autoencoder import coarse_noise
 from benchmarks.monai_segmenter import augment_batch
 from benchmarks.segfail_track import error_area, failure_metrics, review_region
 
@@ -45,16 +44,6 @@ def test_the_area_rule_fails_the_slices_with_much_wrong_even_at_a_high_dice():
     assert by_area["failure_auroc_error_area"] == 1.0  # only the large error failed by area
     assert by_area["failure_auroc"] == 0.0  # the Dice rule calls the tip the failure
     np.testing.assert_array_equal(error_area(np.eye(3, dtype=bool)[None], np.zeros((1, 3, 3), bool)), [3.0])
-
-
-def test_coarse_noise_is_smooth_at_the_16_px_scale_with_the_asked_spread():
-    noise = coarse_noise((64, 1, 128, 128), torch.Generator().manual_seed(0), coarse=16, sigma=0.4)
-    assert noise.shape == (64, 1, 128, 128)
-    neighbours = (noise[..., 1:] - noise[..., :-1]).abs().mean()
-    # Pixel noise would make neighbours differ by more than the values themselves (ratio ~1.4); coarse noise
-    # changes over 8 px.
-    assert neighbours < 0.3 * noise.abs().mean()
-    assert 0.2 < float(noise.std()) < 0.45  # bilinear upsampling keeps most of sigma
 
 
 def test_augmentation_moves_image_and_mask_together():
