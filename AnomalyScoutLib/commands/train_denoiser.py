@@ -52,14 +52,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from AnomalyScoutLib.anomaly_map.data import load_normal_slices
-    from AnomalyScoutLib.commands.training_run import train_until_done, training_device
+    from AnomalyScoutLib.commands.training_run import (
+        chosen_placement,
+        model_training_slices,
+        train_until_done,
+        training_device,
+    )
     from AnomalyScoutLib.denoiser import Denoiser, DenoiserConfig
     from AnomalyScoutLib.errors import ConfigError
     from AnomalyScoutLib.model_file import AnomalyModel
-    from AnomalyScoutLib.train.data import list_volumes
     from AnomalyScoutLib.train.denoiser import DenoiserTrainer, DenoiserTrainingOptions, attach_denoiser
-    from AnomalyScoutLib.train.placement import load_placement, recorded_placement
 
     device = training_device(args)
     if not args.out.parent.is_dir():
@@ -68,19 +70,9 @@ def run(args: argparse.Namespace) -> int:
     options = DenoiserTrainingOptions(
         steps=args.steps, batch=args.batch, lr=args.lr, max_minutes=args.max_minutes, seed=args.seed
     )
-    chosen = load_placement(args.position_regressor) if args.position_regressor else None
+    chosen = chosen_placement(args)
     model = AnomalyModel.load(args.model, "cpu")
-    placement = chosen or recorded_placement(
-        model.metadata.get("training", {}).get("placement"), f"--model {args.model}", model.position_regressor
-    )
-    data = load_normal_slices(
-        list_volumes(args.data),
-        model.resolution,
-        model.window,
-        position_method=model.position_method,
-        progress=not args.no_progress,
-        regressor=placement.regressor,
-    )
+    data, placed = model_training_slices(args, model, chosen)
     torch.manual_seed(args.seed)
     trainer = DenoiserTrainer(Denoiser(config), data, options, device, run_folder=args.run)
     if trainer.resume():
@@ -88,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     if not train_until_done(trainer, args):
         print(f"cancelled at step {trainer.step}: checkpoint in {args.run}, no model", file=sys.stderr)
         return EXIT_CANCELLED
-    record = {"data": str(args.data), "model": str(args.model), "placement": placement.record()}
+    record = {"data": str(args.data), "model": str(args.model), "placement": placed}
     attach_denoiser(model, trainer.denoiser, {**trainer.summary(), **record})
     model.save(args.out, half=not args.float32)
     print(

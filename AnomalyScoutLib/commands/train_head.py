@@ -75,7 +75,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from AnomalyScoutLib.anomaly_map.data import load_normal_slices
     from AnomalyScoutLib.anomaly_map.head import AnomalyHead, HeadConfig
     from AnomalyScoutLib.anomaly_map.training import (
         HeadTrainer,
@@ -83,11 +82,14 @@ def run(args: argparse.Namespace) -> int:
         attach_head,
         fast_reconstruction,
     )
-    from AnomalyScoutLib.commands.training_run import train_until_done, training_device
+    from AnomalyScoutLib.commands.training_run import (
+        chosen_placement,
+        model_training_slices,
+        train_until_done,
+        training_device,
+    )
     from AnomalyScoutLib.errors import ConfigError
     from AnomalyScoutLib.model_file import AnomalyModel
-    from AnomalyScoutLib.train.data import list_volumes
-    from AnomalyScoutLib.train.placement import load_placement, recorded_placement
 
     device = training_device(args)
     if not args.out.parent.is_dir():
@@ -111,24 +113,11 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.snapshots and args.run is None:
         raise ConfigError("--snapshots needs --run (the folder they are written to)")
-    chosen = load_placement(args.position_regressor) if args.position_regressor else None
+    chosen = chosen_placement(args)
     model = AnomalyModel.load(args.model, device)
     if config.use_atlas and model.atlas is None:
         raise ConfigError(f"--atlas-input: {args.model} holds no position atlas (run anomalyscout fit-atlas)")
-    placement = chosen or recorded_placement(
-        model.metadata.get("training", {}).get("placement"), f"--model {args.model}", model.position_regressor
-    )
-    data = load_normal_slices(
-        list_volumes(args.data),
-        model.resolution,
-        model.window,
-        position_method=model.position_method,
-        progress=not args.no_progress,
-        regressor=placement.regressor,
-    )
-    placed = placement.record()
-    if data.out_of_range is not None:
-        placed["out_of_range_slices"] = data.out_of_range
+    data, placed = model_training_slices(args, model, chosen)
     train, validation = data.split(args.validation_volumes)
     if args.run is not None:
         args.run.mkdir(parents=True, exist_ok=True)

@@ -17,9 +17,19 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     import torch
 
+    from AnomalyScoutLib.anomaly_map.data import NormalSlices
     from AnomalyScoutLib.cancellation import CancelFlag
+    from AnomalyScoutLib.model_file import AnomalyModel
+    from AnomalyScoutLib.train.placement import TrainingPlacement
 
-__all__ = ["Trainer", "add_training_device_arguments", "train_until_done", "training_device"]
+__all__ = [
+    "Trainer",
+    "add_training_device_arguments",
+    "chosen_placement",
+    "model_training_slices",
+    "train_until_done",
+    "training_device",
+]
 
 
 class Trainer(Protocol):
@@ -55,3 +65,38 @@ def train_until_done(trainer: Trainer, args: argparse.Namespace) -> bool:
 
     with cancel_on_signals(CancelFlag()) as flag:
         return trainer.train(flag, progress=not args.no_progress)
+
+
+def chosen_placement(args: argparse.Namespace) -> TrainingPlacement | None:
+    """``--position-regressor``'s placement, or None without it: read first, so that a bad file is one line
+    before any work."""
+    from AnomalyScoutLib.train.placement import load_placement
+
+    return load_placement(args.position_regressor) if args.position_regressor else None
+
+
+def model_training_slices(
+    args: argparse.Namespace, model: AnomalyModel, chosen: TrainingPlacement | None
+) -> tuple[NormalSlices, dict]:
+    """The normal slices of ``--data`` on ``model``'s grid, placed as its training slices were (or as
+    ``chosen``, :func:`chosen_placement`), and the record of that placement (with the slices the gate left
+    out): what ``train-head`` and ``train-denoiser`` train a part of a model on."""
+    from AnomalyScoutLib.anomaly_map.data import load_normal_slices
+    from AnomalyScoutLib.train.data import list_volumes
+    from AnomalyScoutLib.train.placement import recorded_placement
+
+    placement = chosen or recorded_placement(
+        model.metadata.get("training", {}).get("placement"), f"--model {args.model}", model.position_regressor
+    )
+    data = load_normal_slices(
+        list_volumes(args.data),
+        model.resolution,
+        model.window,
+        position_method=model.position_method,
+        progress=not args.no_progress,
+        regressor=placement.regressor,
+    )
+    placed = placement.record()
+    if data.out_of_range is not None:
+        placed["out_of_range_slices"] = data.out_of_range
+    return data, placed
