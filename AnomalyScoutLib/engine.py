@@ -132,7 +132,7 @@ class CaseScores:
 
     ``beyond_mm2`` is each slice's body area above the model's intensity envelope (metal:
     :mod:`AnomalyScoutLib.intensity_envelope`); ``atlas`` each slice's score against the model's position
-    atlas (:mod:`AnomalyScoutLib.position_atlas`); ``denoiser`` its denoiser's residual score
+    atlas (:mod:`AnomalyScoutLib.position_atlas`); ``denoiser`` its score against the model's denoiser
     (:mod:`AnomalyScoutLib.denoiser`). Each is ``None`` for a model without it.
     """
 

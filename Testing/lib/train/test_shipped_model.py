@@ -19,11 +19,13 @@ def shipped() -> AnomalyModel:
 
 
 def test_the_shipped_model_is_small_and_describes_its_training(shipped):
-    assert DEFAULT_MODEL_PATH.stat().st_size < 10e6
+    # small: a download of seconds, far under the 50 MB a committed file may be (11 MB with the denoiser)
+    assert DEFAULT_MODEL_PATH.stat().st_size < 20e6
     assert shipped.resolution == 128 and shipped.architecture.conditional
     training = shipped.metadata["training"]
     assert training["gan"]["kimg"] > 0 and training["encoder"]["iterations"] > 0
     assert training["data"]["volumes"] > 0
+    assert shipped.metadata["denoiser"]["training"]["steps_done"] > 0
 
 
 def test_the_encoder_reconstructs_held_out_normal_slices_better_than_the_mean_latent(shipped):
