@@ -8,6 +8,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from AnomalyScoutLib.anomaly_map.data import NormalSlices
 from AnomalyScoutLib.calibration import (
@@ -20,10 +22,10 @@ from AnomalyScoutLib.calibration import (
 from AnomalyScoutLib.cli import main
 from AnomalyScoutLib.denoiser import DENOISER_KEY, Denoiser, DenoiserConfig, coarse_noise
 from AnomalyScoutLib.engine import CaseScores, ScoreOptions, VolumeScorer, _calibrate, score_file
-from AnomalyScoutLib.errors import ConfigError
+from AnomalyScoutLib.errors import ConfigError, ModelFileError
 from AnomalyScoutLib.inversion import InversionConfig
 from AnomalyScoutLib.io.volume import write_volume
-from AnomalyScoutLib.model_file import AnomalyModel
+from AnomalyScoutLib.model_file import METADATA_KEY, AnomalyModel
 from AnomalyScoutLib.scoring import ScoreConfig
 from AnomalyScoutLib.train.denoiser import DenoiserTrainer, DenoiserTrainingOptions, attach_denoiser
 
@@ -260,3 +262,15 @@ def test_with_atlas_and_denoiser_each_calibrated_opinion_gets_its_share_of_the_r
         assert calibrated.flagged.tolist() == [True, False, True]
         assert listener.messages == ["the model's opinion has no calibration: its score is left out of the "
                                      "flags (run `anomalyscout calibrate`)"]  # fmt: skip
+
+
+def test_a_model_file_with_a_broken_denoiser_entry_is_refused_naming_it(denoiser_model, tmp_path):
+    with_denoiser, _ = denoiser_model
+    with safe_open(str(with_denoiser), framework="pt") as handle:
+        header = json.loads(handle.metadata()[METADATA_KEY])
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 - not a dict
+    header[DENOISER_KEY]["config"]["stride"] = 3
+    broken = tmp_path / "broken.safetensors"
+    save_file(tensors, str(broken), metadata={METADATA_KEY: json.dumps(header)})
+    with pytest.raises(ModelFileError, match="invalid denoiser settings: denoiser stride must be 1, 2 or 4"):
+        AnomalyModel.load(broken)
