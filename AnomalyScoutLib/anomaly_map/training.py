@@ -14,7 +14,6 @@ goes, so that a long run can be watched and stopped.
 
 from __future__ import annotations
 
-import csv
 import json
 import time
 from collections.abc import Callable
@@ -38,6 +37,7 @@ from AnomalyScoutLib.cancellation import CancelFlag
 from AnomalyScoutLib.errors import ConfigError
 from AnomalyScoutLib.inversion import InversionConfig, Reconstructor
 from AnomalyScoutLib.preprocessing import HUWindow
+from AnomalyScoutLib.train.run_log import append_log_row
 
 if TYPE_CHECKING:
     from AnomalyScoutLib.model_file import AnomalyModel
@@ -310,13 +310,7 @@ class HeadTrainer:
                 {"row": row},
             )
         if run_folder is not None:
-            log = run_folder / "log.csv"
-            new = not log.is_file()
-            with log.open("a", newline="") as stream:
-                writer = csv.DictWriter(stream, fieldnames=list(row))
-                if new:
-                    writer.writeheader()
-                writer.writerow(row)
+            append_log_row(run_folder / "log.csv", row)
 
     def _write_weights(self, path: Path, state: dict[str, torch.Tensor], record: dict[str, Any]) -> None:
         """The head's weights in float32 with its config, the run's options and ``record`` in the header."""

@@ -8,7 +8,6 @@ folder receives ``checkpoint.safetensors`` (network, Adam moments, RNG state, st
 
 from __future__ import annotations
 
-import csv
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from AnomalyScoutLib.denoiser import DENOISER_KEY, Denoiser, coarse_noise
 from AnomalyScoutLib.errors import ConfigError
 from AnomalyScoutLib.model_file import AnomalyModel
 from AnomalyScoutLib.train.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from AnomalyScoutLib.train.run_log import append_log_row
 
 __all__ = ["DenoiserTrainer", "DenoiserTrainingOptions", "attach_denoiser"]
 
@@ -163,13 +163,8 @@ class DenoiserTrainer:
             {"options": self.options.same_run(), "config": self.denoiser.config.to_dict(),
              "step": self.step, "seconds": seconds},
         )  # fmt: skip
-        log = self.run_folder / "log.csv"
-        new = not log.is_file()
-        with log.open("a", newline="") as stream:
-            writer = csv.writer(stream)
-            if new:
-                writer.writerow(["step", "loss", "seconds"])
-            writer.writerow([self.step, round(self.last_loss, 6), round(seconds, 1)])
+        row = {"step": self.step, "loss": round(self.last_loss, 6), "seconds": round(seconds, 1)}
+        append_log_row(self.run_folder / "log.csv", row)
 
     def summary(self) -> dict[str, Any]:
         """What the model file records about this training."""
