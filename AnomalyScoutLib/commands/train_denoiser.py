@@ -7,7 +7,9 @@ The denoiser (``AnomalyScoutLib/denoiser.py``) is a U-Net that learns to remove 
 from normal slices; its residual is a second calibrated opinion beside the model's own score. --data are
 normal CT volumes (the model's own training volumes are the natural choice), placed as the model's training
 slices were. --run receives ``checkpoint.safetensors`` every few minutes and ``log.csv``; run the same
-command again to continue a run (--steps is the run's total, --max-minutes this invocation's limit). The
+command again to continue a run (--steps is the run's total, --max-minutes this invocation's limit; the
+schedule, --lr, --lr-halflife and --grad-clip, may change: a run that diverged stops with its last sound
+checkpoint kept, and goes on from it at a lower rate). The
 output is the input model with the denoiser added (any earlier one replaced; its calibration dropped, the
 model's own kept: run ``anomalyscout calibrate`` to calibrate the denoiser). Ctrl-C writes the checkpoint
 and no model file, and exits with code 130.
@@ -39,7 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=int, default=20000, help="the run's total steps (default 20000)")
     parser.add_argument("--max-minutes", type=float, default=0.0, help="stop this invocation after this long")
     parser.add_argument("--batch", type=int, default=16, help="batch size (default 16)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 0.001)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate at step 0 (default 0.001)")
+    halflife_help = "steps over which the rate halves (default 10000; 0: constant)"
+    parser.add_argument("--lr-halflife", type=int, default=10000, help=halflife_help)
+    parser.add_argument("--grad-clip", type=float, default=1.0, help="largest gradient norm (0: off)")
     parser.add_argument("--channels", type=int, nargs="+", default=[24, 48, 96, 192], help="U-Net widths")
     parser.add_argument("--coarse", type=int, default=16, help="side of the noise grid (default 16)")
     parser.add_argument("--sigma", type=float, default=0.4, help="noise level in window units (default 0.4)")
@@ -68,8 +73,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out: folder {args.out.parent} does not exist")
     config = DenoiserConfig(channels=tuple(args.channels), coarse=args.coarse, sigma=args.sigma)
     options = DenoiserTrainingOptions(
-        steps=args.steps, batch=args.batch, lr=args.lr, max_minutes=args.max_minutes, seed=args.seed
-    )
+        steps=args.steps, batch=args.batch, lr=args.lr, lr_halflife=args.lr_halflife,
+        grad_clip=args.grad_clip, max_minutes=args.max_minutes, seed=args.seed,
+    )  # fmt: skip
     chosen = chosen_placement(args)
     model = AnomalyModel.load(args.model, "cpu")
     data, placed = model_training_slices(args, model, chosen)

@@ -27,7 +27,12 @@ from AnomalyScoutLib.inversion import InversionConfig
 from AnomalyScoutLib.io.volume import write_volume
 from AnomalyScoutLib.model_file import METADATA_KEY, AnomalyModel
 from AnomalyScoutLib.scoring import ScoreConfig
-from AnomalyScoutLib.train.denoiser import DenoiserTrainer, DenoiserTrainingOptions, attach_denoiser
+from AnomalyScoutLib.train.denoiser import (
+    DenoiserTrainer,
+    DenoiserTrainingOptions,
+    TrainingDivergedError,
+    attach_denoiser,
+)
 
 SMALL = DenoiserConfig(channels=(4, 8))
 
@@ -114,12 +119,54 @@ def test_a_resumed_run_continues_exactly_as_an_uninterrupted_one(tmp_path):
     assert rows[0] == "step,loss,seconds" and [r.split(",")[0] for r in rows[1:]] == ["3", "6"]
 
 
-def test_resuming_with_other_settings_is_refused(tmp_path):
+def test_resuming_with_other_data_settings_is_refused_and_with_another_schedule_allowed(tmp_path):
     options = DenoiserTrainingOptions(steps=2, batch=4)
     DenoiserTrainer(Denoiser(SMALL), _slices(), options, torch.device("cpu"), run_folder=tmp_path).train()
-    other = DenoiserTrainingOptions(steps=2, batch=4, lr=1e-4)
+    other = DenoiserTrainingOptions(steps=2, batch=4, shift=1)
     with pytest.raises(ConfigError, match="other settings"):
         DenoiserTrainer(Denoiser(SMALL), _slices(), other, torch.device("cpu"), run_folder=tmp_path).resume()
+    slower = DenoiserTrainingOptions(steps=3, batch=4, lr=1e-4, lr_halflife=0, grad_clip=0.5)
+    trainer = DenoiserTrainer(Denoiser(SMALL), _slices(), slower, torch.device("cpu"), run_folder=tmp_path)
+    assert trainer.resume() and trainer.step == 2
+    trainer.train()
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+
+
+def test_the_rate_halves_every_halflife_and_the_gradient_is_clipped():
+    options = DenoiserTrainingOptions(lr=1e-3, lr_halflife=100, grad_clip=1e-3, batch=4)
+    assert [options.learning_rate(t) for t in (0, 100, 200)] == pytest.approx([1e-3, 5e-4, 2.5e-4])
+    assert DenoiserTrainingOptions(lr_halflife=0).learning_rate(10**6) == pytest.approx(1e-3)
+
+    def applied_gradient_norm(options: DenoiserTrainingOptions) -> float:
+        torch.manual_seed(0)
+        trainer = DenoiserTrainer(Denoiser(SMALL), _slices(), options, torch.device("cpu"))
+        trainer.train_step()
+        norms = [parameter.grad.norm() for parameter in trainer.denoiser.parameters()]
+        return float(torch.linalg.vector_norm(torch.stack(norms)))
+
+    assert applied_gradient_norm(options) <= 1e-3 * (1 + 1e-5)
+    unclipped = DenoiserTrainingOptions(grad_clip=0, batch=4)
+    assert applied_gradient_norm(unclipped) > 1e-2  # the clip did the work
+
+
+def test_a_diverging_run_stops_and_keeps_its_last_sound_checkpoint(tmp_path):
+    options = DenoiserTrainingOptions(steps=4, batch=4, checkpoint_minutes=1e-9)
+    trainer = DenoiserTrainer(Denoiser(SMALL), _slices(), options, torch.device("cpu"), run_folder=tmp_path)
+    trainer.train()
+    sound = (tmp_path / "checkpoint.safetensors").read_bytes()
+    losses = iter([trainer.last_loss, 1e3 * trainer.last_loss])  # a tenfold jump in the second window
+
+    def jumping_step() -> float:
+        trainer.step += 1
+        return next(losses)
+
+    trainer.train_step = jumping_step
+    trainer.options = DenoiserTrainingOptions(steps=6, batch=4, checkpoint_minutes=1e-9)
+    with pytest.raises(TrainingDivergedError, match="diverged.*lower --lr"):
+        trainer.train()
+    assert (tmp_path / "checkpoint.safetensors").read_bytes() != sound  # the step-5 window was sound
+    resumed = DenoiserTrainer(Denoiser(SMALL), _slices(), options, torch.device("cpu"), run_folder=tmp_path)
+    assert resumed.resume() and resumed.step == 5
 
 
 @pytest.fixture(scope="module")
