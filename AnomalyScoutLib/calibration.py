@@ -42,6 +42,7 @@ __all__ = [
     "calibration_settings",
     "check_fpr",
     "combine_opinions",
+    "exceedance",
     "fit_mode_calibration",
     "placement_mismatch",
     "self_calibrated",
@@ -112,7 +113,11 @@ class ScoreDistribution:
 
 @dataclass(frozen=True)
 class CalibratedScores:
-    """Per-slice percentiles, thresholds and flags, and the same for the case."""
+    """Per-slice percentiles, thresholds and flags, and the same for the case.
+
+    ``exceedance`` is each slice's score over its threshold, the largest over the opinions when several are
+    combined: above 1 exactly where ``flagged``, so it ranks slices the way the flags judge them (a reviewer's
+    risk) whichever opinion saw them."""
 
     percentile: np.ndarray
     threshold: np.ndarray
@@ -120,6 +125,7 @@ class CalibratedScores:
     case_percentile: float
     case_threshold: float
     case_flagged: bool
+    exceedance: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -158,6 +164,7 @@ class ModeCalibration:
             case_percentile=float(self.case.percentile(np.array([case_score]))[0]),
             case_threshold=case_threshold,
             case_flagged=bool(case_score > case_threshold),
+            exceedance=exceedance(scores, threshold),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -307,7 +314,8 @@ class Calibration:
 def combine_opinions(first: CalibratedScores, second: CalibratedScores) -> CalibratedScores:
     """Two calibrated opinions on the same slices, each applied at *half* the false-positive rate, as one: a
     slice (and the case) is flagged when either flags it, so on normal data about the full rate is flagged,
-    and its percentile is the larger of the two (the threshold shown stays the first opinion's)."""
+    and its percentile and exceedance are the larger of the two (the threshold shown stays the first
+    opinion's)."""
     return CalibratedScores(
         percentile=np.fmax(first.percentile, second.percentile),
         threshold=first.threshold,
@@ -315,7 +323,14 @@ def combine_opinions(first: CalibratedScores, second: CalibratedScores) -> Calib
         case_percentile=float(np.fmax(first.case_percentile, second.case_percentile)),
         case_threshold=first.case_threshold,
         case_flagged=first.case_flagged or second.case_flagged,
+        exceedance=np.fmax(first.exceedance, second.exceedance),
     )
+
+
+def exceedance(scores: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+    """``scores / threshold`` (1 = the flag threshold); NaN where the score is."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.asarray(scores, dtype=np.float64) / np.asarray(threshold, dtype=np.float64)
 
 
 def self_calibrated(scores: np.ndarray, case_score: float, fpr: float) -> CalibratedScores:
@@ -335,4 +350,7 @@ def self_calibrated(scores: np.ndarray, case_score: float, fpr: float) -> Calibr
     z = (scores - median) / spread
     percentile = np.array([100.0 * NormalDist().cdf(v) if math.isfinite(v) else math.nan for v in z])
     threshold = np.full_like(scores, median + z_limit * spread)
-    return CalibratedScores(percentile, threshold, scores > threshold, math.nan, math.nan, False)
+    flagged = scores > threshold
+    return CalibratedScores(
+        percentile, threshold, flagged, math.nan, math.nan, False, exceedance(scores, threshold)
+    )

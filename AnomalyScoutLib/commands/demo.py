@@ -85,8 +85,8 @@ def run(args: argparse.Namespace) -> int:
     print_summary(result, out)
     # The phantom is made in canonical order: slice k of the truth is scored slice k.
     truth = case.slice_labels
-    # Ranked by score over its position's threshold: raw scores also vary with the body region.
-    ranking = result.case.scores / result.calibrated.threshold
+    # Ranked by score over its position's threshold (the riskiest opinion's): raw scores vary with the region.
+    ranking = result.calibrated.exceedance
     agreement = slice_agreement(truth, result.calibrated.flagged, ranking)
     true_slices = [int(k) for k in np.flatnonzero(truth)]
     inserted = ", ".join(f"{a.kind} {list(a.slices)}" for a in case.anomalies)

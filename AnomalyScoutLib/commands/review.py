@@ -1,7 +1,8 @@
 """``anomalyscout review CT --segmentation SEG --out DIR``: the slices where a segmentation is most at risk.
 
 SEG is a label map from any model on the CT's exact grid; the CT is scored in and around the segmented organ
-and each slice gets a risk (its score over the calibrated threshold at its position, > 1 flagged). What is
+and each slice gets a risk (its score over the calibrated threshold at its position, the largest over the
+model's opinions; > 1 flagged). What is
 written and why: :mod:`AnomalyScoutLib.segmentation.review`.
 """
 

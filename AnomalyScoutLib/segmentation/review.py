@@ -6,11 +6,12 @@ anatomy *in and around the segmented organ* unusual?": an anomaly in the pelvis 
 mask. So the CT is scored by the engine (:func:`~AnomalyScoutLib.engine.score_file`) inside the segmentation
 grown by a margin (``margin_mm``, 3-D, so that a slice where the model missed the organ next to one where it
 found it is still looked at, and so that an anomaly touching the organ's border counts), and each slice's
-risk is its score over the calibrated threshold at its body position: ``risk > 1`` is what ``anomalyscout
-score`` flags at the model's false-positive rate. Slices the grown segmentation does not reach get no risk
-(blank) and no flag. A slice with metal in that region (body voxels beyond the model's intensity envelope,
-:mod:`AnomalyScoutLib.intensity_envelope`, which the residual cannot see) has risk ``inf``: beyond anything
-normal, listed first.
+risk is its score over the calibrated threshold at its body position, the largest over the model's calibrated
+opinions (its own score, the atlas's, the denoiser's): ``risk > 1`` is what ``anomalyscout score`` flags at
+the model's false-positive rate, whichever opinion flags it. Slices the grown segmentation does not reach get
+no risk (blank) and no flag. A slice with metal in that region (body voxels beyond the model's intensity
+envelope, :mod:`AnomalyScoutLib.intensity_envelope`, which the residual cannot see) has risk ``inf``: beyond
+anything normal, listed first.
 
 Outputs (one atomic folder): ``review.csv`` (``slice_index, position, risk, flagged``; canonical slice order
 as everywhere, design.md), ``review.png`` (the riskiest slices, heatmap over the CT, the segmentation's
@@ -97,14 +98,12 @@ def grow_region(
     return region
 
 
-def slice_risk(
-    scores: np.ndarray, thresholds: np.ndarray, in_region: np.ndarray, metal: np.ndarray | None = None
-) -> np.ndarray:
-    """Score over the calibrated threshold at the slice's position (1 = the flag threshold), ``inf`` where
-    ``metal`` (slices the envelope flags); NaN for slices the region does not reach (their score says
-    nothing about the segmentation)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        risk = np.asarray(scores, dtype=np.float64) / np.asarray(thresholds, dtype=np.float64)
+def slice_risk(exceedance: np.ndarray, in_region: np.ndarray, metal: np.ndarray | None = None) -> np.ndarray:
+    """The calibrated exceedance, score over the threshold at the slice's position (1 = the flag threshold;
+    the largest over the model's calibrated opinions, :class:`~AnomalyScoutLib.calibration.CalibratedScores`),
+    ``inf`` where ``metal`` (slices the envelope flags); NaN for slices the region does not reach (their score
+    says nothing about the segmentation)."""
+    risk = np.asarray(exceedance, dtype=np.float64)
     if metal is not None:
         risk = np.where(metal, np.inf, risk)
     return np.where(in_region, risk, np.nan)
@@ -202,7 +201,7 @@ def review_segmentation(
         region_c = to_canonical(read_label_map(region_path), frame) > 0
         in_region = region_c.any(axis=(1, 2))
         metal = metal_slices(run.case, scorer.envelope, run.gate)
-        risk = slice_risk(run.case.scores, run.calibrated.threshold, in_region, metal)
+        risk = slice_risk(run.calibrated.exceedance, in_region, metal)
         flagged = run.calibrated.flagged & in_region
         _write_review_csv(out.staging / "review.csv", run.case.positions, risk, flagged)
         # The montage shows what the scores came from, as flagged.png does: the head's map when the model

@@ -3,6 +3,7 @@ it is a calibrated opinion beside the model's own score."""
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -24,7 +25,7 @@ from AnomalyScoutLib.denoiser import DENOISER_KEY, Denoiser, DenoiserConfig, coa
 from AnomalyScoutLib.engine import CaseScores, ScoreOptions, VolumeScorer, _calibrate, score_file
 from AnomalyScoutLib.errors import ConfigError, ModelFileError
 from AnomalyScoutLib.inversion import InversionConfig
-from AnomalyScoutLib.io.volume import write_volume
+from AnomalyScoutLib.io.volume import Volume, write_volume
 from AnomalyScoutLib.model_file import METADATA_KEY, AnomalyModel
 from AnomalyScoutLib.scoring import ScoreConfig
 from AnomalyScoutLib.train.denoiser import (
@@ -224,6 +225,37 @@ def test_scoring_judges_the_denoiser_as_a_second_opinion(denoiser_model, tiny_an
     flagged = np.array([s["flagged"] for s in data["slices"]])
     metal = scorer.envelope.flags(run.case.beyond_mm2)
     np.testing.assert_array_equal(flagged & ~metal, (main_only.flagged | denoiser_only.flagged) & ~metal)
+
+
+def test_review_risk_is_the_riskier_opinion_and_above_one_exactly_where_flagged(
+    denoiser_model, tiny_anomalous_phantom, tmp_path
+):
+    _, calibrated = denoiser_model
+    volume = tiny_anomalous_phantom.volume
+    write_volume(volume, tmp_path / "ct.nrrd")
+    body = (tiny_anomalous_phantom.labels > 0).astype(np.uint8)
+    write_volume(Volume(body, volume.spacing_xyz, volume.origin_xyz, volume.direction), tmp_path / "seg.nrrd")
+    out = tmp_path / "review"
+    argv = ["review", str(tmp_path / "ct.nrrd"), "--segmentation", str(tmp_path / "seg.nrrd"),
+            "--out", str(out), "--model", str(calibrated), "--fpr", "0.4", "--device", "cpu",
+            "--threads", "1"]  # fmt: skip
+    assert main(argv) == 0
+    slices = json.loads((out / "scores.json").read_text())["slices"]
+    scorer = VolumeScorer(
+        AnomalyModel.load(calibrated), InversionConfig(mode="fast"), ScoreConfig(), torch.device("cpu")
+    )
+    denoiser = np.array([s["denoiser_score"] for s in slices])
+    positions = np.array([s["position"] for s in slices])
+    calibration = scorer.opinion_calibration(DENOISER_CALIBRATION_KEY)
+    denoiser_threshold = calibration.apply(denoiser, positions, 0.0, 0.2).threshold
+    own = np.array([s["score"] / s["threshold"] for s in slices])
+    with open(out / "review.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    risk = np.array([float(r["risk"]) for r in rows])
+    finite = np.isfinite(risk)  # metal slices are inf whatever the opinions say
+    np.testing.assert_allclose(risk[finite], np.fmax(own, denoiser / denoiser_threshold)[finite], rtol=1e-5)
+    assert (denoiser / denoiser_threshold > own)[finite].any()  # the denoiser is the riskier one somewhere
+    assert [r["flagged"] == "1" for r in rows] == (risk > 1.0).tolist()
 
 
 def test_an_uncalibrated_denoiser_is_left_out_with_a_warning(

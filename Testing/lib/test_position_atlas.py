@@ -82,14 +82,17 @@ def test_the_model_file_keeps_the_atlas_and_refuses_a_malformed_one(tiny_archite
 
 def test_two_opinions_flag_what_either_flags_and_keep_the_larger_percentile():
     first = CalibratedScores(
-        np.array([99.8, 10.0, 50.0]), np.ones(3), np.array([True, False, False]), 60.0, 1.0, False
-    )
+        np.array([99.8, 10.0, 50.0]), np.ones(3), np.array([True, False, False]), 60.0, 1.0, False,
+        exceedance=np.array([1.5, 0.2, 0.8]),
+    )  # fmt: skip
     second = CalibratedScores(
-        np.array([20.0, 99.9, np.nan]), np.zeros(3), np.array([False, True, False]), 99.9, 0.0, True
-    )
+        np.array([20.0, 99.9, np.nan]), np.zeros(3), np.array([False, True, False]), 99.9, 0.0, True,
+        exceedance=np.array([0.3, 2.0, np.nan]),
+    )  # fmt: skip
     both = combine_opinions(first, second)
     assert both.flagged.tolist() == [True, True, False] and both.case_flagged
     assert both.percentile.tolist() == [99.8, 99.9, 50.0] and both.case_percentile == 99.9
+    assert both.exceedance.tolist() == [1.5, 2.0, 0.8]  # the riskier opinion's, as the flags say
     assert both.threshold.tolist() == [1.0, 1.0, 1.0]
 
 

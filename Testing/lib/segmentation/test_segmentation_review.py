@@ -27,7 +27,8 @@ def test_a_margin_of_zero_keeps_the_organ_and_a_negative_one_is_refused():
         grow_region(organ, (1.0, 1.0, 1.0), -1.0)
 
 
-def test_risk_is_score_over_threshold_and_blank_where_the_region_does_not_reach():
-    risk = slice_risk(np.array([1.0, 3.0, 5.0]), np.array([2.0, 2.0, 2.0]), np.array([True, True, False]))
-    np.testing.assert_allclose(risk[:2], [0.5, 1.5])
-    assert np.isnan(risk[2])
+def test_risk_is_the_exceedance_infinite_on_metal_and_blank_where_the_region_does_not_reach():
+    metal = np.array([False, True, False, False])
+    risk = slice_risk(np.array([0.5, 0.2, 1.5, 2.5]), np.array([True, True, True, False]), metal)
+    np.testing.assert_allclose(risk[[0, 2]], [0.5, 1.5])
+    assert risk[1] == np.inf and np.isnan(risk[3])
