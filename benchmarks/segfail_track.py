@@ -48,6 +48,8 @@ import numpy as np
 from scipy import ndimage
 
 from AnomalyScoutLib import metrics
+from AnomalyScoutLib.calibration import ATLAS_CALIBRATION_KEY, DENOISER_CALIBRATION_KEY
+from AnomalyScoutLib.engine import OPINION_NAMES
 from AnomalyScoutLib.inversion import InversionConfig
 from AnomalyScoutLib.scoring import ScoreConfig
 from benchmarks import plots
@@ -153,23 +155,52 @@ def _region_scores(
 
 
 def _head_region_scores(fast: Any, test: SliceSet, region: np.ndarray) -> dict[str, np.ndarray]:
-    """A model with an anomaly-map head, as ``review`` scores it: the head's top-k inside the region over the
-    calibrated threshold at the slice's position, at the engine's share of the default rate (half of it when
-    the model's atlas is calibrated too: ``VolumeScorer.opinions``)."""
+    """A model with an anomaly-map head, as ``review`` scores it: inside the region, each calibrated opinion
+    (the head's top-k, the atlas's and the denoiser's scores) over its threshold at the slice's position, at
+    the engine's share of the default rate (``VolumeScorer.opinions``), and the largest of them (the
+    calibrated exceedance that ``review`` reports as risk)."""
     import torch
 
     from AnomalyScoutLib.engine import VolumeScorer
 
+    model = fast.detector.model
     inside = HeadRun("head", fast).method_run(region=region).detection.slice_scores
+    opinions = _second_opinion_scores(model, test, test.body & region)
     scores = {"ours fast (head), raw score, segmentation region": inside}
-    scorer = VolumeScorer(
-        fast.detector.model, InversionConfig(mode="fast"), ScoreConfig(), torch.device("cpu")
-    )
+    scores.update({f"{OPINION_NAMES[key]} (the model's), raw score, segmentation region": value
+                   for key, value in opinions.items()})  # fmt: skip
+    scorer = VolumeScorer(model, InversionConfig(mode="fast"), ScoreConfig(), torch.device("cpu"))
     calibration = scorer.mode_calibration()
     if calibration is not None:
         fpr = scorer.stored_calibration().default_fpr / scorer.opinions()
-        scores[DEFAULT_SCORE] = inside / calibration.apply(inside, test.positions, 0.0, fpr).threshold
+        risk = calibration.apply(inside, test.positions, 0.0, fpr).exceedance
+        for key, value in opinions.items():
+            opinion = scorer.opinion_calibration(key)
+            if opinion is not None:
+                risk = np.fmax(risk, opinion.apply(value, test.positions, 0.0, fpr).exceedance)
+        scores[DEFAULT_SCORE] = risk
     return scores
+
+
+def _second_opinion_scores(model: Any, test: SliceSet, area: np.ndarray, batch: int = 64) -> dict[str, Any]:
+    """The model's atlas and denoiser slice scores inside ``area``, by calibration key, as the engine
+    computes them (``CaseScores.second_opinions``)."""
+    import torch
+
+    parts: dict[str, list[np.ndarray]] = {}
+    with torch.inference_mode():
+        for i in range(0, len(test), batch):
+            images, inside = (torch.from_numpy(a[i : i + batch]) for a in (test.images, area))
+            if model.atlas is not None:
+                condition = torch.from_numpy(test.condition[i : i + batch])
+                parts.setdefault(ATLAS_CALIBRATION_KEY, []).append(
+                    model.atlas.slice_scores(images, condition, inside).numpy()
+                )
+            if model.denoiser is not None:
+                parts.setdefault(DENOISER_CALIBRATION_KEY, []).append(
+                    model.denoiser.slice_scores(images, inside).float().numpy()
+                )
+    return {key: np.concatenate(values).astype(np.float64) for key, values in parts.items()}
 
 
 def _evaluate(

@@ -57,9 +57,10 @@ def test_augmentation_moves_image_and_mask_together():
         assert inside.mean() > outside.mean() + 0.8  # the bright square is still under its mask
 
 
-def test_a_head_models_review_risk_is_its_region_score_over_the_calibrated_threshold(tmp_path, monkeypatch):
+def test_a_head_models_review_risk_is_the_riskier_calibrated_opinion_in_the_region(tmp_path, monkeypatch):
     """What ``review`` reports for a model with a head: the head's top-k inside the region, divided by the
-    head's calibrated threshold at the slice's position, at half the rate when the atlas is calibrated too."""
+    head's calibrated threshold at the slice's position; with a calibrated atlas, each at half the rate and
+    the larger of the two."""
     from AnomalyScoutLib.anomaly_map.head import AnomalyHead, HeadConfig
     from AnomalyScoutLib.anomaly_map.training import attach_head
     from AnomalyScoutLib.calibration import (
@@ -114,7 +115,11 @@ def test_a_head_models_review_risk_is_its_region_score_over_the_calibrated_thres
         fast = generator_runs.generator_run(detector, slices, f"test-{with_atlas}")
         scores = segfail_track._head_region_scores(fast, slices, region)
         raw = scores["ours fast (head), raw score, segmentation region"]
-        threshold = fitted.bins[0].threshold(0.005 if with_atlas else 0.01)
-        np.testing.assert_allclose(scores[segfail_track.DEFAULT_SCORE], raw / threshold)
-        risks[with_atlas] = scores[segfail_track.DEFAULT_SCORE]
-    assert (risks[True] < risks[False]).all()  # the stricter threshold at half the rate
+        atlas = scores["position atlas (the model's), raw score, segmentation region"]
+        fpr = 0.005 if with_atlas else 0.01
+        own = raw / fitted.bins[0].threshold(fpr)
+        expected = np.fmax(own, atlas / atlas_fitted.bins[0].threshold(fpr)) if with_atlas else own
+        np.testing.assert_allclose(scores[segfail_track.DEFAULT_SCORE], expected)
+        risks[with_atlas] = own  # the head's own opinion
+    assert (risks[True] < risks[False]).all()  # judged against the stricter threshold at half the rate
+    assert (expected > own).any()  # the atlas is the riskier opinion on some slice
