@@ -48,6 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--channels", type=int, nargs="+", default=[24, 48, 96, 192], help="U-Net widths")
     parser.add_argument("--coarse", type=int, default=16, help="side of the noise grid (default 16)")
     parser.add_argument("--sigma", type=float, default=0.4, help="noise level in window units (default 0.4)")
+    grids_help = "noise grid sides, one drawn per step (default: --coarse's)"
+    parser.add_argument("--noise-grids", type=int, nargs="+", default=[], help=grids_help)
     parser.add_argument("--float32", action="store_true", help="store float32 networks (default float16)")
     add_position_regressor_argument(parser, "as the model's training slices were placed")
     add_runtime_arguments(parser)
@@ -74,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     config = DenoiserConfig(channels=tuple(args.channels), coarse=args.coarse, sigma=args.sigma)
     options = DenoiserTrainingOptions(
         steps=args.steps, batch=args.batch, lr=args.lr, lr_halflife=args.lr_halflife,
-        grad_clip=args.grad_clip, max_minutes=args.max_minutes, seed=args.seed,
+        grad_clip=args.grad_clip, noise_grids=tuple(args.noise_grids), max_minutes=args.max_minutes,
+        seed=args.seed,
     )  # fmt: skip
     chosen = chosen_placement(args)
     model = AnomalyModel.load(args.model, "cpu")

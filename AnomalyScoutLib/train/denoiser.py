@@ -55,7 +55,12 @@ class DenoiserTrainingOptions:
     ``steps`` is the run's total and ``max_minutes`` limits one invocation (0: none): a run is continued, or
     extended, by resuming it with the same other options (the schedule, :data:`SCHEDULE_OPTIONS`, may
     change). The learning rate at step ``t`` is ``lr * 0.5 ** (t / lr_halflife)`` (``lr_halflife`` 0:
-    constant); ``grad_clip`` is the largest gradient norm a step applies (0: no clipping)."""
+    constant); ``grad_clip`` is the largest gradient norm a step applies (0: no clipping).
+
+    ``noise_grids``: the sides of the noise grids a step draws its noise on, one chosen at random per step
+    (empty: the network's own ``coarse``). The denoiser removes what it was taught to remove: noise on a
+    16-cell grid is blobs of about 8 pixels at 128 px, and a coarser grid teaches it to redraw larger
+    regions from their surroundings, where diffuse changes (fluid, a density shift) would stand out."""
 
     steps: int = 20000
     batch: int = 16
@@ -63,6 +68,7 @@ class DenoiserTrainingOptions:
     lr_halflife: int = 10000
     grad_clip: float = 1.0
     shift: int = 4
+    noise_grids: tuple[int, ...] = ()
     max_minutes: float = 0.0
     checkpoint_minutes: float = 5.0
     seed: int = 0
@@ -70,6 +76,8 @@ class DenoiserTrainingOptions:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch < 1 or self.shift < 0:
             raise ConfigError("steps >= 1, batch >= 1 and shift >= 0 are needed")
+        if any(side < 1 for side in self.noise_grids):
+            raise ConfigError(f"noise grid sides must be >= 1, got {list(self.noise_grids)}")
         if self.lr_halflife < 0 or self.grad_clip < 0:
             raise ConfigError("lr_halflife >= 0 and grad_clip >= 0 are needed (0: off)")
         if not self.lr > 0 or self.max_minutes < 0 or not self.checkpoint_minutes > 0:
@@ -79,7 +87,7 @@ class DenoiserTrainingOptions:
         """What a resumed run must share with the one it continues (not its length, time limits or
         schedule)."""
         free = ("steps", "max_minutes", "checkpoint_minutes", *SCHEDULE_OPTIONS)
-        return {k: v for k, v in asdict(self).items() if k not in free}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items() if k not in free}
 
     def learning_rate(self, step: int) -> float:
         """The rate of step ``step`` (counted from the run's start)."""
@@ -122,7 +130,9 @@ class DenoiserTrainer:
         checkpoint = load_checkpoint(path)
         state = checkpoint.state
         config = self.denoiser.config.to_dict()
-        stored = {k: v for k, v in dict(state.get("options") or {}).items() if k not in SCHEDULE_OPTIONS}
+        # A run from before an option existed ran with its default.
+        stored = {**DenoiserTrainingOptions().same_run(), **dict(state.get("options") or {})}
+        stored = {k: v for k, v in stored.items() if k not in SCHEDULE_OPTIONS}
         if stored != self.options.same_run() or state.get("config") != config:
             raise ConfigError(f"{path} is a denoiser run with other settings; use another --run folder")
         checkpoint.restore_module("denoiser", self.denoiser)
@@ -139,8 +149,9 @@ class DenoiserTrainer:
         batch = self.images[index][:, None]
         dy, dx = torch.randint(-options.shift, options.shift + 1, (2,), generator=self.generator).tolist()
         batch = torch.roll(batch, shifts=(dy, dx), dims=(2, 3))
-        config = self.denoiser.config
-        noisy = batch + coarse_noise(tuple(batch.shape), self.generator, config.coarse, config.sigma)
+        noisy = batch + coarse_noise(
+            tuple(batch.shape), self.generator, self._noise_grid(), self.denoiser.config.sigma
+        )
         batch, noisy = batch.to(self.device), noisy.to(self.device)
         loss = F.mse_loss(self.denoiser(noisy[:, 0]), batch[:, 0])
         self.optimizer.zero_grad(set_to_none=True)
@@ -152,6 +163,13 @@ class DenoiserTrainer:
         self.optimizer.step()
         self.step += 1
         return float(loss.detach())
+
+    def _noise_grid(self) -> int:
+        """This step's noise grid side: one of ``noise_grids`` at random, or the network's ``coarse``."""
+        grids = self.options.noise_grids
+        if not grids:  # draws nothing, so that a run from before the option resumes exactly
+            return self.denoiser.config.coarse
+        return grids[int(torch.randint(len(grids), (1,), generator=self.generator))]
 
     def train(self, cancel: CancelFlag | None = None, progress: bool = False) -> bool:
         """Train until ``steps`` or ``max_minutes``, checkpointing as it goes.

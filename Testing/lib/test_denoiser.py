@@ -150,6 +150,23 @@ def test_the_rate_halves_every_halflife_and_the_gradient_is_clipped():
     assert applied_gradient_norm(unclipped) > 1e-2  # the clip did the work
 
 
+def test_each_step_draws_its_noise_grid_from_the_given_sides_and_none_without_them(tmp_path):
+    options = DenoiserTrainingOptions(batch=4, noise_grids=(4, 16))
+    trainer = DenoiserTrainer(Denoiser(SMALL), _slices(), options, torch.device("cpu"))
+    assert {trainer._noise_grid() for _ in range(40)} == {4, 16}
+    plain = DenoiserTrainer(Denoiser(SMALL), _slices(), DenoiserTrainingOptions(batch=4), torch.device("cpu"))
+    before = plain.generator.get_state()
+    assert plain._noise_grid() == SMALL.coarse
+    assert torch.equal(plain.generator.get_state(), before)  # an older run's draws are unchanged
+    with pytest.raises(ConfigError, match="noise grid"):
+        DenoiserTrainingOptions(noise_grids=(0,))
+    trainer = DenoiserTrainer(Denoiser(SMALL), _slices(), options, torch.device("cpu"), run_folder=tmp_path)
+    trainer._checkpoint([0.1], 1.0)
+    other = DenoiserTrainingOptions(batch=4, noise_grids=(8,))
+    with pytest.raises(ConfigError, match="other settings"):
+        DenoiserTrainer(Denoiser(SMALL), _slices(), other, torch.device("cpu"), run_folder=tmp_path).resume()
+
+
 def test_a_diverging_run_stops_and_keeps_its_last_sound_checkpoint(tmp_path):
     options = DenoiserTrainingOptions(steps=4, batch=4, checkpoint_minutes=1e-9)
     trainer = DenoiserTrainer(Denoiser(SMALL), _slices(), options, torch.device("cpu"), run_folder=tmp_path)
