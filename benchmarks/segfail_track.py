@@ -177,7 +177,9 @@ def _head_region_scores(fast: Any, test: SliceSet, region: np.ndarray) -> dict[s
         for key, value in opinions.items():
             opinion = scorer.opinion_calibration(key)
             if opinion is not None:
-                risk = np.fmax(risk, opinion.apply(value, test.positions, 0.0, fpr).exceedance)
+                alone = opinion.apply(value, test.positions, 0.0, fpr).exceedance
+                scores[f"{OPINION_NAMES[key]} (the model's), calibrated alone, segmentation region"] = alone
+                risk = np.fmax(risk, alone)
         scores[DEFAULT_SCORE] = risk
     return scores
 
