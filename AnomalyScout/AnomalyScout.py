@@ -114,7 +114,7 @@ def registerSampleData() -> None:
 class AnomalyScoutParameterNode:
     inputVolume: slicer.vtkMRMLScalarVolumeNode
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
-    mode: Annotated[str, Choice(["fast", "accurate"])] = "fast"
+    mode: Annotated[str, Choice(["fast", "accurate", "denoise"])] = "fast"
     opacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.6
     showReconstruction: bool = False
 

@@ -46,7 +46,7 @@ from AnomalyScoutLib.calibration import (
 from AnomalyScoutLib.cancellation import CancelFlag
 from AnomalyScoutLib.errors import ConfigError, VolumeError
 from AnomalyScoutLib.intensity_envelope import IntensityEnvelope
-from AnomalyScoutLib.inversion import InversionConfig, Reconstruction, Reconstructor
+from AnomalyScoutLib.inversion import DENOISE_MODE, InversionConfig, Reconstruction, Reconstructor
 from AnomalyScoutLib.io.geometry import AxialFrame, axial_frame, slice_centers_ras, to_canonical
 from AnomalyScoutLib.io.volume import read_label_map, read_volume
 from AnomalyScoutLib.montage import (
@@ -64,7 +64,14 @@ from AnomalyScoutLib.position.placement import NO_REGRESSOR_NOTE, PLACEMENT_METH
 from AnomalyScoutLib.precision import check_precision
 from AnomalyScoutLib.preload import preload_modules
 from AnomalyScoutLib.preprocessing import ModelGrid, body_mask, model_grid, slice_positions
-from AnomalyScoutLib.scoring import ScoreConfig, case_score, residual_maps, score_slices
+from AnomalyScoutLib.scoring import (
+    ScoreConfig,
+    SliceScores,
+    case_score,
+    residual_maps,
+    score_slices,
+    top_fraction_mean,
+)
 
 if TYPE_CHECKING:
     from AnomalyScoutLib.model_file import AnomalyModel
@@ -133,7 +140,8 @@ class CaseScores:
     ``beyond_mm2`` is each slice's body area above the model's intensity envelope (metal:
     :mod:`AnomalyScoutLib.intensity_envelope`); ``atlas`` each slice's score against the model's position
     atlas (:mod:`AnomalyScoutLib.position_atlas`); ``denoiser`` its score against the model's denoiser
-    (:mod:`AnomalyScoutLib.denoiser`). Each is ``None`` for a model without it.
+    (:mod:`AnomalyScoutLib.denoiser`). Each is ``None`` for a model without it, and ``denoiser`` also in
+    ``denoise`` mode, where it is the score itself.
     """
 
     positions: np.ndarray
@@ -186,6 +194,11 @@ class VolumeScorer:
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+        if inversion.mode == DENOISE_MODE and model.denoiser is None:
+            raise ConfigError(
+                f"mode {DENOISE_MODE!r} needs a model with a denoiser (anomalyscout train-denoiser); "
+                "this one has none: use --mode fast"
+            )
         if check_precision(precision) == "fp32":
             inversion = dataclasses.replace(inversion, amp=False)
         self.model, self.inversion, self.score_config, self.device = model, inversion, score, device
@@ -236,7 +249,22 @@ class VolumeScorer:
         """How many calibrated opinions judge a slice: the score's, and each calibrated second opinion's
         (atlas, denoiser). Each is judged at the false-positive rate divided by this, so that flagging a
         slice when any of them flags it keeps the rate the user asked for (:func:`combine_opinions`)."""
-        return 1 + sum(self.opinion_calibration(key) is not None for key in OPINION_NAMES)
+        return 1 + sum(self.opinion_calibration(key) is not None for key in self.second_opinion_keys())
+
+    @property
+    def denoising(self) -> bool:
+        """``denoise`` mode: the denoiser draws the pseudo-normal slices and its residual is the score."""
+        return self.inversion.mode == DENOISE_MODE
+
+    @property
+    def draws_map(self) -> bool:
+        """Whether runs draw the head's anomaly map (a model with a head, in a generator mode)."""
+        return self.model.head is not None and not self.denoising
+
+    def second_opinion_keys(self) -> tuple[str, ...]:
+        """The opinions this run hears beside its own score: all of them, but the denoiser's in ``denoise``
+        mode, where it is the score itself."""
+        return tuple(key for key in OPINION_NAMES if not (self.denoising and key == DENOISER_CALIBRATION_KEY))
 
     def run_settings(self) -> tuple[str, ScoreConfig, int]:
         """Mode, score and steps: what :meth:`Calibration.for_run` matches a stored calibration against."""
@@ -260,6 +288,10 @@ class VolumeScorer:
     ) -> Reconstruction:
         """Reconstruct, splitting the batch in halves while CUDA runs out of memory."""
         try:
+            if self.denoising:
+                with torch.inference_mode(), self.reconstructor.autocast():
+                    images = self.model.denoiser(x).float()
+                return Reconstruction(images, torch.zeros(len(x), device=images.device))
             return self.reconstructor.reconstruct(x, position, body, cancel)
         except torch.cuda.OutOfMemoryError:
             if len(x) == 1:
@@ -311,7 +343,8 @@ class VolumeScorer:
                 model's own definition. The generator is conditioned on it clipped to its range [0, 1].
 
         When the model has a head, a slice's ``score`` is the head's top-k of its map (``pixel`` and
-        ``feature`` stay the residual's parts).
+        ``feature`` stay the residual's parts). In ``denoise`` mode it is the denoiser's score (and the
+        head, which reads the generator's reconstruction, is not run).
         """
         listener = listener or _SilentListener()
         model = self.model
@@ -348,10 +381,15 @@ class VolumeScorer:
                 area_m = body_m if region is None else self._mask_to_model(grid, batch.area)
                 position = torch.from_numpy(condition[k0:k1]).to(self.device)
                 result = self._reconstruct(x, position, body_m, cancel, listener)
-                residual = residual_maps(x, result.images, area_m, self.score_config.smoothing_px)
-                batch_scores = score_slices(
-                    x, result.images, area_m, residual, result.feature_residual, self.score_config
-                )
+                smoothing = 0.0 if self.denoising else self.score_config.smoothing_px
+                residual = residual_maps(x, result.images, area_m, smoothing)
+                if self.denoising:  # the denoiser's own score, the top of its unsmoothed residual
+                    score = top_fraction_mean(residual, area_m, model.denoiser.config.top_fraction)
+                    batch_scores = SliceScores(score, score, result.feature_residual)
+                else:
+                    batch_scores = score_slices(
+                        x, result.images, area_m, residual, result.feature_residual, self.score_config
+                    )
                 scores[k0:k1] = batch_scores.score.cpu().numpy()
                 pixel[k0:k1] = batch_scores.pixel.cpu().numpy()
                 feature[k0:k1] = batch_scores.feature.cpu().numpy()
@@ -359,11 +397,11 @@ class VolumeScorer:
                     beyond[k0:k1] = self.envelope.area_mm2(batch.beyond, pixel_area_mm2)
                 if model.atlas is not None:
                     atlas[k0:k1] = model.atlas.slice_scores(x, position, area_m).cpu().numpy()
-                if model.denoiser is not None:
+                if model.denoiser is not None and not self.denoising:
                     with torch.inference_mode(), self.reconstructor.autocast():
                         denoised[k0:k1] = model.denoiser.slice_scores(x, area_m).cpu().numpy()
                 maps = None
-                if model.head is not None:
+                if self.draws_map:
                     with torch.inference_mode(), self.reconstructor.autocast():
                         maps = model.head.anomaly_map(x, result.images, position, area_m)
                         scores[k0:k1] = model.head.slice_scores(maps, area_m).cpu().numpy()
@@ -395,7 +433,7 @@ class VolumeScorer:
             feature=feature,
             beyond_mm2=None if self.envelope is None else beyond,
             atlas=None if model.atlas is None else atlas,
-            denoiser=None if model.denoiser is None else denoised,
+            denoiser=None if model.denoiser is None or self.denoising else denoised,
         )
 
 
@@ -909,7 +947,7 @@ def score_file(
         )
 
     with AtomicOutputDir(out_dir) as out:
-        with _OutputVolumes(out.staging, scan, with_map=scorer.model.head is not None) as volumes:
+        with _OutputVolumes(out.staging, scan, with_map=scorer.draws_map) as volumes:
             clock = time.perf_counter()
             case = scorer.score(
                 scan.canonical_hu,
@@ -926,7 +964,7 @@ def score_file(
             calibrated, by_model, fpr = judged.calibrated, judged.by_model, judged.fpr
             score_of_case, domain_warning = judged.case_score, judged.domain_warning
             loading.join()  # the montage's imports are done (or failed, for write_montage to report)
-            label = RESIDUAL_LABEL if scorer.model.head is None else ANOMALY_MAP_LABEL
+            label = ANOMALY_MAP_LABEL if scorer.draws_map else RESIDUAL_LABEL
             _write_flagged_montage(
                 out.staging / "flagged.png", scan, (volumes.heatmap(), label), case, calibrated, gate
             )

@@ -1,6 +1,6 @@
 """Reconstructing the pseudo-normal version of CT slices with the trained generator.
 
-Three modes, trading time for fidelity:
+Four modes, trading time for fidelity:
 
 * ``fast``: one encoder pass, ``ws = E(x, p)``, then ``G(ws)``. Milliseconds per slice.
 * ``accurate``: the encoder's ws refined for ``steps`` Adam steps (W+ by default). Encoders drop small normal
@@ -8,6 +8,12 @@ Three modes, trading time for fidelity:
   stays in the residual. Default steps and learning rate were chosen on phantom cases (``docs/speed.md``).
 * ``projector``: the NVlabs projector as used by Woodland et al., kept for comparison: start from the mean
   latent at the slice's position, 1000 steps in W with decaying latent noise.
+* ``denoise``: no generator at all. The model's coarse-noise denoiser (:mod:`AnomalyScoutLib.denoiser`)
+  draws the pseudo-normal slice in one U-Net pass, and the slice's score is the denoiser's own (the top of
+  its unsmoothed residual). It needs a model with a denoiser; the engine runs it
+  (:class:`~AnomalyScoutLib.engine.VolumeScorer`), not the :class:`Reconstructor` below. Measured on held-out
+  phantoms, the denoiser's residual finds anomalies as well as the generator's modes with their head and
+  atlas, or better, at a fraction of the time (``docs/benchmarks.md``).
 
 The generator's per-layer noise maps stay **frozen** (``noise_mode="const"``) in every mode: a projector that
 also optimises noise can paint the anomaly back in. The refinement loss per slice is the body-masked pixel
@@ -40,6 +46,7 @@ from AnomalyScoutLib.scoring import feature_residual, gaussian_smooth
 __all__ = [
     "DEFAULT_ACCURATE_LR",
     "DEFAULT_ACCURATE_STEPS",
+    "DENOISE_MODE",
     "MODES",
     "InversionConfig",
     "Reconstruction",
@@ -47,7 +54,9 @@ __all__ = [
     "ssim_map",
 ]
 
-MODES: tuple[str, ...] = ("fast", "accurate", "projector")
+#: The mode in which the model's denoiser, not the generator, draws the pseudo-normal slice.
+DENOISE_MODE = "denoise"
+MODES: tuple[str, ...] = ("fast", "accurate", "projector", DENOISE_MODE)
 #: Chosen on phantom cases with anomalies vs normal ones (benchmarks/speed.py --sweep, docs/speed.md).
 DEFAULT_ACCURATE_STEPS = 20
 DEFAULT_ACCURATE_LR = 0.02
@@ -64,8 +73,9 @@ class InversionConfig:
     """How slices are reconstructed.
 
     Attributes:
-        mode: ``"fast"``, ``"accurate"`` or ``"projector"``.
-        steps: optimisation steps (``None``: 20 for accurate, 1000 for projector; ignored by fast).
+        mode: ``"fast"``, ``"accurate"``, ``"projector"`` or ``"denoise"``.
+        steps: optimisation steps (``None``: 20 for accurate, 1000 for projector; ignored by fast and
+            denoise).
         lr: Adam learning rate (``None``: the mode's default).
         latent: ``"w+"`` (one w per layer) or ``"w"`` (one w for all layers); ``None``: w+ for accurate, w for
             the projector (as NVlabs).
@@ -103,7 +113,7 @@ class InversionConfig:
 
     @property
     def resolved_steps(self) -> int:
-        if self.mode == "fast":
+        if self.mode in ("fast", DENOISE_MODE):
             return 0
         default = DEFAULT_ACCURATE_STEPS if self.mode == "accurate" else PROJECTOR_STEPS
         return default if self.steps is None else self.steps

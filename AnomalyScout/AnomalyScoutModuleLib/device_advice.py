@@ -28,7 +28,7 @@ def device_advice(device: str, mode: str, gpu_memory: int | None) -> str:
 
     Args:
         device: the parameter node's choice (auto, cpu, cuda).
-        mode: fast or accurate.
+        mode: fast, accurate or denoise.
         gpu_memory: :func:`cuda_memory_bytes`.
     """
     if device == "cuda" and gpu_memory is None:

@@ -30,6 +30,7 @@ __all__ = [
     "RunCallbacks",
     "RunOutcome",
     "RunRequest",
+    "WORKER_MODES",
     "WorkerRun",
     "WorkerStartError",
     "blocking_launcher",
@@ -47,6 +48,9 @@ EXIT_MEANINGS = {
     3: "an internal error in AnomalyScout (a bug; the log shows the details)",
     130: "the run was cancelled",
 }
+#: The library's reconstruction modes (``AnomalyScoutLib.inversion.MODES``, which imports torch: the module
+#: cannot import it at load time; a test keeps the two the same).
+WORKER_MODES = ("fast", "accurate", "projector", "denoise")
 #: Seconds a worker gets to clean up its temporary files after SIGTERM before it is killed.
 TERMINATE_GRACE_S = 3.0
 #: Log lines kept to explain a worker that died without an ``error`` message.
@@ -90,8 +94,8 @@ class RunRequest:
     review_path: Path | None = None
 
     def __post_init__(self) -> None:
-        if self.mode not in ("fast", "accurate", "projector"):
-            raise ValueError(f"mode must be fast, accurate or projector, not {self.mode!r}")
+        if self.mode not in WORKER_MODES:
+            raise ValueError(f"mode must be one of {', '.join(WORKER_MODES)}, not {self.mode!r}")
         if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu, cuda[:N] or mps, not {self.device!r}")
         if self.mask_path is not None and self.review_path is not None:

@@ -37,10 +37,10 @@ from AnomalyScoutLib.calibration import (
 )
 from AnomalyScoutLib.cli import add_command_parser
 from AnomalyScoutLib.commands.score import add_device_arguments, add_position_argument, device_from_args
-from AnomalyScoutLib.engine import VolumeScorer
+from AnomalyScoutLib.engine import CaseScores, VolumeScorer
 from AnomalyScoutLib.errors import ConfigError
 from AnomalyScoutLib.intensity_envelope import FLOOR_HU, METADATA_KEY, IntensityEnvelope, highest_body_hu
-from AnomalyScoutLib.inversion import MODES, InversionConfig
+from AnomalyScoutLib.inversion import DENOISE_MODE, MODES, InversionConfig
 from AnomalyScoutLib.io.geometry import axial_frame, to_canonical
 from AnomalyScoutLib.io.volume import Volume, read_volume
 from AnomalyScoutLib.model_file import AnomalyModel, stored_in_half
@@ -102,6 +102,10 @@ class CalibrationRun:
         return line
 
 
+#: What ``calibrate`` calibrates without --modes (and ``denoise`` for a model with a denoiser).
+DEFAULT_MODES = ("fast", "accurate")
+
+
 def calibrate_model(
     model: AnomalyModel,
     normals: Sequence[Volume] | Iterator[Volume],
@@ -121,7 +125,7 @@ def calibrate_model(
 
     The intensity envelope is fitted on the same in-range slices (never below ``envelope_floor_hu``), and a
     model with a position atlas or a denoiser gets the distributions of their scores too (the first
-    scorer's: these scores do not depend on the mode).
+    scorer's that has them: these scores do not depend on the mode).
 
     Raises:
         ConfigError: unknown ``position``, ``"anatomy"`` without a regressor, or no volume with a slice in
@@ -132,7 +136,7 @@ def calibrate_model(
     collected: list[dict[str, list[Any]]] = [{"scores": [], "positions": [], "cases": []} for _ in scorers]
     volumes = slices = skipped_slices = skipped_volumes = 0
     normal_max_hu: list[float] = []
-    # the second opinions' scores (atlas, denoiser), the same in every mode: the first scorer's
+    # the second opinions' scores (atlas, denoiser), the same in every mode: the first scorer's that has them
     opinion_stores: dict[str, dict[str, list[Any]]] = {}
     for volume in progress(normals) if progress else normals:
         frame = axial_frame(volume)
@@ -153,7 +157,7 @@ def calibrate_model(
             store["scores"].append(result.scores)
             store["positions"].append(positions)
             store["cases"].append(case_score(result.scores, scorer.score_config))
-        for key, opinion in (results[0].second_opinions() if results else {}).items():
+        for key, opinion in _second_opinions(results).items():
             store = opinion_stores.setdefault(key, {"scores": [], "positions": [], "cases": []})
             store["scores"].append(opinion)
             store["positions"].append(positions)
@@ -183,6 +187,16 @@ def calibrate_model(
         calibration = calibration.with_mode(key, fitted)
     envelope = IntensityEnvelope.fit(normal_max_hu, floor_hu=envelope_floor_hu)
     return CalibrationRun(calibration, method, volumes, slices, skipped_slices, skipped_volumes, envelope)
+
+
+def _second_opinions(results: Sequence[CaseScores]) -> dict[str, np.ndarray]:
+    """Each second opinion's scores of one volume, from the first scorer that heard it (``denoise`` mode has
+    no denoiser opinion: there it is the score)."""
+    found: dict[str, np.ndarray] = {}
+    for result in results:
+        for key, scores in result.second_opinions().items():
+            found.setdefault(key, scores)
+    return found
 
 
 def _shape(text: str) -> tuple[int, int, int]:
@@ -215,6 +229,7 @@ def run(args: argparse.Namespace) -> int:
     device = device_from_args(args)
     model = AnomalyModel.load(model_path, device)
     score = ScoreConfig(method=args.score_method)
+    modes = args.modes or DEFAULT_MODES + ((DENOISE_MODE,) if model.denoiser is not None else ())
     scorers = [
         VolumeScorer(
             model,
@@ -224,7 +239,7 @@ def run(args: argparse.Namespace) -> int:
             args.batch_size,
             args.precision,
         )
-        for mode in args.modes
+        for mode in modes
     ]
     if args.data is not None:
         normals: Any = (read_volume(path) for path in list_volumes(args.data))
@@ -291,7 +306,10 @@ def register(subparsers: Any) -> None:
         "--phantom-shape", type=_shape, default=DEFAULT_PHANTOM_SHAPE, help="phantom size x,y,z"
     )
     parser.add_argument(
-        "--modes", type=_modes, default=("fast", "accurate"), help="modes to calibrate (fast,accurate)"
+        "--modes",
+        type=_modes,
+        default=None,
+        help="modes to calibrate (default fast,accurate, and denoise for a model with a denoiser)",
     )
     parser.add_argument("--steps", type=int, default=None, help="optimisation steps for accurate/projector")
     parser.add_argument(

@@ -43,7 +43,6 @@ from AnomalyScoutLib.errors import ConfigError
 __all__ = ["register", "run", "split_volumes"]
 
 #: Calibration modes stored by default (the projector is too slow to calibrate routinely).
-DEFAULT_CALIBRATION_MODES = "fast,accurate"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -98,7 +97,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     parser.add_argument("--compile", action="store_true", help="torch.compile the GAN's G and D passes")
     parser.add_argument(
-        "--calibration-modes", default=DEFAULT_CALIBRATION_MODES, help="modes to calibrate (fast,accurate)"
+        "--calibration-modes",
+        default=None,
+        help="modes to calibrate (default fast,accurate, and denoise with --denoiser-steps)",
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
     parser.add_argument("--threads", type=int, help="CPU threads for torch")
@@ -258,7 +259,9 @@ def run(args: argparse.Namespace) -> int:
 
     started = _stage(stage, stages, f"calibration on {len(calibration)} held-out normal volume(s)")
     calibrate_args = ["calibrate", "--model", str(model_file), "--out", str(args.out)]
-    calibrate_args += ["--data", str(calibration_list), "--modes", args.calibration_modes]
+    calibrate_args += ["--data", str(calibration_list)]
+    if args.calibration_modes:  # else calibrate's default: the model's modes
+        calibrate_args += ["--modes", args.calibration_modes]
     calibrate_args += ["--device", args.device]
     code = cli_main(calibrate_args)
     if code:

@@ -199,7 +199,8 @@ def denoiser_model(tiny_model_file, tiny_phantom, tmp_path_factory):
     assert main(argv) == 0
     calibrated = folder / "calibrated.safetensors"
     argv = ["calibrate", "--model", str(with_denoiser), "--out", str(calibrated), "--phantom", "2",
-            "--phantom-shape", "64,64,24", "--modes", "fast", "--bins", "2", "--device", "cpu"]  # fmt: skip
+            "--phantom-shape", "64,64,24", "--modes", "fast,denoise", "--bins", "2",
+            "--device", "cpu"]  # fmt: skip
     assert main(argv) == 0
     return with_denoiser, calibrated
 
@@ -275,6 +276,60 @@ def test_review_risk_is_the_riskier_opinion_and_above_one_exactly_where_flagged(
     assert [r["flagged"] == "1" for r in rows] == (risk > 1.0).tolist()
 
 
+def test_denoise_mode_scores_each_slice_by_the_denoisers_residual_without_the_generator(
+    denoiser_model, tiny_anomalous_phantom, tmp_path
+):
+    _, calibrated = denoiser_model
+    model = AnomalyModel.load(calibrated)
+    fast, denoise = (
+        VolumeScorer(model, InversionConfig(mode=mode), ScoreConfig(), torch.device("cpu"))
+        for mode in ("fast", "denoise")
+    )
+    assert (fast.opinions(), denoise.opinions()) == (2, 1)  # in denoise mode the denoiser is the score
+    write_volume(tiny_anomalous_phantom.volume, tmp_path / "ct.nrrd")
+    options = ScoreOptions(position="index", fpr=0.4)
+    by_fast = score_file(tmp_path / "ct.nrrd", tmp_path / "fast", fast, options)
+    run = score_file(tmp_path / "ct.nrrd", tmp_path / "denoise", denoise, options)
+    np.testing.assert_allclose(run.case.scores, by_fast.case.denoiser, rtol=1e-5)  # the opinion's score
+    assert run.case.denoiser is None and np.ptp(run.case.scores) > 0
+    data = json.loads((tmp_path / "denoise" / "scores.json").read_text())
+    assert data["mode"] == "denoise" and data["calibrated"]  # by the model's denoise calibration
+    assert all(s["denoiser_score"] is None for s in data["slices"])
+    calibration = Calibration.from_json(model.calibration).for_run("denoise", ScoreConfig(), 0)
+    expected = calibration.apply(run.case.scores, run.case.positions, 0.0, 0.4).threshold
+    thresholds = np.array([s["threshold"] for s in data["slices"]])
+    np.testing.assert_allclose(thresholds, expected, rtol=1e-6)  # its own calibration, at the whole rate
+    assert not (tmp_path / "denoise" / "anomaly_map.nrrd").exists()  # the residual is the heatmap
+    assert (tmp_path / "denoise" / "residual.nrrd").is_file()
+
+
+def test_denoise_mode_without_a_denoiser_is_one_clear_line(tiny_model_file, tiny_phantom, tmp_path, capsys):
+    with pytest.raises(ConfigError, match="denoise.*needs a model with a denoiser"):
+        VolumeScorer(
+            AnomalyModel.load(tiny_model_file),
+            InversionConfig(mode="denoise"),
+            ScoreConfig(),
+            torch.device("cpu"),
+        )
+    write_volume(tiny_phantom.volume, tmp_path / "ct.nrrd")
+    argv = ["score", str(tmp_path / "ct.nrrd"), "--out", str(tmp_path / "out"),
+            "--model", str(tiny_model_file),
+            "--mode", "denoise", "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs a model with a denoiser" in err[0] and not (tmp_path / "out").exists()
+
+
+def test_calibrate_adds_the_denoise_mode_for_a_model_with_a_denoiser(denoiser_model, tmp_path):
+    with_denoiser, _ = denoiser_model
+    out = tmp_path / "calibrated.safetensors"
+    argv = ["calibrate", "--model", str(with_denoiser), "--out", str(out), "--phantom", "1",
+            "--phantom-shape", "64,64,24", "--bins", "2", "--steps", "1", "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0
+    modes = Calibration.from_json(AnomalyModel.load(out).calibration).modes
+    assert {"fast/topk", "accurate/topk", "denoise/topk", DENOISER_CALIBRATION_KEY} <= set(modes)
+
+
 def test_an_uncalibrated_denoiser_is_left_out_with_a_warning(
     denoiser_model, tiny_anomalous_phantom, tmp_path
 ):  # noqa: E501
@@ -342,6 +397,9 @@ def test_with_atlas_and_denoiser_each_calibrated_opinion_gets_its_share_of_the_r
 
         def opinion_calibration(self, key):
             return fit if key == ATLAS_CALIBRATION_KEY or denoiser_calibrated else None
+
+        def second_opinion_keys(self):
+            return keys
 
         opinions = VolumeScorer.opinions  # the engine's own rule
 

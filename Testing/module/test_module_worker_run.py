@@ -11,6 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 from AnomalyScoutModuleLib.worker_run import (
+    WORKER_MODES,
     RunCallbacks,
     RunRequest,
     WorkerRun,
@@ -91,6 +92,14 @@ def test_launches_the_worker_module_with_the_score_options_from_the_library_fold
     }
     assert (Path(launcher.cwd) / "AnomalyScoutLib" / "__init__.py").is_file()
     assert (tmp_path / "out").is_dir()
+
+
+def test_the_module_offers_exactly_the_librarys_modes():
+    from AnomalyScoutLib.inversion import MODES
+
+    assert WORKER_MODES == MODES
+    for mode in MODES:
+        assert RunRequest(Path("ct.nrrd"), Path("out"), mode=mode).mode == mode
 
 
 @pytest.mark.parametrize(("field", "value"), [("mode", "quick"), ("device", "gpu")])
