@@ -3,9 +3,10 @@
 Usage (repository root; niced, it is CPU work)::
 
     nice -n 10 python -m benchmarks.product_track --models models/default.safetensors OTHER.safetensors \
-        [--per-type 4 --normals 4] [--mode fast] [--precisions fp32 auto]
+        [--per-type 4 --normals 4] [--modes fast denoise] [--precisions fp32 auto]
 
-With more than one ``--precisions`` every model runs in each, its rows named ``MODEL [PRECISION]``.
+With more than one ``--modes`` or ``--precisions`` every model runs in each, its rows named
+``MODEL [MODE] [PRECISION]`` (the parts that vary).
 
 Every other track scores slices in the benchmark harness (model-grid slices in the HU window); this one runs
 :func:`AnomalyScoutLib.engine.score_file` on each held-out phantom volume (256 x 256 x 100, the phantom
@@ -33,7 +34,7 @@ from tqdm import tqdm
 
 from AnomalyScoutLib import metrics
 from AnomalyScoutLib.engine import ScoreOptions, VolumeScorer, score_file
-from AnomalyScoutLib.inversion import InversionConfig
+from AnomalyScoutLib.inversion import MODES, InversionConfig
 from AnomalyScoutLib.io.volume import write_volume
 from AnomalyScoutLib.model_file import AnomalyModel
 from AnomalyScoutLib.phantom import make_phantom
@@ -163,10 +164,20 @@ def evaluate_scorers(scorers: dict[str, VolumeScorer], split: PhantomSplit) -> d
     }
 
 
+def _row_name(path: Path, mode: str, precision: str, args: argparse.Namespace) -> str:
+    """``MODEL [MODE] [PRECISION]``, with only the parts that vary between the rows."""
+    parts = [str(path)]
+    parts += [f"[{mode}]"] if len(args.modes) > 1 else []
+    parts += [f"[{precision}]"] if len(args.precisions) > 1 else []
+    return " ".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", type=Path, required=True, help="model files to compare")
-    parser.add_argument("--mode", choices=("fast", "accurate"), default="fast")
+    parser.add_argument(
+        "--modes", nargs="+", choices=MODES, default=["fast"], help="run every model in each (default fast)"
+    )
     parser.add_argument("--per-type", type=int, default=4, help="test cases per anomaly type")
     parser.add_argument("--normals", type=int, default=4, help="normal test cases")
     parser.add_argument(
@@ -185,22 +196,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"product-track: no model file {', '.join(missing)}", file=sys.stderr)
         return 1
     torch.set_num_threads(args.threads)
+    models = {path: AnomalyModel.load(path, "cpu") for path in args.models}
     scorers = {
-        # one precision: the rows are named by model, as before the option
-        (str(path) if len(args.precisions) == 1 else f"{path} [{precision}]"): VolumeScorer(
-            AnomalyModel.load(path, "cpu"),
-            InversionConfig(mode=args.mode),
-            ScoreConfig(),
-            torch.device("cpu"),
-            precision=precision,
+        # one mode and one precision: the rows are named by model, as before the options
+        _row_name(path, mode, precision, args): VolumeScorer(
+            models[path], InversionConfig(mode=mode), ScoreConfig(), torch.device("cpu"), precision=precision
         )
         for path in args.models
+        for mode in args.modes
         for precision in args.precisions
     }
     evaluation = evaluate_scorers(scorers, PhantomSplit(per_type=args.per_type, n_normal=args.normals))
     results = {
         **run_header("product_track", "product_track", argv, started),  # after the work: its wall time
-        "mode": args.mode,
+        "modes": {name: scorer.inversion.mode for name, scorer in scorers.items()},
         "models": {name: scorer.model.model_id for name, scorer in scorers.items()},
         "precisions": {name: scorer.precision for name, scorer in scorers.items()},
         **evaluation,

@@ -104,3 +104,24 @@ def test_each_precision_asked_for_scores_every_model_under_its_own_name(
     # one precision: rows are named by the model alone, as before the option
     assert product_track.main(["--models", str(tiny_model_file), "--out", str(out)]) == 0
     assert list(json.loads(out.read_text())["precisions"]) == [str(tiny_model_file)]
+
+
+def test_each_mode_asked_for_scores_every_model_under_its_own_name(tiny_model_file, tmp_path, monkeypatch):
+    import json
+
+    from benchmarks import product_track
+
+    seen = {}
+
+    def evaluate(scorers, split):
+        seen.update({name: scorer.inversion.mode for name, scorer in scorers.items()})
+        return {"phantoms": {}}
+
+    monkeypatch.setattr(product_track, "evaluate_scorers", evaluate)
+    out = tmp_path / "product.json"
+    argv = ["--models", str(tiny_model_file), "--modes", "fast", "accurate", "--precisions", "fp32", "auto",
+            "--out", str(out)]  # fmt: skip
+    assert product_track.main(argv) == 0
+    expected = {f"{tiny_model_file} [{mode}] [{precision}]": mode
+                for mode in ("fast", "accurate") for precision in ("fp32", "auto")}  # fmt: skip
+    assert seen == expected and json.loads(out.read_text())["modes"] == expected
