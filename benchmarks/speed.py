@@ -50,7 +50,7 @@ import SimpleITK as sitk
 import torch
 
 from AnomalyScoutLib.atomic import atomic_destination
-from AnomalyScoutLib.inversion import DEFAULT_ACCURATE_LR, DEFAULT_ACCURATE_STEPS, InversionConfig
+from AnomalyScoutLib.inversion import DEFAULT_ACCURATE_LR, DEFAULT_ACCURATE_STEPS, MODES, InversionConfig
 from AnomalyScoutLib.metrics import roc_auc
 from AnomalyScoutLib.model_file import DEFAULT_MODEL_PATH, AnomalyModel
 from AnomalyScoutLib.nets.architecture import preset
@@ -199,19 +199,20 @@ def measure_end_to_end(
     code: Path = REPO,
     position: str = "auto",
     precision: str = "auto",
+    mode: str = "fast",
 ) -> dict[str, Any]:
-    """Wall time, CPU time and peak RSS of ``anomalyscout score --mode fast`` on a synthetic int16 CT of
+    """Wall time, CPU time and peak RSS of ``anomalyscout score --mode MODE`` on a synthetic int16 CT of
     ``shape_xyz``, each run in a process of its own as a user would run it (interpreter start, imports, model
     loading, reading, scoring and writing all count). With ``repeats`` > 1 the median run by wall time
     counts, and every run's wall time is kept. ``code``: the checkout whose ``AnomalyScoutLib`` runs (another
     commit's ``git worktree``, to compare two versions on the same machine); ``position``: its
-    ``--position``; ``precision``: its ``--precision``."""
+    ``--position``; ``precision``: its ``--precision``; ``mode``: its ``--mode`` (default fast)."""
     folder = Path(tempfile.mkdtemp(prefix="anomalyscout-speed-"))
     try:
         ct = folder / "big.nrrd"
         _synthetic_ct(ct, shape_xyz)
         command = [sys.executable, "-m", "AnomalyScoutLib", "score", str(ct), "--out", str(folder / "out"),
-                   "--model", str(model_path), "--mode", "fast", "--device", device,
+                   "--model", str(model_path), "--mode", mode, "--device", device,
                    "--threads", str(threads)]  # fmt: skip
         if position != "auto":  # the default, left out: a --code checkout older than the option still runs
             command += ["--position", position]
@@ -226,6 +227,7 @@ def measure_end_to_end(
             "device": device,
             "threads": threads,
             "position": position,
+            "mode": mode,
             "precision": median["precision"],
             "code": str(code),
             "repeats": repeats,
@@ -415,6 +417,7 @@ def _end_to_end_only(args: argparse.Namespace, command: str, model_row: dict[str
         code=args.code,
         position=args.position,
         precision=args.precision,
+        mode=args.mode,
     )
     results["environment"]["load_average_after"] = [round(v, 1) for v in os.getloadavg()]
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -428,7 +431,8 @@ def _end_to_end_lines(row: dict[str, Any]) -> list[str]:
     """The end-to-end run in words, for docs/speed.md and the terminal."""
     shape = "x".join(map(str, row["shape_xyz"]))
     return [
-        f"`anomalyscout score --mode fast --threads {row['threads']}` on a {shape} int16 CT, end to end in a "
+        f"`anomalyscout score --mode {row.get('mode', 'fast')} --threads {row['threads']}` on a {shape} "
+        "int16 CT, end to end in a "
         f"fresh process: **{row['wall_s']} s** wall (target < 5 s on 2 cores; median of {row['repeats']}: "
         f"{row['wall_s_each']}), {row['cpu_s']} CPU s ({row['cores_busy']} cores busy on average), peak RSS "
         f"{row['peak_rss_gb']} GB. Engine stages (s): {row['engine_timings_s']}; outside them (interpreter "
@@ -481,6 +485,7 @@ def main(argv: list[str] | None = None) -> int:
         default="auto",
         help="the end-to-end run's --precision (auto: bf16 where the CPU computes it natively)",
     )
+    parser.add_argument("--mode", choices=MODES, default="fast", help="the end-to-end run's --mode")
     add_position_argument(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
