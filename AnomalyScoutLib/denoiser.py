@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from AnomalyScoutLib.errors import ConfigError
 from AnomalyScoutLib.nets.unet import UNet2d
+from AnomalyScoutLib.part_config import part_from_metadata, settings_from_dict
 from AnomalyScoutLib.scoring import top_fraction_mean
 
 __all__ = ["DENOISER_KEY", "Denoiser", "DenoiserConfig", "coarse_noise", "denoiser_from_metadata"]
@@ -68,10 +69,7 @@ class DenoiserConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DenoiserConfig:
         """The inverse of :meth:`to_dict`; unknown keys are refused (a newer file, or a typo)."""
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ConfigError(f"unknown denoiser settings: {', '.join(unknown)}")
-        return cls(**data)
+        return settings_from_dict(cls, data, "denoiser")
 
 
 def coarse_noise(
@@ -113,9 +111,4 @@ def denoiser_from_metadata(info: Any) -> Denoiser:
     Raises:
         ConfigError: the entry is not ``{"config": {...}, ...}`` with valid settings.
     """
-    if not isinstance(info, Mapping) or not isinstance(info.get("config"), Mapping):
-        raise ConfigError('the denoiser entry must be {"config": {...}, ...}')
-    try:
-        return Denoiser(DenoiserConfig.from_dict(info["config"]))
-    except TypeError as error:
-        raise ConfigError(str(error)) from None
+    return part_from_metadata(info, "denoiser", lambda config: Denoiser(DenoiserConfig.from_dict(config)))

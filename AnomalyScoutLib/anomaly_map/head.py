@@ -21,13 +21,14 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from AnomalyScoutLib.errors import ConfigError
 from AnomalyScoutLib.nets.unet import UNet2d
+from AnomalyScoutLib.part_config import part_from_metadata, settings_from_dict
 from AnomalyScoutLib.scoring import top_fraction_mean
 
 if TYPE_CHECKING:
@@ -81,11 +82,7 @@ class HeadConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> HeadConfig:
         """The inverse of :meth:`to_dict`; unknown keys are refused (a newer file, or a typo)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown head settings: {', '.join(unknown)}")
-        return cls(**data)
+        return settings_from_dict(cls, data, "head")
 
 
 class AnomalyHead(UNet2d):
@@ -153,9 +150,4 @@ def head_from_metadata(info: Any) -> AnomalyHead:
     Raises:
         ConfigError: the entry is not ``{"config": {...}, ...}`` with valid settings.
     """
-    if not isinstance(info, Mapping) or not isinstance(info.get("config"), Mapping):
-        raise ConfigError('the head entry must be {"config": {...}, ...}')
-    try:
-        return AnomalyHead(HeadConfig.from_dict(info["config"]))
-    except TypeError as error:
-        raise ConfigError(str(error)) from None
+    return part_from_metadata(info, "head", lambda config: AnomalyHead(HeadConfig.from_dict(config)))
