@@ -3,7 +3,7 @@
 Usage (repository root; minutes once the phantom and reconstruction caches exist)::
 
     nice -n 10 python -m benchmarks.denoiser_track --model runs/default-denoiser.safetensors \\
-        [--base models/default.safetensors] [--per-type 30] [--searched 20]
+        [--base models/default.safetensors] [--per-type 30] [--searched 20] [--others OTHER.safetensors ...]
 
 A coarse-noise denoising U-Net (Kascenas et al., 2023; ``AnomalyScoutLib/denoiser.py``) was first tried as a
 probe on the 120 cases of ``benchmarks.head_comparison`` (20 per type, seeds 9000-9019 of each block), where
@@ -15,6 +15,9 @@ the normals' own (``combine_opinions`` flags a slice when any opinion does). The
 base model's (its cached ``fast`` reconstructions), the denoiser is ``--model``'s. Also reported: how far the
 denoiser's output is from the slice in the normal body and in the anomalies (the reconstruction-error
 measure of ``benchmarks.reconstruction_error``, issue 17's targets: normal <= 25 HU, ratio >= 3).
+``--others``: more model files whose denoisers are scored alone on the same cases (a longer run, other
+noise scales), each as ``denoiser (FILE STEM)``, with its output error; ``--reference`` names the row the
+paired differences are taken from (default: the product before, the first row).
 Results: ``benchmarks/results/denoiser_track.json``.
 """
 
@@ -71,10 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-type", type=int, default=30, help="held-out cases per type (and controls)")
     parser.add_argument("--searched", type=int, default=20, help="first cases per type the probe saw")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--others", nargs="*", type=Path, default=[], help="more denoisers, scored alone")
+    parser.add_argument("--reference", default=None, help="row the paired differences are taken from")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "denoiser_track.json")
     args = parser.parse_args(argv)
     started = time.time()
-    missing = [str(p) for p in (args.model, args.base) if not p.is_file()]
+    missing = [str(p) for p in (args.model, args.base, *args.others) if not p.is_file()]
     if missing:
         print(f"denoiser_track: no file {', '.join(missing)}", file=sys.stderr)
         return 1
@@ -89,7 +94,24 @@ def main(argv: list[str] | None = None) -> int:
     normal, theirs = map_scores(normal_run, normals), map_scores(test_run, test)
     normal["denoiser"] = denoised(denoiser, normals)[1]
     outputs, theirs["denoiser"] = denoised(denoiser, test)
-    scores = combined_percentiles(normal, normals.positions, theirs, test.positions, COMBINATIONS)
+    window_hu = chosen.model.window.width / 2
+    combinations, other_errors = dict(COMBINATIONS), {}
+    for path in args.others:
+        other = AnomalyModel.load(path, "cpu").denoiser
+        if other is None:
+            print(f"denoiser_track: {path} has no denoiser")
+            return 1
+        name = f"denoiser ({path.stem})"
+        normal[name] = denoised(other, normals)[1]
+        other_outputs, theirs[name] = denoised(other, test)
+        combinations[name] = (name,)
+        other_errors[name] = error_summary(test, other_outputs, window_hu)
+    if args.reference is not None:
+        if args.reference not in combinations:
+            print(f"denoiser_track: --reference must be one of {', '.join(combinations)}")
+            return 1
+        combinations = {args.reference: combinations[args.reference], **combinations}
+    scores = combined_percentiles(normal, normals.positions, theirs, test.positions, combinations)
     index = np.array([test.cases[c].seed % 100 for c in test.case])
     parts = {
         f"first {args.searched} per type (the probe's cases)": index < args.searched,
@@ -98,11 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     types = chosen.data.split.types
     results = {name: part_rows(test, scores, keep, types, "denoiser") for name, keep in parts.items()}
-    reference = next(iter(COMBINATIONS))
+    reference = next(iter(combinations))
     for name, result in results.items():
         for method, interval in result["bootstrap"]["difference_from_first_ci95"].items():
             print(f"[denoiser] {name}: {method} minus {reference}: {interval[0]:+.3f} to {interval[1]:+.3f}")
-    errors: dict[str, Any] = error_summary(test, outputs, chosen.model.window.width / 2)
+    errors: dict[str, Any] = error_summary(test, outputs, window_hu)
     normal_hu, anomaly_hu = errors["normal_body_hu"], errors["anomaly_hu"]
     print(f"[denoiser] its output: normal body {normal_hu:.1f} HU off, anomalies {anomaly_hu:.1f} HU")
     write_json(
@@ -116,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             "test_cases": len(test.cases),
             "parts": results,
             "denoiser_error_hu": errors,
+            "others": {str(path): f"denoiser ({path.stem})" for path in args.others},
+            "others_error_hu": other_errors,
         },
         args.out,
     )
