@@ -50,7 +50,7 @@ from scipy import ndimage
 from AnomalyScoutLib import metrics
 from AnomalyScoutLib.calibration import ATLAS_CALIBRATION_KEY, DENOISER_CALIBRATION_KEY
 from AnomalyScoutLib.engine import OPINION_NAMES
-from AnomalyScoutLib.inversion import InversionConfig
+from AnomalyScoutLib.inversion import DENOISE_MODE, InversionConfig
 from AnomalyScoutLib.scoring import ScoreConfig
 from benchmarks import plots
 from benchmarks.aggregation import slice_scores
@@ -76,10 +76,12 @@ from benchmarks.real_track import REAL_CT, REAL_LIVER
 from benchmarks.results_io import TrackStart, add_common_arguments, write_json
 from benchmarks.slices import CaseInfo, SliceSet
 
-__all__ = ["DEFAULT_SCORE", "error_area", "failure_metrics", "main", "review_region"]
+__all__ = ["DEFAULT_SCORE", "DENOISE_REVIEW_SCORE", "error_area", "failure_metrics", "main", "review_region"]
 
 #: The row whose AUROC is ``failure_auroc``: what ``anomalyscout review`` reports as risk.
 DEFAULT_SCORE = "ours fast, review risk (calibrated, segmentation region)"
+#: ``anomalyscout review --mode denoise``'s risk: the denoiser's calibrated score and the atlas's.
+DENOISE_REVIEW_SCORE = "ours denoise, review risk (calibrated, segmentation region)"
 
 
 def review_region(predicted: np.ndarray, body: np.ndarray, margin_px: int) -> np.ndarray:
@@ -158,7 +160,8 @@ def _head_region_scores(fast: Any, test: SliceSet, region: np.ndarray) -> dict[s
     """A model with an anomaly-map head, as ``review`` scores it: inside the region, each calibrated opinion
     (the head's top-k, the atlas's and the denoiser's scores) over its threshold at the slice's position, at
     the engine's share of the default rate (``VolumeScorer.opinions``), and the largest of them (the
-    calibrated exceedance that ``review`` reports as risk)."""
+    calibrated exceedance that ``review`` reports as risk); and the same in ``denoise`` mode, where the
+    denoiser's score is the model's own."""
     import torch
 
     from AnomalyScoutLib.engine import VolumeScorer
@@ -170,18 +173,39 @@ def _head_region_scores(fast: Any, test: SliceSet, region: np.ndarray) -> dict[s
     scores.update({f"{OPINION_NAMES[key]} (the model's), raw score, segmentation region": value
                    for key, value in opinions.items()})  # fmt: skip
     scorer = VolumeScorer(model, InversionConfig(mode="fast"), ScoreConfig(), torch.device("cpu"))
-    calibration = scorer.mode_calibration()
-    if calibration is not None:
-        fpr = scorer.stored_calibration().default_fpr / scorer.opinions()
-        risk = calibration.apply(inside, test.positions, 0.0, fpr).exceedance
-        for key, value in opinions.items():
-            opinion = scorer.opinion_calibration(key)
-            if opinion is not None:
-                alone = opinion.apply(value, test.positions, 0.0, fpr).exceedance
-                scores[f"{OPINION_NAMES[key]} (the model's), calibrated alone, segmentation region"] = alone
-                risk = np.fmax(risk, alone)
-        scores[DEFAULT_SCORE] = risk
+    fpr = scorer.stored_calibration().default_fpr / scorer.opinions()
+    for key, value in opinions.items():
+        opinion = scorer.opinion_calibration(key)
+        if opinion is not None:
+            alone = opinion.apply(value, test.positions, 0.0, fpr).exceedance
+            scores[f"{OPINION_NAMES[key]} (the model's), calibrated alone, segmentation region"] = alone
+    risks = {DEFAULT_SCORE: _review_risk(scorer, inside, opinions, test.positions)}
+    if DENOISER_CALIBRATION_KEY in opinions:
+        denoising = VolumeScorer(
+            model, InversionConfig(mode=DENOISE_MODE), ScoreConfig(), torch.device("cpu")
+        )
+        risks[DENOISE_REVIEW_SCORE] = _review_risk(
+            denoising, opinions[DENOISER_CALIBRATION_KEY], opinions, test.positions
+        )
+    scores.update({name: risk for name, risk in risks.items() if risk is not None})
     return scores
+
+
+def _review_risk(
+    scorer: Any, own: np.ndarray, opinions: dict[str, np.ndarray], positions: np.ndarray
+) -> np.ndarray | None:
+    """``review``'s risk with ``scorer``: its own score and each calibrated second opinion it hears, each
+    over its threshold at its share of the rate, the largest; None when its own score is not calibrated."""
+    calibration = scorer.mode_calibration()
+    if calibration is None:
+        return None
+    fpr = scorer.stored_calibration().default_fpr / scorer.opinions()
+    risk = calibration.apply(own, positions, 0.0, fpr).exceedance
+    for key in scorer.second_opinion_keys():
+        opinion = scorer.opinion_calibration(key)
+        if opinion is not None and key in opinions:
+            risk = np.fmax(risk, opinion.apply(opinions[key], positions, 0.0, fpr).exceedance)
+    return risk
 
 
 def _second_opinion_scores(model: Any, test: SliceSet, area: np.ndarray, batch: int = 64) -> dict[str, Any]:

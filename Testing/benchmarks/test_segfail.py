@@ -123,3 +123,73 @@ def test_a_head_models_review_risk_is_the_riskier_calibrated_opinion_in_the_regi
         risks[with_atlas] = own  # the head's own opinion
     assert (risks[True] < risks[False]).all()  # judged against the stricter threshold at half the rate
     assert (expected > own).any()  # the atlas is the riskier opinion on some slice
+
+
+def test_review_in_denoise_mode_is_the_denoisers_calibrated_score_at_the_whole_rate(tmp_path, monkeypatch):
+    """``review --mode denoise``: the denoiser's region score over its ``denoise`` calibration's threshold
+    (no atlas here, so at the whole rate); in fast mode the denoiser is a second opinion at half of it."""
+    from AnomalyScoutLib.anomaly_map.head import AnomalyHead, HeadConfig
+    from AnomalyScoutLib.anomaly_map.training import attach_head
+    from AnomalyScoutLib.calibration import (
+        DENOISER_CALIBRATION_KEY,
+        Calibration,
+        calibration_key,
+        calibration_settings,
+        fit_mode_calibration,
+    )
+    from AnomalyScoutLib.denoiser import Denoiser, DenoiserConfig
+    from AnomalyScoutLib.inversion import InversionConfig
+    from AnomalyScoutLib.model_file import AnomalyModel
+    from AnomalyScoutLib.nets.architecture import ArchitectureConfig
+    from AnomalyScoutLib.scoring import ScoreConfig
+    from AnomalyScoutLib.train.denoiser import attach_denoiser
+    from benchmarks import generator_runs, segfail_track
+    from benchmarks.ours import GeneratorDetector
+    from benchmarks.slices import CaseInfo, SliceSet
+
+    monkeypatch.setattr(generator_runs, "WORK_DIR", tmp_path)
+    model = AnomalyModel.create(ArchitectureConfig(32, (16, 16, 8, 8), z_dim=16, w_dim=16), seed=0)
+    torch.manual_seed(0)
+    attach_head(model, AnomalyHead(HeadConfig(channels=(4, 8), top_fraction=0.05)), {})
+    attach_denoiser(model, Denoiser(DenoiserConfig(channels=(4, 8))), {})
+    settings = calibration_settings(ScoreConfig().as_dict(), 0)
+    denoiser_settings = {**model.denoiser.config.to_dict(), "case_top": ScoreConfig().case_top}
+
+    def fitted(top: float, with_settings: dict) -> object:
+        normal, positions = np.linspace(0, top, 201), np.linspace(0, 1, 201)
+        return fit_mode_calibration([normal], [positions], [0.5], with_settings, n_bins=1)
+
+    head_fit, denoise_fit, opinion_fit = (
+        fitted(1.0, settings),
+        fitted(0.5, settings),
+        fitted(0.25, denoiser_settings),
+    )
+    model.calibration = Calibration({calibration_key("fast", "topk"): head_fit,
+                                     calibration_key("denoise", "topk"): denoise_fit,
+                                     DENOISER_CALIBRATION_KEY: opinion_fit}).to_json()  # fmt: skip
+    path = model.save(tmp_path / "model.safetensors")
+    n, rng = 4, np.random.default_rng(0)
+    slices = SliceSet(
+        images=rng.uniform(-1, 1, (n, 32, 32)).astype(np.float32),
+        positions=np.linspace(0.2, 0.8, n).astype(np.float32),
+        body=np.ones((n, 32, 32), dtype=bool),
+        anomaly=np.zeros((n, 32, 32), dtype=bool),
+        organ=np.zeros((n, 32, 32), dtype=bool),
+        case=np.zeros(n, dtype=np.int64),
+        slice_index=np.arange(n),
+        cases=(CaseInfo("normal-0", "normal", 0),),
+    )
+    region = np.zeros((n, 32, 32), dtype=bool)
+    region[:, 8:24, 8:24] = True
+    detector = GeneratorDetector("ours", path, InversionConfig(mode="fast"), ScoreConfig())
+    fast = generator_runs.generator_run(detector, slices, "test")
+    scores = segfail_track._head_region_scores(fast, slices, region)
+    denoiser = scores["denoiser (the model's), raw score, segmentation region"]
+    np.testing.assert_allclose(
+        scores[segfail_track.DENOISE_REVIEW_SCORE], denoiser / denoise_fit.bins[0].threshold(0.01), rtol=1e-6
+    )
+    head = scores["ours fast (head), raw score, segmentation region"]
+    fast_risk = np.fmax(
+        head / head_fit.bins[0].threshold(0.005), denoiser / opinion_fit.bins[0].threshold(0.005)
+    )
+    np.testing.assert_allclose(scores[segfail_track.DEFAULT_SCORE], fast_risk, rtol=1e-6)
