@@ -28,6 +28,18 @@ def test_the_shipped_model_is_small_and_describes_its_training(shipped):
     assert shipped.metadata["denoiser"]["training"]["steps_done"] > 0
 
 
+@pytest.mark.parametrize("mode", ["fast", "accurate", "denoise"])
+def test_the_shipped_model_is_calibrated_for_each_mode_it_offers(shipped, mode):
+    from AnomalyScoutLib.engine import VolumeScorer
+    from AnomalyScoutLib.inversion import InversionConfig
+    from AnomalyScoutLib.scoring import ScoreConfig
+
+    scorer = VolumeScorer(shipped, InversionConfig(mode=mode), ScoreConfig(), torch.device("cpu"))
+    assert scorer.mode_calibration() is not None
+    # every second opinion it hears is calibrated too: none is left out of the flags
+    assert all(scorer.opinion_calibration(key) is not None for key in scorer.second_opinion_keys())
+
+
 def test_the_encoder_reconstructs_held_out_normal_slices_better_than_the_mean_latent(shipped):
     volume = make_phantom(HELD_OUT_SEED, shape_xyz=(128, 128, 40)).volume
     images, positions, *_ = preprocess_volume(volume, shipped.resolution, shipped.window)
