@@ -734,7 +734,8 @@ def _write_flagged_montage(
     view and colour-bar label); slices outside the model's range come last and are marked, and the title
     says how many there are."""
     values, label = heatmap
-    ranked = np.where(gate.in_range, case.scores, np.nan)
+    # ties at the top percentile broken as the flags judge: the riskiest opinion's score over its threshold
+    ranked = np.where(gate.in_range, calibrated.exceedance, np.nan)
     panels = [
         MontagePanel(
             k,
