@@ -398,9 +398,8 @@ def test_with_atlas_and_denoiser_each_calibrated_opinion_gets_its_share_of_the_r
         def opinion_calibration(self, key):
             return fit if key == ATLAS_CALIBRATION_KEY or denoiser_calibrated else None
 
-        def second_opinion_keys(self):
-            return keys
-
+        denoising = False  # fast mode: every second opinion is heard
+        second_opinion_keys = VolumeScorer.second_opinion_keys
         opinions = VolumeScorer.opinions  # the engine's own rule
 
     monkeypatch.setattr(Calibration, "for_run", lambda self, mode, score, steps: fit)  # settings apart

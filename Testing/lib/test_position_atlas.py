@@ -209,6 +209,8 @@ def test_each_opinion_is_judged_at_half_the_rate(monkeypatch):
         def opinion_calibration(self, key):
             return atlas_fit if key == ATLAS_CALIBRATION_KEY else None
 
+        denoising = False  # fast mode: every second opinion is heard
+        second_opinion_keys = VolumeScorer.second_opinion_keys
         opinions = VolumeScorer.opinions  # the engine's own rule: two calibrated opinions
 
     monkeypatch.setattr(Calibration, "for_run", lambda self, mode, score, steps: main_fit)  # settings apart
