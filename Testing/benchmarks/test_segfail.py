@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,37 +59,23 @@ def test_augmentation_moves_image_and_mask_together():
         assert inside.mean() > outside.mean() + 0.8  # the bright square is still under its mask
 
 
-def test_a_head_models_review_risk_is_the_riskier_calibrated_opinion_in_the_region(tmp_path, monkeypatch):
-    """What ``review`` reports for a model with a head: the head's top-k inside the region, divided by the
-    head's calibrated threshold at the slice's position; with a calibrated atlas, each at half the rate and
-    the larger of the two."""
+def _head_model() -> Any:
+    """A tiny random model with a tiny anomaly-map head (what the track scores as ``review`` does)."""
     from AnomalyScoutLib.anomaly_map.head import AnomalyHead, HeadConfig
     from AnomalyScoutLib.anomaly_map.training import attach_head
-    from AnomalyScoutLib.calibration import (
-        ATLAS_CALIBRATION_KEY,
-        Calibration,
-        calibration_key,
-        calibration_settings,
-        fit_mode_calibration,
-    )
-    from AnomalyScoutLib.inversion import InversionConfig
     from AnomalyScoutLib.model_file import AnomalyModel
     from AnomalyScoutLib.nets.architecture import ArchitectureConfig
-    from AnomalyScoutLib.position_atlas import AtlasConfig, PositionAtlas
-    from AnomalyScoutLib.scoring import ScoreConfig
-    from benchmarks import generator_runs, segfail_track
-    from benchmarks.ours import GeneratorDetector
-    from benchmarks.slices import CaseInfo, SliceSet
 
-    monkeypatch.setattr(generator_runs, "WORK_DIR", tmp_path)
     model = AnomalyModel.create(ArchitectureConfig(32, (16, 16, 8, 8), z_dim=16, w_dim=16), seed=0)
     torch.manual_seed(0)
     attach_head(model, AnomalyHead(HeadConfig(channels=(4, 8), top_fraction=0.05)), {})
-    normal = np.linspace(0.0, 1.0, 201)
-    settings = calibration_settings(ScoreConfig().as_dict(), 0)
-    fitted = fit_mode_calibration([normal], [np.linspace(0, 1, 201)], [0.5], settings, n_bins=1)
-    key = calibration_key("fast", "topk")
-    n = 4
+    return model
+
+
+def _slices_and_region(n: int = 4) -> tuple[Any, np.ndarray]:
+    """``n`` random normal slices of one case at 32 px, and a square region in each."""
+    from benchmarks.slices import CaseInfo, SliceSet
+
     rng = np.random.default_rng(0)
     slices = SliceSet(
         images=rng.uniform(-1, 1, (n, 32, 32)).astype(np.float32),
@@ -101,19 +89,65 @@ def test_a_head_models_review_risk_is_the_riskier_calibrated_opinion_in_the_regi
     )
     region = np.zeros((n, 32, 32), dtype=bool)
     region[:, 8:24, 8:24] = True
+    return slices, region
+
+
+def _fitted(top: float, settings: dict[str, Any]) -> Any:
+    """One position bin of normal scores spread evenly over [0, ``top``], made with ``settings``."""
+    from AnomalyScoutLib.calibration import fit_mode_calibration
+
+    normal, positions = np.linspace(0.0, top, 201), np.linspace(0, 1, 201)
+    return fit_mode_calibration([normal], [positions], [0.5], settings, n_bins=1)
+
+
+def _region_scores(
+    model: Any, path: Path, slices: Any, region: np.ndarray, key: str
+) -> dict[str, np.ndarray]:
+    """The track's scores of ``model`` (saved to ``path``) in ``region``, as ``review`` reports them."""
+    from AnomalyScoutLib.inversion import InversionConfig
+    from AnomalyScoutLib.scoring import ScoreConfig
+    from benchmarks import generator_runs, segfail_track
+    from benchmarks.ours import GeneratorDetector
+
+    detector = GeneratorDetector("ours", model.save(path), InversionConfig(mode="fast"), ScoreConfig())
+    return segfail_track._head_region_scores(
+        generator_runs.generator_run(detector, slices, key), slices, region
+    )
+
+
+def test_a_head_models_review_risk_is_the_riskier_calibrated_opinion_in_the_region(tmp_path, monkeypatch):
+    """What ``review`` reports for a model with a head: the head's top-k inside the region, divided by the
+    head's calibrated threshold at the slice's position; with a calibrated atlas, each at half the rate and
+    the larger of the two."""
+    from AnomalyScoutLib.calibration import (
+        ATLAS_CALIBRATION_KEY,
+        Calibration,
+        calibration_key,
+        calibration_settings,
+    )
+    from AnomalyScoutLib.position_atlas import AtlasConfig, PositionAtlas
+    from AnomalyScoutLib.scoring import ScoreConfig
+    from benchmarks import generator_runs, segfail_track
+
+    monkeypatch.setattr(generator_runs, "WORK_DIR", tmp_path)
+    model, (slices, region) = _head_model(), _slices_and_region()
+    fitted = _fitted(1.0, calibration_settings(ScoreConfig().as_dict(), 0))
     risks = {}
     # The atlas's opinion counts only when its calibration was made with this atlas's settings (as scoring).
     model.atlas = PositionAtlas(AtlasConfig(bins=2), 32)
     model.metadata["position_atlas"] = model.atlas.metadata(1)
-    atlas_settings = {**dataclasses.asdict(model.atlas.config), "case_top": ScoreConfig().case_top}
-    atlas_fitted = fit_mode_calibration([normal], [np.linspace(0, 1, 201)], [0.5], atlas_settings, n_bins=1)
+    atlas_fitted = _fitted(
+        1.0, {**dataclasses.asdict(model.atlas.config), "case_top": ScoreConfig().case_top}
+    )
     for with_atlas in (False, True):
-        modes = {key: fitted, **({ATLAS_CALIBRATION_KEY: atlas_fitted} if with_atlas else {})}
+        modes = {
+            calibration_key("fast", "topk"): fitted,
+            **({ATLAS_CALIBRATION_KEY: atlas_fitted} if with_atlas else {}),
+        }
         model.calibration = Calibration(modes).to_json()
-        path = model.save(tmp_path / f"head-{with_atlas}.safetensors")
-        detector = GeneratorDetector("ours", path, InversionConfig(mode="fast"), ScoreConfig())
-        fast = generator_runs.generator_run(detector, slices, f"test-{with_atlas}")
-        scores = segfail_track._head_region_scores(fast, slices, region)
+        scores = _region_scores(
+            model, tmp_path / f"head-{with_atlas}.safetensors", slices, region, f"t-{with_atlas}"
+        )
         raw = scores["ours fast (head), raw score, segmentation region"]
         atlas = scores["position atlas (the model's), raw score, segmentation region"]
         fpr = 0.005 if with_atlas else 0.01
@@ -128,62 +162,31 @@ def test_a_head_models_review_risk_is_the_riskier_calibrated_opinion_in_the_regi
 def test_review_in_denoise_mode_is_the_denoisers_calibrated_score_at_the_whole_rate(tmp_path, monkeypatch):
     """``review --mode denoise``: the denoiser's region score over its ``denoise`` calibration's threshold
     (no atlas here, so at the whole rate); in fast mode the denoiser is a second opinion at half of it."""
-    from AnomalyScoutLib.anomaly_map.head import AnomalyHead, HeadConfig
-    from AnomalyScoutLib.anomaly_map.training import attach_head
     from AnomalyScoutLib.calibration import (
         DENOISER_CALIBRATION_KEY,
         Calibration,
         calibration_key,
         calibration_settings,
-        fit_mode_calibration,
     )
     from AnomalyScoutLib.denoiser import Denoiser, DenoiserConfig
-    from AnomalyScoutLib.inversion import InversionConfig
-    from AnomalyScoutLib.model_file import AnomalyModel
-    from AnomalyScoutLib.nets.architecture import ArchitectureConfig
     from AnomalyScoutLib.scoring import ScoreConfig
     from AnomalyScoutLib.train.denoiser import attach_denoiser
     from benchmarks import generator_runs, segfail_track
-    from benchmarks.ours import GeneratorDetector
-    from benchmarks.slices import CaseInfo, SliceSet
 
     monkeypatch.setattr(generator_runs, "WORK_DIR", tmp_path)
-    model = AnomalyModel.create(ArchitectureConfig(32, (16, 16, 8, 8), z_dim=16, w_dim=16), seed=0)
-    torch.manual_seed(0)
-    attach_head(model, AnomalyHead(HeadConfig(channels=(4, 8), top_fraction=0.05)), {})
+    model, (slices, region) = _head_model(), _slices_and_region()
     attach_denoiser(model, Denoiser(DenoiserConfig(channels=(4, 8))), {})
     settings = calibration_settings(ScoreConfig().as_dict(), 0)
     denoiser_settings = {**model.denoiser.config.to_dict(), "case_top": ScoreConfig().case_top}
-
-    def fitted(top: float, with_settings: dict) -> object:
-        normal, positions = np.linspace(0, top, 201), np.linspace(0, 1, 201)
-        return fit_mode_calibration([normal], [positions], [0.5], with_settings, n_bins=1)
-
     head_fit, denoise_fit, opinion_fit = (
-        fitted(1.0, settings),
-        fitted(0.5, settings),
-        fitted(0.25, denoiser_settings),
+        _fitted(1.0, settings),
+        _fitted(0.5, settings),
+        _fitted(0.25, denoiser_settings),
     )
     model.calibration = Calibration({calibration_key("fast", "topk"): head_fit,
                                      calibration_key("denoise", "topk"): denoise_fit,
                                      DENOISER_CALIBRATION_KEY: opinion_fit}).to_json()  # fmt: skip
-    path = model.save(tmp_path / "model.safetensors")
-    n, rng = 4, np.random.default_rng(0)
-    slices = SliceSet(
-        images=rng.uniform(-1, 1, (n, 32, 32)).astype(np.float32),
-        positions=np.linspace(0.2, 0.8, n).astype(np.float32),
-        body=np.ones((n, 32, 32), dtype=bool),
-        anomaly=np.zeros((n, 32, 32), dtype=bool),
-        organ=np.zeros((n, 32, 32), dtype=bool),
-        case=np.zeros(n, dtype=np.int64),
-        slice_index=np.arange(n),
-        cases=(CaseInfo("normal-0", "normal", 0),),
-    )
-    region = np.zeros((n, 32, 32), dtype=bool)
-    region[:, 8:24, 8:24] = True
-    detector = GeneratorDetector("ours", path, InversionConfig(mode="fast"), ScoreConfig())
-    fast = generator_runs.generator_run(detector, slices, "test")
-    scores = segfail_track._head_region_scores(fast, slices, region)
+    scores = _region_scores(model, tmp_path / "model.safetensors", slices, region, "test")
     denoiser = scores["denoiser (the model's), raw score, segmentation region"]
     np.testing.assert_allclose(
         scores[segfail_track.DENOISE_REVIEW_SCORE], denoiser / denoise_fit.bins[0].threshold(0.01), rtol=1e-6
