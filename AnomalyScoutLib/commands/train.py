@@ -42,8 +42,6 @@ from AnomalyScoutLib.errors import ConfigError
 
 __all__ = ["register", "run", "split_volumes"]
 
-#: Calibration modes stored by default (the projector is too slow to calibrate routinely).
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command_parser(
