@@ -58,6 +58,7 @@ from benchmarks.baselines.atlas import PositionAtlas
 from benchmarks.baselines.autoencoder import AutoencoderDetector
 from benchmarks.baselines.denoising_autoencoder import DenoisingAutoencoderDetector
 from benchmarks.data import SlicePlacer, in_range_only, phantom_split, volume_file_case
+from benchmarks.evaluate import paired_case_bootstrap
 from benchmarks.generator_runs import generator_run
 from benchmarks.head_detector import HeadRun
 from benchmarks.monai_segmenter import (
@@ -76,12 +77,23 @@ from benchmarks.real_track import REAL_CT, REAL_LIVER
 from benchmarks.results_io import TrackStart, add_common_arguments, write_json
 from benchmarks.slices import CaseInfo, SliceSet
 
-__all__ = ["DEFAULT_SCORE", "DENOISE_REVIEW_SCORE", "error_area", "failure_metrics", "main", "review_region"]
+__all__ = [
+    "DEFAULT_SCORE",
+    "DENOISE_REVIEW_SCORE",
+    "REVIEW_RISKS",
+    "error_area",
+    "failure_metrics",
+    "main",
+    "review_bootstrap",
+    "review_region",
+]
 
 #: The row whose AUROC is ``failure_auroc``: what ``anomalyscout review`` reports as risk.
 DEFAULT_SCORE = "ours fast, review risk (calibrated, segmentation region)"
 #: ``anomalyscout review --mode denoise``'s risk: the denoiser's calibrated score and the atlas's.
 DENOISE_REVIEW_SCORE = "ours denoise, review risk (calibrated, segmentation region)"
+#: The review risks compared case by case (``review_bootstrap``), the first the reference.
+REVIEW_RISKS = (DEFAULT_SCORE, DENOISE_REVIEW_SCORE)
 
 
 def review_region(predicted: np.ndarray, body: np.ndarray, margin_px: int) -> np.ndarray:
@@ -267,6 +279,23 @@ def _evaluate(
     }
 
 
+def review_bootstrap(
+    case: np.ndarray, failed: np.ndarray, scores: dict[str, np.ndarray], names: tuple[str, ...] = REVIEW_RISKS
+) -> dict[str, Any] | None:
+    """How much of the difference between ``review``'s risks (``names``, the first the reference) the test
+    cases can tell: a paired bootstrap of their failure AUROC, resampling whole cases (``case`` of each
+    slice; ``failed`` its failure label). None when fewer than two of ``names`` were scored."""
+    names = tuple(name for name in names if name in scores)
+    if len(names) < 2:
+        return None
+    methods = {
+        name: {int(c): (failed[case == c], scores[name][case == c]) for c in np.unique(case)}
+        for name in names
+    }
+    group = "liver slices"
+    return paired_case_bootstrap(methods, dict.fromkeys(methods[names[0]], group), (group,))
+
+
 def error_area(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """Per slice, the pixels where the predicted and the true liver disagree (false positives + negatives)."""
     return (predicted ^ truth).reshape(len(truth), -1).sum(axis=1).astype(np.float64)
@@ -427,6 +456,10 @@ def main(argv: list[str] | None = None) -> int:
         "failure_auroc_error_area": headline.get("failure_auroc_error_area"),
         "spearman_vs_1_minus_dice": headline.get("spearman_vs_1_minus_dice"),
         "slices_scored": int(liver.sum()),
+        # by the area rule, on all liver slices: whether the modes' risks differ more than the cases can tell
+        "review_bootstrap_error_area": review_bootstrap(
+            test.case[liver], error_px[liver] > failure_error_px, {n: s[liver] for n, s in scores.items()}
+        ),
         **evaluation,
         "dice_by_type": {
             kind: float(dice[liver & (test.case_anomaly == kind)].mean())

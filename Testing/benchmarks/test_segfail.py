@@ -38,6 +38,22 @@ def test_failure_metrics_rank_failed_slices_and_correlate_with_the_error_area():
     assert nothing_failed["failure_auroc_error_area"] is None
 
 
+def test_the_review_bootstrap_resolves_a_risk_that_knows_from_one_that_guesses_and_pairs_the_cases():
+    from benchmarks.segfail_track import REVIEW_RISKS, review_bootstrap
+
+    rng = np.random.default_rng(0)
+    case = np.repeat(np.arange(12), 10)
+    failed = rng.random(case.size) < 0.3
+    knows = failed + 0.1 * rng.random(case.size)
+    guesses = rng.random(case.size)
+    result = review_bootstrap(case, failed, {REVIEW_RISKS[0]: guesses, REVIEW_RISKS[1]: knows})
+    low, high = result["difference_from_first_ci95"][REVIEW_RISKS[1]]
+    assert low > 0.2 and result["mean_type_auroc_ci95"][REVIEW_RISKS[1]][0] > 0.9
+    same = review_bootstrap(case, failed, {REVIEW_RISKS[0]: knows, REVIEW_RISKS[1]: knows})
+    assert same["difference_from_first_ci95"][REVIEW_RISKS[1]] == [0.0, 0.0]  # paired: the same resamples
+    assert review_bootstrap(case, failed, {REVIEW_RISKS[0]: knows}) is None
+
+
 def test_the_area_rule_fails_the_slices_with_much_wrong_even_at_a_high_dice():
     # a small liver tip: low Dice, few wrong pixels; a large liver with a missed lesion: high Dice, many
     dice = np.array([0.5, 0.92, 0.97, 0.98])
