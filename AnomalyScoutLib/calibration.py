@@ -117,7 +117,8 @@ class CalibratedScores:
 
     ``exceedance`` is each slice's score over its threshold, the largest over the opinions when several are
     combined: above 1 exactly where ``flagged``, so it ranks slices the way the flags judge them (a reviewer's
-    risk) whichever opinion saw them."""
+    risk) whichever opinion saw them. ``opinion`` names, per slice, the opinion that exceedance is from (None
+    when one opinion judged alone)."""
 
     percentile: np.ndarray
     threshold: np.ndarray
@@ -126,6 +127,7 @@ class CalibratedScores:
     case_threshold: float
     case_flagged: bool
     exceedance: np.ndarray
+    opinion: np.ndarray | None = None
 
 
 @dataclass(frozen=True)

@@ -257,6 +257,14 @@ class VolumeScorer:
         return self.inversion.mode == DENOISE_MODE
 
     @property
+    def score_name(self) -> str:
+        """What the slice's own score is, in words: the head's map, the denoiser's or the generator's
+        residual (``scores.json``'s ``riskiest_opinion`` names the others as ``OPINION_NAMES`` does)."""
+        if self.denoising:
+            return OPINION_NAMES[DENOISER_CALIBRATION_KEY]
+        return "anomaly map" if self.draws_map else "residual"
+
+    @property
     def draws_map(self) -> bool:
         """Whether runs draw the head's anomaly map (a model with a head, in a generator mode)."""
         return self.model.head is not None and not self.denoising
@@ -567,14 +575,19 @@ def _calibrate(
         return self_calibrated(case.scores, score_of_case, fpr), False, fpr
     share = fpr / scorer.opinions()
     combined = mode_calibration.apply(case.scores, case.positions, score_of_case, share)
+    riskiest = np.full(len(case.scores), scorer.score_name, dtype=object)
     for key, scores in case.second_opinions().items():
         calibration = scorer.opinion_calibration(key)
         if calibration is None:
             listener.warning(UNCALIBRATED_OPINION.format(OPINION_NAMES[key]))
             continue
         second = calibration.apply(scores, case.positions, opinion_cases[key], share)
+        riskier = np.nan_to_num(second.exceedance, nan=-np.inf) > np.nan_to_num(
+            combined.exceedance, nan=-np.inf
+        )
+        riskiest = np.where(riskier, OPINION_NAMES[key], riskiest)
         combined = combine_opinions(combined, second)
-    return combined, True, fpr
+    return replace(combined, opinion=riskiest if scorer.opinions() > 1 else None), True, fpr
 
 
 def _write_tables(
@@ -615,6 +628,7 @@ def _write_tables(
             "beyond_normal_mm2": None if case.beyond_mm2 is None else float(case.beyond_mm2[k]),
             "atlas_score": None if case.atlas is None else float(case.atlas[k]),
             "denoiser_score": None if case.denoiser is None else float(case.denoiser[k]),
+            "riskiest_opinion": None if calibrated.opinion is None else str(calibrated.opinion[k]),
             "center_ras": [float(c) for c in centers_ras[k]],
             "in_range": bool(gate.in_range[k]),
             "out_of_range": gate.reason[k] or None,
@@ -722,6 +736,14 @@ class _OutputVolumes:
         return canonical_view(file.array_zyx, self._frame)
 
 
+def _panel_note(k: int, calibrated: CalibratedScores, gate: GateResult) -> str:
+    """Under a montage panel's score: why the model does not judge the slice, or, with several opinions,
+    which one ranks it highest (the heatmap drawn may be another's)."""
+    if not gate.in_range[k]:
+        return f"out of range ({gate.reason[k]})"
+    return "" if calibrated.opinion is None else f"riskiest: {calibrated.opinion[k]}"
+
+
 def _write_flagged_montage(
     path: Path,
     scan: _ScanInput,
@@ -744,7 +766,8 @@ def _write_flagged_montage(
             float(case.scores[k]),
             float(calibrated.percentile[k]),
             bool(calibrated.flagged[k]),
-            note="" if gate.in_range[k] else f"out of range ({gate.reason[k]})",
+            note=_panel_note(k, calibrated, gate),
+            judged=bool(gate.in_range[k]),
         )
         for k in most_anomalous(ranked, calibrated.percentile, MONTAGE_SLICES)
     ]

@@ -53,8 +53,10 @@ class MontagePanel:
     percentile: float
     flagged: bool
     contour: np.ndarray | None = None
-    #: Shown after the score, in grey ("out of range (above)": the model does not judge this slice).
+    #: Shown under the score ("out of range (above)", "riskiest: denoiser").
     note: str = ""
+    #: False for a slice the model does not judge (out of its range): its title is grey.
+    judged: bool = True
 
 
 def most_anomalous(scores: np.ndarray, percentiles: np.ndarray, count: int) -> list[int]:
@@ -100,7 +102,7 @@ def write_montage(
         axes.set_title(
             f"slice {panel.slice_index}: {panel.score:.3g}{percentile}"
             + (f"\n{panel.note}" if panel.note else ""),
-            color="red" if panel.flagged else ("grey" if panel.note else "white"),
+            color="red" if panel.flagged else ("white" if panel.judged else "grey"),
             fontsize=9,
             # A fixed height skips matplotlib's search for tick labels above the axes (there are none: the
             # axes are off), which took a third of the drawing time; the title lands where it did.

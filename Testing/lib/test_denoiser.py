@@ -243,6 +243,10 @@ def test_scoring_judges_the_denoiser_as_a_second_opinion(denoiser_model, tiny_an
     flagged = np.array([s["flagged"] for s in data["slices"]])
     metal = scorer.envelope.flags(run.case.beyond_mm2)
     np.testing.assert_array_equal(flagged & ~metal, (main_only.flagged | denoiser_only.flagged) & ~metal)
+    # each slice names the opinion whose score is furthest over its threshold
+    riskier = run.case.denoiser / denoiser_only.threshold > run.case.scores / main_only.threshold
+    expected = np.where(riskier, "denoiser", "residual").tolist()
+    assert [s["riskiest_opinion"] for s in data["slices"]] == expected and len(set(expected)) == 2
 
 
 def test_review_risk_is_the_riskier_opinion_and_above_one_exactly_where_flagged(
@@ -352,6 +356,8 @@ def test_an_uncalibrated_denoiser_is_left_out_with_a_warning(
         tmp_path / "ct.nrrd", tmp_path / "out", scorer, ScoreOptions(position="index"), listener=listener
     )
     assert any("denoiser has no calibration" in w for w in listener.messages)
+    slices = json.loads((tmp_path / "out" / "scores.json").read_text())["slices"]
+    assert all(s["riskiest_opinion"] is None for s in slices)  # one opinion judged: nothing to name
 
 
 def test_the_command_refuses_an_output_folder_that_does_not_exist(tiny_model_file, tmp_path, capsys):
@@ -399,6 +405,7 @@ def test_with_atlas_and_denoiser_each_calibrated_opinion_gets_its_share_of_the_r
             return fit if key == ATLAS_CALIBRATION_KEY or denoiser_calibrated else None
 
         denoising = False  # fast mode: every second opinion is heard
+        score_name = "residual"
         second_opinion_keys = VolumeScorer.second_opinion_keys
         opinions = VolumeScorer.opinions  # the engine's own rule
 

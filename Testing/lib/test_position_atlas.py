@@ -210,6 +210,7 @@ def test_each_opinion_is_judged_at_half_the_rate(monkeypatch):
             return atlas_fit if key == ATLAS_CALIBRATION_KEY else None
 
         denoising = False  # fast mode: every second opinion is heard
+        score_name = "residual"
         second_opinion_keys = VolumeScorer.second_opinion_keys
         opinions = VolumeScorer.opinions  # the engine's own rule: two calibrated opinions
 
