@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from fake_scorer import FakeScorer
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -393,21 +394,7 @@ def test_with_atlas_and_denoiser_each_calibrated_opinion_gets_its_share_of_the_r
     positions = np.full(normal.size, 0.5)
     fit = fit_mode_calibration([normal], [positions], [0.5], {"m": 1}, n_bins=1)
     keys = (ATLAS_CALIBRATION_KEY, DENOISER_CALIBRATION_KEY)
-
-    class Scorer:
-        def stored_calibration(self) -> Calibration:
-            return Calibration({calibration_key("fast", "topk"): fit})
-
-        def run_settings(self):
-            return "fast", ScoreConfig(), 0
-
-        def opinion_calibration(self, key):
-            return fit if key == ATLAS_CALIBRATION_KEY or denoiser_calibrated else None
-
-        denoising = False  # fast mode: every second opinion is heard
-        score_name = "residual"
-        second_opinion_keys = VolumeScorer.second_opinion_keys
-        opinions = VolumeScorer.opinions  # the engine's own rule
+    calibrated_opinions = {key: fit for key in keys if key == ATLAS_CALIBRATION_KEY or denoiser_calibrated}
 
     monkeypatch.setattr(Calibration, "for_run", lambda self, mode, score, steps: fit)  # settings apart
     monkeypatch.setattr("AnomalyScoutLib.engine.OPINION_NAMES", dict.fromkeys(keys, "opinion"))
@@ -415,7 +402,9 @@ def test_with_atlas_and_denoiser_each_calibrated_opinion_gets_its_share_of_the_r
     case = CaseScores(np.full(3, 0.5), np.array([0.955, 0.1, 0.1]), np.zeros(3), np.zeros(3), None,
                       atlas=np.array([0.1, 0.1, 0.98]), denoiser=np.array([0.1, 0.98, 0.1]))  # fmt: skip
     listener = _Warnings()
-    calibrated, _, _ = _calibrate(Scorer(), case, (0.5, dict.fromkeys(keys, 0.5)), 0.1, listener)
+    calibrated, _, _ = _calibrate(
+        FakeScorer(fit, calibrated_opinions), case, (0.5, dict.fromkeys(keys, 0.5)), 0.1, listener
+    )
     if denoiser_calibrated:  # three opinions, each at a third of the rate
         assert calibrated.flagged.tolist() == [False, True, True] and not listener.messages
     else:  # two, each at half; the denoiser is left out, and said so

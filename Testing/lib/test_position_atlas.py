@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from fake_scorer import FakeScorer
 
 from AnomalyScoutLib.calibration import (
     ATLAS_CALIBRATION_KEY,
@@ -191,7 +192,7 @@ def test_refitting_the_atlas_drops_the_old_atlas_calibration(atlas_model, tiny_p
 
 
 def test_each_opinion_is_judged_at_half_the_rate(monkeypatch):
-    from AnomalyScoutLib.calibration import calibration_key, fit_mode_calibration
+    from AnomalyScoutLib.calibration import fit_mode_calibration
     from AnomalyScoutLib.engine import CaseScores, _calibrate
 
     normal = np.linspace(0.0, 1.0, 1001)  # thresholds: 0.9 at a rate of 0.1, 0.95 at 0.05
@@ -199,25 +200,16 @@ def test_each_opinion_is_judged_at_half_the_rate(monkeypatch):
     main_fit = fit_mode_calibration([normal], [positions], [0.5], {"m": 1}, n_bins=1)
     atlas_fit = fit_mode_calibration([normal], [positions], [0.5], {"a": 1}, n_bins=1)
 
-    class Scorer:
-        def stored_calibration(self) -> Calibration:
-            return Calibration({calibration_key("fast", "topk"): main_fit, ATLAS_CALIBRATION_KEY: atlas_fit})
-
-        def run_settings(self):
-            return "fast", ScoreConfig(), 0
-
-        def opinion_calibration(self, key):
-            return atlas_fit if key == ATLAS_CALIBRATION_KEY else None
-
-        denoising = False  # fast mode: every second opinion is heard
-        score_name = "residual"
-        second_opinion_keys = VolumeScorer.second_opinion_keys
-        opinions = VolumeScorer.opinions  # the engine's own rule: two calibrated opinions
-
     monkeypatch.setattr(Calibration, "for_run", lambda self, mode, score, steps: main_fit)  # settings apart
     # slice 0: the reconstruction's score between the two thresholds, slice 1 the atlas's, slice 2 both above
     case = CaseScores(np.full(3, 0.5), np.array([0.92, 0.1, 0.97]), np.zeros(3), np.zeros(3), None,
                       np.array([0.1, 0.92, 0.97]))  # fmt: skip
-    calibrated, by_model, fpr = _calibrate(Scorer(), case, (0.5, {ATLAS_CALIBRATION_KEY: 0.5}), 0.1, None)
+    calibrated, by_model, fpr = _calibrate(
+        FakeScorer(main_fit, {ATLAS_CALIBRATION_KEY: atlas_fit}),
+        case,
+        (0.5, {ATLAS_CALIBRATION_KEY: 0.5}),
+        0.1,
+        None,
+    )
     assert by_model and fpr == 0.1
     assert calibrated.flagged.tolist() == [False, False, True]
